@@ -1,0 +1,202 @@
+"""The `harness` command line: parses arguments and dispatches; no logic of its own.
+
+Heavy modules (torch, mlflow) are imported inside the commands that need them, so that
+`harness plan` and `harness --help` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from harness.spec import SpecError
+
+EXIT_USAGE = 2
+
+#: Commands whose issue has not landed yet: name -> issue number.
+NOT_YET = {"run": 6, "train": 5, "status": 6, "report": 7, "sweep": 8, "evaluate": 3, "data": 3}
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                   metavar="KEY=VALUE",
+                   help="override config values, typed by the schema (e.g. train.base_lr=0.02); "
+                        "takes one or more pairs and may be repeated")
+    p.add_argument("--set-file", dest="set_files", action="append", default=[], metavar="FILE",
+                   help="YAML file of overrides (nested mappings or dotted keys); may be repeated")
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", default="runs", metavar="DIR",
+                   help="checkpoints, logs, caches and the default SQLite store (default: ./runs)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: sqlite:///<workspace>/mlflow.db); "
+                        "http://host:port for an mlflow server")
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["local", "slurm"], default="local",
+                   help="local: this machine's GPU slots (or CPU jobs); slurm: submitit")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="jobs at once on the local backend (default: one per GPU slot, 1 on CPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Experiment harness for end-to-end fully convolutional object detection: "
+                    "a YAML spec describes a matrix of training runs (cells); the harness plans, "
+                    "runs, tracks (MLflow), sweeps (Optuna) and reports them.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("plan", help="list the cells of a spec without running anything",
+                       description="Expand SPEC into cells (row x dataset x seed) and print them "
+                                   "with their run keys.")
+    p.add_argument("spec", metavar="SPEC")
+    _add_overrides(p)
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of cells (id, row, dataset, seed, run_key, config)")
+
+    p = sub.add_parser("run", help="run every unfinished cell of a spec",
+                       description="Run the cells of SPEC: skip finished ones, resume crashed "
+                                   "ones, log every run to MLflow.")
+    p.add_argument("spec", metavar="SPEC")
+    _add_overrides(p)
+    _add_backend(p)
+    _add_store(p)
+    p.add_argument("--rerun", action="store_true", help="start fresh runs even for finished cells")
+    p.add_argument("--detach", action="store_true", help="slurm: submit and return")
+
+    p = sub.add_parser("train", help="train one cell in this process",
+                       description="Train the cell of SPEC picked by --row (and --dataset, "
+                                   "--seed) in this process.")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--row", required=True, metavar="LABEL", help="row label of the cell")
+    p.add_argument("--seed", type=int, default=None, help="one of the spec's seeds (default: first)")
+    p.add_argument("--dataset", default=None, help="dataset axis value (default: first)")
+    _add_overrides(p)
+    _add_store(p)
+    p.add_argument("--resume", action="store_true", help="resume from the cell's checkpoint")
+
+    p = sub.add_parser("status", help="show the state of a spec's cells from MLflow",
+                       description="Print the state of every cell of SPEC as recorded in MLflow.")
+    p.add_argument("spec", metavar="SPEC")
+    _add_overrides(p)
+    _add_store(p)
+
+    p = sub.add_parser("report", help="rebuild a spec's tables from MLflow",
+                       description="Aggregate the finished runs of SPEC across seeds and render "
+                                   "the tables (markdown, plots, README regions).")
+    p.add_argument("spec", metavar="SPEC")
+    _add_store(p)
+    p.add_argument("--out", default=None, metavar="FILE", help="markdown report to write")
+    p.add_argument("--readme", default=None, metavar="FILE",
+                   help="rewrite the <!-- harness:table NAME --> regions of FILE")
+    p.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 when the README regions are stale")
+
+    p = sub.add_parser("sweep", help="Optuna sweep of loss weights over a spec's cells",
+                       description="Run an Optuna study whose trials are cells dispatched through "
+                                   "the scheduler.")
+    p.add_argument("spec", metavar="SPEC")
+    _add_overrides(p)
+    _add_backend(p)
+    _add_store(p)
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage (default: a journal file in the workspace)")
+    p.add_argument("--out-dir", default="reports", metavar="DIR", help="where the sweep report goes")
+
+    p = sub.add_parser("evaluate", help="evaluate a detections file against ground truth",
+                       description="Evaluate detections with the official COCO or CrowdHuman "
+                                   "metric.")
+    p.add_argument("kind", choices=["coco", "crowdhuman"])
+    p.add_argument("--gt", required=True, metavar="FILE",
+                   help="COCO instances json, or CrowdHuman .odgt")
+    p.add_argument("--dets", required=True, metavar="FILE",
+                   help="COCO results json, or .odgt with dtboxes")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("data", help="dataset tools (synthetic data, conversions)",
+                       description="Dataset tools.")
+    data = p.add_subparsers(dest="data_command", metavar="TOOL", required=True)
+    q = data.add_parser("synth", help="write the offline synthetic crowded dataset",
+                        description="Generate the deterministic synthetic crowded dataset.")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--images", type=int, default=200, metavar="N")
+    q.add_argument("--seed", type=int, default=0, metavar="S")
+    q.add_argument("--crowd", choices=["none", "low", "high"], default="high")
+    q.add_argument("--format", choices=["coco", "odgt"], default="coco")
+    q = data.add_parser("convert-crowdhuman", help="CrowdHuman .odgt -> COCO instances json",
+                        description="Convert a CrowdHuman .odgt file to COCO instances json.")
+    q.add_argument("odgt", metavar="ODGT")
+    q.add_argument("image_dir", metavar="IMAGE_DIR")
+    q.add_argument("--out", required=True, metavar="FILE")
+    return parser
+
+
+def _cells(args):
+    from harness.spec import expand, load_set_file, load_spec, parse_set
+
+    loaded = load_spec(args.spec)
+    overrides = []
+    for f in getattr(args, "set_files", []):
+        overrides.extend(load_set_file(f))
+    for item in getattr(args, "overrides", []):
+        overrides.append(parse_set(item))
+    return loaded, expand(loaded, overrides)
+
+
+def cmd_plan(args) -> int:
+    loaded, cells = _cells(args)
+    if args.json:
+        json.dump([c.to_json() for c in cells], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{loaded.spec.name}: {len(cells)} cells")
+    for col in ("#", "row", "dataset", "seed", "run key", "table"):
+        table.add_column(col)
+    for i, c in enumerate(cells):
+        table.add_row(str(i), c.row, c.dataset, str(c.seed), c.short_key,
+                      (c.meta.table if c.meta else "") or "")
+    console = Console()
+    console.print(table)
+    rows = len(dict.fromkeys(c.row for c in cells))
+    datasets = len(dict.fromkeys(c.dataset for c in cells))
+    console.print(f"{len(cells)} cells ({rows} rows x {datasets} datasets x "
+                  f"{len(loaded.spec.seeds)} seeds)")
+    return 0
+
+
+def cmd_not_yet(args) -> int:
+    if getattr(args, "spec", None):
+        _cells(args)  # a bad spec is still reported as such
+    print(f"harness {args.command}: not implemented yet (issue #{NOT_YET[args.command]})",
+          file=sys.stderr)
+    return EXIT_USAGE
+
+
+COMMANDS = {"plan": cmd_plan}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = COMMANDS.get(args.command, cmd_not_yet)
+    try:
+        return handler(args)
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

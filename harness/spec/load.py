@@ -1,0 +1,253 @@
+"""YAML loading that remembers the line of every key, and the spec loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from harness.spec.errors import Path, Problem, SpecError, format_path
+from harness.spec.schema import Row, Spec
+
+#: key path -> 1-based line of the key (or of the item, for list entries)
+Lines = dict[Path, int]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from: a YAML file and key path, or a command-line override."""
+
+    file: str | None
+    lines: Lines | None
+    path: Path
+    text: str | None = None  # e.g. "--set a.b=1" when there is no file
+
+    def problem(self, message: str, path: Path | None = None) -> Problem:
+        path = self.path if path is None else path
+        if self.file is None:
+            return Problem(None, None, self.text or format_path(path), message)
+        return Problem(self.file, line_of(self.lines or {}, path), format_path(path), message)
+
+
+def line_of(lines: Lines, path: Path) -> int | None:
+    """Line of the longest prefix of `path` that the YAML knows."""
+    for n in range(len(path), -1, -1):
+        if tuple(path[:n]) in lines:
+            return lines[tuple(path[:n])]
+    return None
+
+
+def _check_duplicates(node: yaml.Node, file: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                if key.value in seen:
+                    raise SpecError(
+                        Problem(file, key.start_mark.line + 1, key.value,
+                                f"duplicate key (first at line {seen[key.value]})")
+                    )
+                seen[key.value] = key.start_mark.line + 1
+            _check_duplicates(value, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicates(item, file)
+
+
+def _record_lines(node: yaml.Node, data: Any, path: Path, lines: Lines) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode) and isinstance(data, dict):
+        by_text = {str(k): k for k in data}
+        for key_node, value_node in node.value:  # merged pairs first, explicit ones win
+            key = by_text.get(str(key_node.value))
+            if key is None:
+                continue
+            sub = (*path, key)
+            _record_lines(value_node, data[key], sub, lines)
+            lines[sub] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode) and isinstance(data, list):
+        for i, (item_node, item) in enumerate(zip(node.value, data, strict=False)):
+            _record_lines(item_node, item, (*path, i), lines)
+
+
+def load_yaml(file: str | FsPath) -> tuple[Any, Lines]:
+    """Parse a YAML file; returns the data and the line of every key path."""
+    file = str(file)
+    try:
+        text = FsPath(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(Problem(file, None, "", f"cannot read file: {exc.strerror}")) from None
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None, {}
+            _check_duplicates(node, file)
+            data = loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        msg = f"YAML syntax error: {exc.problem or exc.context}"
+        raise SpecError(Problem(file, line, "", msg)) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(Problem(file, None, "", f"YAML error: {exc}")) from None
+    lines: Lines = {}
+    _record_lines(node, data, (), lines)
+    return data, lines
+
+
+def pydantic_problems(
+    exc: ValidationError, source: Source, loc_map=None, schema_root: type | None = None
+) -> list[Problem]:
+    """Turn pydantic errors into problems; `loc_map` maps an error location to a Source."""
+    from harness.spec.overrides import known_fields  # local: overrides imports this module
+
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # drop discriminator tags pydantic inserts into the location (e.g. 'poto')
+        loc = _strip_union_tags(loc, schema_root)
+        src, path = (loc_map(loc) if loc_map else (source, (*source.path, *loc)))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            known = known_fields(schema_root, loc[:-1]) if schema_root else []
+            msg = "unknown key" + (f" (known: {', '.join(known)})" if known else "")
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            msg = f"unknown value {err['input']!r} (known: {expected.replace(' or ', ', ')})"
+        elif kind == "missing":
+            msg = "missing required key"
+        elif kind == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            msg = f"unknown value {ctx.get('tag')!r} (known: {ctx.get('expected_tags')})"
+            path = (*path, ctx.get("discriminator", "name").strip("'"))
+        elif kind == "value_error":
+            msg = str(err["msg"]).removeprefix("Value error, ")
+        else:
+            msg = f"{err['msg']} (got {err['input']!r})" if "input" in err else err["msg"]
+        problems.append(src.problem(msg, path))
+    return problems
+
+
+def _strip_union_tags(loc: Path, root: type | None) -> Path:
+    if root is None:
+        return loc
+    from harness.spec.overrides import is_union_tag
+
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if is_union_tag(root, loc[:i], part):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: Spec
+    file: str
+    lines: Lines = field(repr=False)
+
+    def source(self, *path: str | int) -> Source:
+        return Source(self.file, self.lines, tuple(path))
+
+
+_ROW_FIELDS = set(Row.model_fields) - {"picks"}
+
+
+def _split_rows(raw: dict) -> None:
+    """Rows name their axis values as plain keys; move those into `picks`."""
+    axes = raw.get("axes") if isinstance(raw.get("axes"), dict) else {}
+    rows = raw.get("rows")
+    if not isinstance(rows, list):
+        return
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            continue
+        picks = {k: row.pop(k) for k in list(row) if k in axes and k not in _ROW_FIELDS}
+        picks = {k: (str(v) if isinstance(v, (int, float)) else v) for k, v in picks.items()}
+        rows[i] = {**row, "picks": picks}
+
+
+def load_spec(file: str | FsPath) -> LoadedSpec:
+    """Load and validate a spec file (structure only; cells are resolved by the matrix)."""
+    file = str(file)
+    raw, lines = load_yaml(file)
+    if not isinstance(raw, dict):
+        raise SpecError(Problem(file, 1, "", "a spec must be a YAML mapping"))
+    axes = raw.get("axes")
+    if isinstance(axes, dict):  # `value:` with nothing under it means "no overrides"
+        for values in axes.values():
+            if isinstance(values, dict):
+                for k, v in values.items():
+                    if v is None:
+                        values[k] = {}
+    _split_rows(raw)
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as exc:
+        def loc_map(loc: Path):
+            # ('rows', i, 'picks', axis) is written as rows[i].axis in the file
+            if len(loc) >= 4 and loc[0] == "rows" and loc[2] == "picks":
+                loc = (loc[0], loc[1], *loc[3:])
+            return Source(file, lines, ()), loc
+
+        raise SpecError(pydantic_problems(exc, Source(file, lines, ()), loc_map, Spec)) from None
+    loaded = LoadedSpec(spec, file, lines)
+    _check_semantics(loaded)
+    return loaded
+
+
+def _check_semantics(ld: LoadedSpec) -> None:
+    spec, problems = ld.spec, []
+    axes = spec.axes
+    for name, values in axes.items():
+        if not values:
+            problems.append(ld.source("axes", name).problem("an axis needs at least one value"))
+    labels: dict[str, int] = {}
+    baselines: dict[str | None, int] = {}
+    for i, row in enumerate(spec.rows):
+        if row.label in labels:
+            problems.append(ld.source("rows", i, "label").problem(
+                f"duplicate row label {row.label!r} (also rows[{labels[row.label]}])"))
+        labels.setdefault(row.label, i)
+        for axis, value in row.picks.items():
+            if value not in axes[axis]:
+                known = ", ".join(axes[axis])
+                problems.append(ld.source("rows", i, axis).problem(
+                    f"unknown value {value!r} (known: {known})"))
+        if row.table is not None and row.table not in spec.tables:
+            known = ", ".join(spec.tables) or "none declared under 'tables'"
+            problems.append(ld.source("rows", i, "table").problem(
+                f"unknown table {row.table!r} (known: {known})"))
+        if row.baseline:
+            if row.table in baselines:
+                problems.append(ld.source("rows", i, "baseline").problem(
+                    f"table {row.table!r} already has a baseline (rows[{baselines[row.table]}])"))
+            baselines.setdefault(row.table, i)
+    for i, row in enumerate(spec.rows):
+        if row.compare_to is not None and row.compare_to not in labels:
+            problems.append(ld.source("rows", i, "compare_to").problem(
+                f"unknown row {row.compare_to!r} (known: {', '.join(labels)})"))
+    for section in ("include", "exclude"):
+        for i, combo in enumerate(getattr(spec, section)):
+            for axis, value in combo.items():
+                if axis not in axes:
+                    problems.append(ld.source(section, i, axis).problem(
+                        f"unknown axis {axis!r} (known: {', '.join(axes) or 'none'})"))
+                elif value not in axes[axis]:
+                    problems.append(ld.source(section, i, axis).problem(
+                        f"unknown value {value!r} (known: {', '.join(axes[axis])})"))
+    if spec.rows and (spec.include or spec.exclude):
+        problems.append(ld.source("include" if spec.include else "exclude").problem(
+            "include/exclude apply to the axis product; with rows, list the rows you want"))
+    if len(set(spec.seeds)) != len(spec.seeds):
+        problems.append(ld.source("seeds").problem(f"duplicate seeds in {spec.seeds}"))
+    if problems:
+        raise SpecError(problems)

@@ -1,0 +1,437 @@
+"""The schema of a resolved cell config and of an experiment spec.
+
+Every model is frozen and strict (``extra="forbid"``): an unknown or mistyped key is an error
+naming its path. The values documented here are the ones the published tables used
+(../shared/algorithms.md); experiment files set them per row through axes.
+
+Only ``seed``, ``model``, ``data``, ``train`` and ``eval`` are hashed into a cell's run key.
+``tracking`` and ``resources`` describe where and how a cell runs, not what it computes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+#: Sections of the resolved config that determine the result (hashed into the run key).
+HASHED_SECTIONS = ("seed", "model", "data", "train", "eval")
+
+#: FCOS scale ranges (inclusive) of P3..P7; the last upper bound stands for infinity.
+FCOS_RANGES: list[tuple[float, float]] = [
+    (-1.0, 64.0),
+    (64.0, 128.0),
+    (128.0, 256.0),
+    (256.0, 512.0),
+    (512.0, 1e8),
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class BackboneConfig(Strict):
+    name: Literal[
+        "tiny", "resnet18", "resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d"
+    ] = "resnet50"
+    #: Local weights file: a torchvision ``.pth`` state dict or an MSRA/detectron2 ``.pkl``.
+    #: Never downloaded. ``${VAR:-default}`` is expanded when the model is built.
+    weights: str | None = None
+    #: Pixel format the weights expect: caffe BGR 0-255 (MSRA) or torchvision RGB ImageNet.
+    input_format: Literal["caffe_bgr", "torchvision_rgb"] = "caffe_bgr"
+    #: 0 = nothing frozen, 1 = stem, 2 = stem + res2 (the cvpods default), ...
+    freeze_at: int = Field(2, ge=0, le=5)
+    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
+    #: Width of the tiny CPU backbone (ignored by the ResNets).
+    tiny_width: int = Field(16, ge=4)
+
+
+class FPNConfig(Strict):
+    #: cvpods: P6 = conv3x3/2 on P5 output, P7 on ReLU(P6), c2-xavier init.
+    #: mmdet: same topology (extra convs on the output, ReLU before the second), xavier init.
+    name: Literal["cvpods", "mmdet"] = "cvpods"
+    channels: int = Field(256, ge=1)
+
+
+class HeadConfig(Strict):
+    """The shared towers; predictors (branches) put their output convs on top."""
+
+    num_convs: int = Field(4, ge=0)
+    norm: Literal["gn", "none"] = "gn"
+    gn_groups: int = Field(32, ge=1)
+    prior_prob: float = Field(0.01, gt=0.0, lt=1.0)
+
+
+class FCOSAssigner(Strict):
+    name: Literal["fcos"] = "fcos"
+    #: Center-sampling radius in strides (clipped to the box); null = whole box.
+    center_radius: float | None = 1.5
+    scale_ranges: list[tuple[float, float]] = Field(default_factory=lambda: list(FCOS_RANGES))
+
+
+class ATSSAssigner(Strict):
+    name: Literal["atss"] = "atss"
+    topk: int = Field(9, ge=1)
+    #: Side of the square "anchor" at a location, in strides.
+    anchor_scale: float = 8.0
+
+
+class AnchorAssigner(Strict):
+    """One best-IoU square anchor (side anchor_scale * stride) per GT over all levels."""
+
+    name: Literal["anchor"] = "anchor"
+    anchor_scale: float = 4.0
+
+
+class CenterAssigner(Strict):
+    name: Literal["center"] = "center"
+    scale_ranges: list[tuple[float, float]] = Field(default_factory=lambda: list(FCOS_RANGES))
+
+
+class FgLossAssigner(Strict):
+    """Hungarian matching on the foreground loss (focal over all classes + w * GIoU)."""
+
+    name: Literal["fg_loss"] = "fg_loss"
+    center_radius: float = 1.5
+    giou_weight: float = 2.0
+    outside_cost: float = 1e8
+
+
+class POTOAssigner(Strict):
+    """Prediction-aware one-to-one: quality p^(1-alpha) * IoU^alpha, maximised by Hungarian."""
+
+    name: Literal["poto"] = "poto"
+    alpha: float = Field(0.8, ge=0.0, le=1.0)
+    #: center: clipped center box of radius center_radius strides (COCO); box: inside the GT.
+    prior: Literal["center", "box"] = "center"
+    center_radius: float = 1.5
+    #: Quality outside the prior: -1 in DeFCN, 0 in DATE.
+    outside_value: float = -1.0
+    #: keep: a GT with an empty prior still takes a location (reference); drop: it takes none.
+    empty_prior: Literal["keep", "drop"] = "keep"
+    #: restricted: the exactly equivalent solve on prior columns + G dummies; full: all R columns.
+    solver: Literal["restricted", "full"] = "restricted"
+
+
+class POTOArgmaxAssigner(Strict):
+    """POTO quality, but each GT takes its argmax location (no Hungarian)."""
+
+    name: Literal["poto_argmax"] = "poto_argmax"
+    alpha: float = Field(0.8, ge=0.0, le=1.0)
+    prior: Literal["center", "box"] = "center"
+    center_radius: float = 1.5
+    outside_value: float = -1.0
+
+
+class DETRHungarianAssigner(Strict):
+    """mmdet HungarianAssigner (DATE's CrowdHuman rows): focal + L1(cxcywh) + GIoU costs."""
+
+    name: Literal["detr_hungarian"] = "detr_hungarian"
+    cls_weight: float = 2.0
+    l1_weight: float = 5.0
+    giou_weight: float = 2.0
+
+
+class MaxIoUAssigner(Strict):
+    """RetinaNet anchors: positive IoU >= pos_iou, negative < neg_iou, ignored in between."""
+
+    name: Literal["max_iou"] = "max_iou"
+    pos_iou: float = 0.5
+    neg_iou: float = 0.4
+    min_pos_iou: float = 0.0
+
+
+Assigner = Annotated[
+    FCOSAssigner
+    | ATSSAssigner
+    | AnchorAssigner
+    | CenterAssigner
+    | FgLossAssigner
+    | POTOAssigner
+    | POTOArgmaxAssigner
+    | DETRHungarianAssigner
+    | MaxIoUAssigner,
+    Field(discriminator="name"),
+]
+
+
+class AnchorGenConfig(Strict):
+    """RetinaNet anchor generator (octave_base 4, 3 scales per octave, ratios 0.5/1/2)."""
+
+    octave_base_scale: float = 4.0
+    scales_per_octave: int = Field(3, ge=1)
+    ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+
+
+class LossConfig(Strict):
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    cls_weight: float = Field(1.0, ge=0.0)
+    #: giou: 1 - GIoU; neg_log_iou: -log IoU (DATE-F); l1_delta: L1 on anchor deltas (DATE-R).
+    box: Literal["giou", "neg_log_iou", "l1_delta"] = "giou"
+    box_weight: float = Field(1.0, ge=0.0)
+    #: centerness: box loss weighted per positive by its centerness target, / sum of targets.
+    box_weighting: Literal["none", "centerness"] = "none"
+    #: L1 on (cx, cy, w, h) normalised by the image size (DATE one-to-one), 0 = off.
+    l1_weight: float = Field(0.0, ge=0.0)
+    ctr_weight: float = Field(1.0, ge=0.0)
+
+
+class PredictorConfig(Strict):
+    """One set of output convs on the shared towers, with its assignment and losses."""
+
+    assigner: Assigner
+    #: ltrb_relu: ReLU(scale*conv)*stride; ltrb_clamp: clamp(scale*conv, 0)*stride (DATE o2o);
+    #: ltrb_exp: exp(scale*conv) pixels (mmdet FCOS, norm_on_bbox False); anchor_delta: deltas.
+    box_coder: Literal["ltrb_relu", "ltrb_clamp", "ltrb_exp", "anchor_delta"] = "ltrb_relu"
+    #: Which tower carries the centerness branch (FCOS/ATSS); none = no centerness.
+    centerness: Literal["none", "reg", "cls"] = "none"
+    #: 3DMF on the reg tower; score = sigmoid(cls) * sigmoid(filter).
+    filter: Literal["none", "3dmf", "3dmf_wo_gn"] = "none"
+    filter_kernel: int = Field(3, ge=1)
+    filter_tau: int = Field(2, ge=0)
+    #: Learnable per-level scale on the regression output.
+    scales: bool = True
+    anchors: AnchorGenConfig | None = None
+    loss: LossConfig = LossConfig()
+
+    @model_validator(mode="after")
+    def _anchor_rules(self) -> PredictorConfig:
+        if self.box_coder == "anchor_delta" and self.assigner.name not in ("anchor", "max_iou"):
+            raise ValueError("box_coder 'anchor_delta' needs an anchor-based assigner")
+        if self.assigner.name == "max_iou" and self.anchors is None:
+            raise ValueError("assigner 'max_iou' needs an 'anchors' section")
+        return self
+
+
+class AuxConfig(Strict):
+    """DeFCN's auxiliary one-to-many focal loss on the unfiltered cls logits (no box loss)."""
+
+    topk: int = Field(9, ge=1)
+    alpha: float = Field(0.8, ge=0.0, le=1.0)
+    weight: float = Field(1.0, ge=0.0)
+
+
+class ModelConfig(Strict):
+    num_classes: int = Field(ge=1)
+    backbone: BackboneConfig = BackboneConfig()
+    fpn: FPNConfig = FPNConfig()
+    head: HeadConfig = HeadConfig()
+    #: The predictor used at inference.
+    predictor: PredictorConfig
+    #: DeFCN's auxiliary loss (POTO + 3DMF + Aux rows).
+    aux: AuxConfig | None = None
+    #: DATE's one-to-many predictor sharing towers and scales; trained, never used at inference.
+    o2m: PredictorConfig | None = None
+
+
+# ------------------------------------------------------------------------------ data
+
+
+class SplitConfig(Strict):
+    #: Image folder and annotation file, relative to data.root unless absolute.
+    images: str
+    annotations: str
+
+
+class SynthConfig(Strict):
+    num_train: int = Field(200, ge=1)
+    num_val: int = Field(50, ge=1)
+    min_size: int = Field(128, ge=32)
+    max_size: int = Field(320, ge=32)
+    crowd: Literal["none", "low", "high"] = "high"
+    format: Literal["coco", "odgt"] = "coco"
+    ignore_regions: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SynthConfig:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size {self.min_size} > max_size {self.max_size}")
+        return self
+
+
+class DataConfig(Strict):
+    name: Literal["coco", "crowdhuman", "synthetic"]
+    #: Dataset root; ``${VAR:-default}`` is expanded when the data is built, so the hashed
+    #: config (and the run key) does not depend on one machine's paths.
+    root: str = ""
+    train: SplitConfig | None = None
+    val: SplitConfig | None = None
+    synthetic: SynthConfig | None = None
+    #: Shortest-side sizes for training (one chosen per image when several) and the long cap.
+    train_min_size: list[int] = Field(default_factory=lambda: [640, 672, 704, 736, 768, 800])
+    train_max_size: int = 1333
+    test_min_size: int = 800
+    test_max_size: int = 1333
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    #: standard: resize + flip; detr: DATE's DETR-style resize / crop augmentation.
+    augment: Literal["standard", "detr"] = "standard"
+    size_divisibility: int = Field(32, ge=1)
+    num_workers: int = Field(2, ge=0)
+    #: Drop images without (non-ignored) boxes from training.
+    filter_empty: bool = True
+
+    @model_validator(mode="after")
+    def _sources(self) -> DataConfig:
+        if self.name == "synthetic":
+            if self.synthetic is None:
+                raise ValueError("data.name 'synthetic' needs a 'synthetic' section")
+        elif self.train is None or self.val is None:
+            raise ValueError(f"data.name '{self.name}' needs 'train' and 'val' sections")
+        if not self.train_min_size:
+            raise ValueError("train_min_size must list at least one size")
+        return self
+
+
+# ------------------------------------------------------------------------------ train
+
+
+class TrainConfig(Strict):
+    max_iter: int = Field(ge=1)
+    #: Total images per iteration over all processes.
+    ims_per_batch: int = Field(16, ge=1)
+    #: Batch the schedule was written for; with scale_rule linear, lr and iterations follow
+    #: ims_per_batch / reference_batch (the run records what it did).
+    reference_batch: int = Field(16, ge=1)
+    scale_rule: Literal["linear", "none"] = "linear"
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    base_lr: float = Field(gt=0.0)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    backbone_lr_mult: float = 1.0
+    clip_grad_norm: float | None = None
+    steps: list[int] = Field(default_factory=list)
+    gamma: float = 0.1
+    warmup_iters: int = Field(1000, ge=0)
+    warmup_factor: float = 1e-3
+    checkpoint_period: int = Field(5000, ge=1)
+    amp: bool = False
+
+    @model_validator(mode="after")
+    def _steps(self) -> TrainConfig:
+        if list(self.steps) != sorted(self.steps):
+            raise ValueError(f"steps must be increasing, got {self.steps}")
+        if self.steps and self.steps[-1] >= self.max_iter:
+            raise ValueError(f"step {self.steps[-1]} is not below max_iter {self.max_iter}")
+        return self
+
+
+# ------------------------------------------------------------------------------- eval
+
+
+class EvalConfig(Strict):
+    #: Evaluate every `period` iterations (0 = only at the end).
+    period: int = Field(0, ge=0)
+    #: The row's headline postprocess; the other one is always computed too.
+    nms: bool
+    nms_thresh: float = Field(0.6, gt=0.0, le=1.0)
+    score_thresh: float = Field(0.05, ge=0.0, lt=1.0)
+    topk_per_level: int = Field(1000, ge=1)
+    max_dets: int = Field(100, ge=1)
+    metrics: Literal["coco", "crowdhuman"] = "coco"
+    backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
+
+
+# ------------------------------------------------------------------ tracking/resources
+
+
+class TrackingConfig(Strict):
+    log_period: int = Field(20, ge=1)
+    #: Upload the final checkpoint as an MLflow artifact (large).
+    log_checkpoint: bool = False
+    system_metrics: Literal["auto", "on", "off"] = "auto"
+
+
+class SlurmConfig(Strict):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time_min: int = Field(60 * 24, ge=1)
+    cpus_per_gpu: int = Field(8, ge=1)
+    mem_gb: int = Field(64, ge=1)
+    array_parallelism: int = Field(64, ge=1)
+
+
+class ResourcesConfig(Strict):
+    gpus: int = Field(1, ge=0)
+    max_attempts: int = Field(2, ge=1)
+    slurm: SlurmConfig = SlurmConfig()
+
+
+# ------------------------------------------------------------------------- the config
+
+
+class Config(Strict):
+    """The fully resolved configuration of one cell."""
+
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    eval: EvalConfig
+    tracking: TrackingConfig = TrackingConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+
+# --------------------------------------------------------------------------- the spec
+
+METRICS = (
+    "ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl",
+    "mmr", "recall",
+)  # fmt: skip
+
+
+class Row(Strict):
+    """A named table row: the axis values it picks, extra overrides and display metadata."""
+
+    label: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")
+    #: Axis name -> value name (written as plain keys of the row in YAML).
+    picks: dict[str, str] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    table: str | None = None
+    #: Display text of the "model" column (defaults to the label).
+    model: str | None = None
+    assignment: str = ""
+    #: Display text of the "with NMS" column (defaults to the cell's eval.nms).
+    with_nms: str | None = None
+    lr_sched: str = ""
+    note: str = ""
+    baseline: bool = False
+    #: Compare with this row instead of the table's baseline (e.g. an ablation of a row
+    #: that lives in another table).
+    compare_to: str | None = None
+    #: The paper's published numbers for this row, in percent, by metric name.
+    paper: dict[Literal[METRICS], float] = Field(default_factory=dict)  # type: ignore[valid-type]
+
+
+class Table(Strict):
+    title: str
+    layout: Literal[
+        "defcn_coco", "defcn_ablation", "defcn_crowdhuman", "date_coco", "date_crowdhuman",
+        "quickstart",
+    ]  # fmt: skip
+    remark: str = ""
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    #: Partial config every cell starts from (validated once resolved).
+    base: dict[str, Any]
+    #: axis name -> value name -> overrides (nested mappings or dotted keys).
+    axes: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    rows: list[Row] = Field(default_factory=list)
+    tables: dict[str, Table] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    #: Without rows: extra axis combinations to add / combinations to drop.
+    include: list[dict[str, str]] = Field(default_factory=list)
+    exclude: list[dict[str, str]] = Field(default_factory=list)
