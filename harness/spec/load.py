@@ -208,6 +208,9 @@ def _check_semantics(ld: LoadedSpec) -> None:
     spec, problems = ld.spec, []
     axes = spec.axes
     for name, values in axes.items():
+        if name in _ROW_FIELDS:
+            problems.append(ld.source("axes", name).problem(
+                f"axis name {name!r} is taken by a row field ({', '.join(sorted(_ROW_FIELDS))})"))
         if not values:
             problems.append(ld.source("axes", name).problem("an axis needs at least one value"))
     labels: dict[str, int] = {}

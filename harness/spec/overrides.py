@@ -152,6 +152,9 @@ def parse_set(item: str, root: Any = Config) -> Override:
     problem = check_path(root, path)
     if problem:
         raise SpecError(source.problem(problem))
+    if path == ("seed",):
+        raise SpecError(source.problem("a cell's seed comes from the spec's 'seeds' "
+                                       "(harness train --seed picks one)"))
     try:
         parsed = typed_value(root, path, value)
     except ValueError as exc:
@@ -200,7 +203,7 @@ Provenance = dict[Path, Source]
 def apply(config: dict, path: Path, value: Any, source: Source, prov: Provenance) -> None:
     """Set `path` in the nested dict `config` (in place), recording provenance."""
     node = config
-    for i, key in enumerate(path[:-1]):
+    for key in path[:-1]:
         nxt = node.get(key) if isinstance(node, dict) else None
         if not isinstance(nxt, dict):
             nxt = {}

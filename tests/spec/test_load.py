@@ -1,0 +1,154 @@
+"""Spec loading: strict keys, line numbers, and the semantic checks."""
+
+import pytest
+
+from harness.spec import SpecError, expand, load_spec
+from tests.conftest import MINI_SPEC as MINI
+
+
+def errors_of(path):
+    with pytest.raises(SpecError) as info:
+        expand(load_spec(path))
+    return [str(p) for p in info.value.problems]
+
+
+def test_minimal_spec_loads(mini_spec):
+    cells = expand(load_spec(mini_spec()))
+    assert [c.id for c in cells] == ["A/synthetic/0", "A/synthetic/1", "B/synthetic/0",
+                                     "B/synthetic/1"]
+    assert cells[0].config.model.predictor.assigner.name == "fcos"
+    assert cells[0].config.eval.nms is True
+    assert cells[2].config.model.predictor.assigner.name == "poto"
+    assert cells[2].config.eval.nms is False
+
+
+def test_unknown_key_in_base_names_file_line_and_path(mini_spec):
+    text = MINI.replace("backbone: {name: tiny}", "backbone: {name: tiny, nme: x}")
+    path = mini_spec(text)
+    (msg,) = errors_of(path)
+    assert msg.startswith(f"{path}:5: base.model.backbone.nme: unknown key")
+    assert "known: name, weights" in msg
+
+
+def test_unknown_key_in_axis_value_points_at_the_axis(mini_spec):
+    text = MINI.replace("poto: {}", "poto: {train.max_itr: 5}")
+    path = mini_spec(text)
+    (msg,) = errors_of(path)
+    assert msg.startswith(f"{path}:16: axes.assigner.poto.train.max_itr: unknown key")
+
+
+def test_wrong_type(mini_spec):
+    path = mini_spec(MINI.replace("max_iter: 10", "max_iter: ten"))
+    (msg,) = errors_of(path)
+    assert msg.startswith(f"{path}:11: base.train.max_iter:")
+    assert "integer" in msg
+
+
+def test_missing_field_names_the_key(mini_spec):
+    path = mini_spec(MINI.replace(", base_lr: 0.01", ""))
+    msgs = errors_of(path)
+    assert any("train.base_lr: missing required key" in m for m in msgs), msgs
+    assert all(m.startswith(str(path)) for m in msgs)
+
+
+def test_unknown_axis_value(mini_spec):
+    path = mini_spec(MINI.replace("{label: B, assigner: poto}", "{label: B, assigner: potto}"))
+    (msg,) = errors_of(path)
+    assert msg == f"{path}:19: rows[1].assigner: unknown value 'potto' (known: fcos, poto)"
+
+
+def test_unknown_literal_value(mini_spec):
+    path = mini_spec(MINI.replace("backbone: {name: tiny}", "backbone: {name: resnet5}"))
+    (msg,) = errors_of(path)
+    assert msg.startswith(f"{path}:5: base.model.backbone.name: unknown value 'resnet5'")
+    assert "'resnet50'" in msg
+
+
+def test_unknown_assigner_name(mini_spec):
+    path = mini_spec(MINI.replace("assigner: {name: poto}", "assigner: {name: pot}"))
+    msgs = errors_of(path)
+    assert any(m.startswith(f"{path}:7: base.model.predictor.assigner.name: unknown value 'pot'")
+               for m in msgs), msgs
+
+
+def test_unknown_row_key(mini_spec):
+    path = mini_spec(MINI.replace("{label: A, assigner: fcos}", "{label: A, assigner: fcos, tabel: x}"))
+    (msg,) = errors_of(path)
+    assert msg.startswith(f"{path}:18: rows[0].tabel: unknown key")
+
+
+def test_duplicate_row_label(mini_spec):
+    path = mini_spec(MINI.replace("label: B", "label: A"))
+    (msg,) = errors_of(path)
+    assert msg == f"{path}:19: rows[1].label: duplicate row label 'A' (also rows[0])"
+
+
+def test_yaml_syntax_error(mini_spec):
+    path = mini_spec(MINI.replace("eval: {nms: false}", "eval: {nms: false"))
+    (msg,) = errors_of(path)
+    assert msg.startswith(f"{path}:") and "YAML syntax error" in msg
+
+
+def test_duplicate_yaml_key(mini_spec):
+    path = mini_spec(MINI.replace("seeds: [0, 1]", "seeds: [0, 1]\nseeds: [2]"))
+    (msg,) = errors_of(path)
+    assert msg == f"{path}:21: seeds: duplicate key (first at line 20)"
+
+
+def test_unknown_table_and_compare_to(mini_spec):
+    path = mini_spec(MINI.replace("{label: A, assigner: fcos}",
+                                  "{label: A, assigner: fcos, table: t, compare_to: Z}"))
+    msgs = errors_of(path)
+    assert f"{path}:18: rows[0].table: unknown table 't' (known: none declared under 'tables')" in msgs
+    assert f"{path}:18: rows[0].compare_to: unknown row 'Z' (known: A, B)" in msgs
+
+
+def test_paper_metric_names_are_checked(mini_spec):
+    path = mini_spec(MINI.replace("{label: A, assigner: fcos}",
+                                  "{label: A, assigner: fcos, paper: {mAP: 1.0}}"))
+    (msg,) = errors_of(path)
+    assert msg.startswith(f"{path}:18: rows[0].paper.mAP")
+
+
+def test_semantic_validator_message(mini_spec):
+    path = mini_spec(MINI.replace("{max_iter: 10, base_lr: 0.01}",
+                                  "{max_iter: 10, base_lr: 0.01, steps: [20]}"))
+    (msg,) = errors_of(path)
+    assert msg.startswith(f"{path}:11: base.train: step 20 is not below max_iter 10")
+
+
+def test_missing_file():
+    with pytest.raises(SpecError, match="cannot read file"):
+        load_spec("does/not/exist.yaml")
+
+
+def test_axis_named_like_a_row_field(mini_spec):
+    path = mini_spec(MINI.replace("  assigner:\n    fcos", "  note:\n    fcos")
+                     .replace("assigner: fcos}", "note: fcos}").replace("assigner: poto}", "note: poto}"))
+    msgs = errors_of(path)
+    assert any("axes.note: axis name 'note' is taken by a row field" in m for m in msgs), msgs
+
+
+def test_product_mode_with_include_exclude(mini_spec):
+    text = """\
+name: prod
+base:
+  model: {num_classes: 2, backbone: {name: tiny}, predictor: {assigner: {name: poto}}}
+  data: {name: synthetic, synthetic: {}}
+  train: {max_iter: 5, base_lr: 0.1}
+  eval: {nms: false}
+axes:
+  assigner:
+    fcos: {model.predictor.assigner: {name: fcos}}
+    poto:
+  filter:
+    none:
+    3dmf: {model.predictor.filter: 3dmf}
+exclude:
+  - {assigner: fcos, filter: 3dmf}
+seeds: [0]
+"""
+    cells = expand(load_spec(mini_spec(text)))
+    assert [c.row for c in cells] == ["fcos-none", "poto-none", "poto-3dmf"]
+    assert cells[2].config.model.predictor.filter == "3dmf"
+
