@@ -11,12 +11,12 @@ import json
 import sys
 from collections.abc import Sequence
 
-from harness.spec import SpecError
+from harness.spec import UserError
 
 EXIT_USAGE = 2
 
 #: Commands whose issue has not landed yet: name -> issue number.
-NOT_YET = {"run": 6, "train": 5, "status": 6, "report": 7, "sweep": 8, "evaluate": 3, "data": 3}
+NOT_YET = {"run": 6, "train": 5, "status": 6, "report": 7, "sweep": 8, "data": 3}
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dets", required=True, metavar="FILE",
                    help="COCO results json, or .odgt with dtboxes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--backend", choices=["pycocotools", "faster_coco_eval"], default="pycocotools",
+                   help="coco: the COCOeval implementation (same numbers)")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="crowdhuman: image folder to read sizes from when the records lack them")
 
     p = sub.add_parser("data", help="dataset tools (synthetic data, conversions)",
                        description="Dataset tools.")
@@ -172,6 +176,26 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _json_safe(metrics: dict) -> dict:
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
+
+
+def cmd_evaluate(args) -> int:
+    from harness.evaluation.files import evaluate_coco_files, evaluate_crowdhuman_files
+
+    if args.kind == "coco":
+        metrics = evaluate_coco_files(args.gt, args.dets, args.backend)
+    else:
+        metrics = evaluate_crowdhuman_files(args.gt, args.dets, args.images)
+    if args.json:
+        print(json.dumps(_json_safe(metrics)))
+        return 0
+    for name, value in metrics.items():
+        shown = f"{100 * value:6.2f} %" if isinstance(value, float) else f"{value:8d}"
+        print(f"{name:<11} {shown}")
+    return 0
+
+
 def cmd_not_yet(args) -> int:
     if getattr(args, "spec", None):
         _cells(args)  # a bad spec is still reported as such
@@ -180,7 +204,7 @@ def cmd_not_yet(args) -> int:
     return EXIT_USAGE
 
 
-COMMANDS = {"plan": cmd_plan}
+COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS.get(args.command, cmd_not_yet)
     try:
         return handler(args)
-    except SpecError as exc:
+    except UserError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE

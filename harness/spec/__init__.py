@@ -3,7 +3,7 @@
 Imports nothing from the rest of the package (design.md layers).
 """
 
-from harness.spec.errors import Problem, SpecError
+from harness.spec.errors import DataError, Problem, SpecError, UserError
 from harness.spec.load import LoadedSpec, load_spec
 from harness.spec.matrix import Cell, expand, resolve, run_key, select
 from harness.spec.overrides import Override, load_set_file, parse_set
@@ -11,6 +11,6 @@ from harness.spec.schema import SCHEMA_VERSION, Config, Spec
 
 __all__ = [
     "SCHEMA_VERSION", "Cell", "Config", "LoadedSpec", "Override", "Problem", "Spec",
-    "SpecError", "expand", "load_set_file", "load_spec", "parse_set", "resolve", "run_key",
+    "SpecError", "UserError", "DataError", "expand", "load_set_file", "load_spec", "parse_set", "resolve", "run_key",
     "select",
 ]

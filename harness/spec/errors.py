@@ -34,9 +34,17 @@ class Problem:
         return f"{where}{key}{self.message}"
 
 
-class SpecError(Exception):
-    """One or more problems in a spec, an override or an override file (exit code 2)."""
+class UserError(Exception):
+    """Input a user can fix (exit code 2, no traceback): one or more problems."""
 
     def __init__(self, problems: Problem | Iterable[Problem]):
         self.problems = [problems] if isinstance(problems, Problem) else list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class SpecError(UserError):
+    """Problems in a spec, an override or an override file."""
+
+
+class DataError(UserError):
+    """Problems in a dataset, annotation or detections file."""

@@ -1,0 +1,4 @@
+"""Evaluators identical to the official tools: COCO (pycocotools) and CrowdHuman (body mode).
+
+Math only: evaluators return dicts; they never log (design.md rule 7).
+"""
