@@ -126,13 +126,13 @@ def naive(images):
         n_ign += int(sum(1 for lab in im.gt_labels if lab == -1))
         if len(im.dt_scores) == 0:
             continue
-        dts = sorted([(list(b), s) for b, s in zip(im.dt_boxes, im.dt_scores)],
+        dts = sorted([(list(b), s) for b, s in zip(im.dt_boxes, im.dt_scores, strict=True)],
                      key=lambda x: x[1], reverse=True)
-        gts = sorted([(list(b), lab) for b, lab in zip(im.gt_boxes, im.gt_labels)],
+        gts = sorted([(list(b), lab) for b, lab in zip(im.gt_boxes, im.gt_labels, strict=True)],
                      key=lambda x: x[1], reverse=True)
         W, H = im.width, im.height
 
-        def clip(b):
+        def clip(b, W=W, H=H):
             return [min(max(b[0], 0), W - 1), min(max(b[1], 0), H - 1),
                     max(min(b[2], W), 0), max(min(b[3], H), 0)]
 
