@@ -1,0 +1,91 @@
+"""Spec -> datasets: the only place of harness/data that reads a config."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.data.loader import DetectionDataset
+from harness.data.records import (
+    DatasetInfo,
+    ImageRecord,
+    check_images_exist,
+    load_coco,
+    load_crowdhuman,
+)
+from harness.data.synthetic import ensure_dataset
+from harness.data.transforms import TestTransform, TrainTransform
+from harness.spec.errors import DataError, Problem
+from harness.spec.schema import DataConfig
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_path(text: str, where: str = "data.root") -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` from the environment."""
+
+    def sub(m: re.Match) -> str:
+        value = os.environ.get(m.group(1))
+        if value:
+            return value
+        if m.group(2) is not None:
+            return m.group(2)
+        raise DataError(Problem(None, None, where, f"environment variable {m.group(1)} is not set"))
+
+    return _VAR.sub(sub, text)
+
+
+@dataclass
+class Datasets:
+    train: list[ImageRecord]
+    val: list[ImageRecord]
+    info: DatasetInfo  # of the val split
+
+
+LOADERS = {"coco": load_coco, "crowdhuman": load_crowdhuman}
+
+
+def _split(cfg: DataConfig, root: Path, which: str):
+    split = getattr(cfg, which)
+    ann = Path(expand_path(split.annotations, f"data.{which}.annotations"))
+    images = Path(expand_path(split.images, f"data.{which}.images"))
+    ann = ann if ann.is_absolute() else root / ann
+    images = images if images.is_absolute() else root / images
+    if not ann.exists():
+        raise DataError(Problem(str(ann), None, f"data.{which}.annotations", "annotation file not found"))
+    return LOADERS[cfg.name](ann, images)
+
+
+def load_datasets(cfg: DataConfig, cache_dir: str | Path, *, check_files: bool = True) -> Datasets:
+    """Train and val records; the synthetic dataset is generated into the cache on first use."""
+    if cfg.name == "synthetic":
+        s = cfg.synthetic
+        folder = ensure_dataset(cache_dir, num_train=s.num_train, num_val=s.num_val, seed=s.seed,
+                                crowd=s.crowd, fmt=s.format, min_size=s.min_size,
+                                max_size=s.max_size, ignore_regions=s.ignore_regions)
+        ext, loader = (".json", load_coco) if s.format == "coco" else (".odgt", load_crowdhuman)
+        train, _ = loader(folder / f"train{ext}", folder / "train")
+        val, info = loader(folder / f"val{ext}", folder / "val")
+    else:
+        root = Path(expand_path(cfg.root)) if cfg.root else Path(".")
+        train, _ = _split(cfg, root, "train")
+        val, info = _split(cfg, root, "val")
+    if check_files:
+        check_images_exist(train, "train annotations")
+        check_images_exist(val, info.annotation_file)
+    if cfg.filter_empty:
+        train = [r for r in train if len(r.boxes)]
+    if not train:
+        raise DataError(Problem(None, None, "data", "no training images with boxes"))
+    return Datasets(train, val, info)
+
+
+def train_dataset(cfg: DataConfig, records: list[ImageRecord], input_format: str) -> DetectionDataset:
+    return DetectionDataset(records, TrainTransform(tuple(cfg.train_min_size), cfg.train_max_size,
+                                                    cfg.flip_prob, input_format, cfg.augment))
+
+
+def test_dataset(cfg: DataConfig, records: list[ImageRecord], input_format: str) -> DetectionDataset:
+    return DetectionDataset(records, TestTransform(cfg.test_min_size, cfg.test_max_size, input_format))

@@ -1,0 +1,257 @@
+"""The offline synthetic crowded dataset: deterministic scenes of coloured handwritten digits.
+
+Objects are scikit-learn's bundled handwritten digits (real data, 10 classes; 8x8 scans
+upscaled and coloured) drawn on a coloured rectangle or ellipse; the box is the full extent of
+that patch, also where later objects occlude it (like CrowdHuman's full-body boxes). Scenes have
+textured backgrounds and unlabelled distractor shapes. Object sizes are log-uniform from 10 px
+to 3/4 of the short side, so they spread over the FPN levels P3-P7.
+
+Crowd levels: ``none`` keeps objects apart (pairwise IoU < 0.1), ``low`` places them
+independently (occasional overlaps), ``high`` places them in groups where neighbours are offset
+by 8-35 % of their size, so pairs with IoU > 0.5 occur in every image (as in CrowdHuman).
+
+Everything is drawn from ``numpy.random.default_rng([seed, split, index])`` per image: the same
+seed gives the same bytes, whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES = tuple(f"digit_{i}" for i in range(10))
+SPLITS = {"train": 0, "val": 1}
+CROWD = {"none": (2, 6), "low": (3, 10), "high": (6, 16)}
+
+
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (1,797 8x8 scans), read from its data file.
+
+    Reading ``sklearn/datasets/data/digits.csv.gz`` directly avoids importing scikit-learn
+    (about 3 s); ``load_digits`` is the fallback and gives the same arrays.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.exists():
+        data = np.loadtxt(path, delimiter=",")
+        images, target = data[:, :-1].reshape(-1, 8, 8), data[:, -1]
+    else:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        images, target = d.images, d.target
+    return (images / 16.0).astype(np.float32), target.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class SynthObject:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    label: int
+    ignore: bool = False
+
+
+def _iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A smooth colour field plus low-frequency noise and stripes."""
+    c0, c1 = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
+    t = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h)[:, None, None]
+    base = c0 * (1 - t) + c1 * t
+    base = np.broadcast_to(base, (h, w, 3)).copy()
+    coarse = rng.normal(0, 18, (max(2, h // 16), max(2, w // 16), 3)).astype(np.float32)
+    noise = np.stack([np.asarray(Image.fromarray(coarse[..., k]).resize((w, h), Image.BILINEAR))
+                      for k in range(3)], -1)
+    base += noise + rng.normal(0, 6, (h, w, 3))
+    if rng.random() < 0.5:
+        period = rng.uniform(6, 24)
+        phase = np.sin(np.arange(w)[None, :] * 2 * np.pi / period + np.arange(h)[:, None] * rng.uniform(-0.5, 0.5))
+        base += phase[..., None] * rng.uniform(4, 14)
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+
+
+def _distractors(rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h: int) -> None:
+    for _ in range(int(rng.integers(0, 5))):
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        r = rng.uniform(3, min(w, h) / 6)
+        col = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=col, width=int(rng.integers(1, 4)))
+        else:
+            draw.line([x, y, x + rng.uniform(-3, 3) * r, y + rng.uniform(-3, 3) * r], fill=col,
+                      width=int(rng.integers(1, 4)))
+
+
+def _draw_object(rng: np.random.Generator, canvas: Image.Image, box, label: int) -> None:
+    images, targets = _digits()
+    choices = np.flatnonzero(targets == label)
+    glyph = images[choices[int(rng.integers(0, len(choices)))]]
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    bw, bh = max(1, x2 - x1), max(1, y2 - y1)
+    fill = rng.uniform(0, 255, 3)
+    ink = 255 - fill + rng.normal(0, 20, 3)  # contrasting colour
+    mask = np.asarray(Image.fromarray((glyph * 255).astype(np.uint8)).resize((bw, bh), Image.BILINEAR),
+                      dtype=np.float32)[..., None] / 255.0
+    patch = fill * (1 - mask) + ink * mask
+    shape = Image.new("L", (bw, bh), 0)
+    ImageDraw.Draw(shape).rectangle([0, 0, bw - 1, bh - 1], fill=255) if rng.random() < 0.6 else \
+        ImageDraw.Draw(shape).ellipse([0, 0, bw - 1, bh - 1], fill=255)
+    canvas.paste(Image.fromarray(np.clip(patch, 0, 255).astype(np.uint8), "RGB"), (x1, y1), shape)
+
+
+def _place(rng: np.random.Generator, w: int, h: int, crowd: str) -> list[tuple]:
+    lo, hi = CROWD[crowd]
+    n = int(rng.integers(lo, hi + 1))
+    short = min(w, h)
+    boxes: list[tuple] = []
+
+    def size():
+        s = float(np.exp(rng.uniform(np.log(10), np.log(0.75 * short))))
+        aspect = float(rng.uniform(0.7, 1.8))  # height / width: upright, person-like
+        bw, bh = s / np.sqrt(aspect), s * np.sqrt(aspect)
+        return min(bw, w - 1.0), min(bh, h - 1.0)
+
+    def inside(x, y, bw, bh):
+        x = float(np.clip(x, 0, w - bw))
+        y = float(np.clip(y, 0, h - bh))
+        return (x, y, x + bw, y + bh)
+
+    attempts = 0
+    while len(boxes) < n and attempts < 50 * n:
+        attempts += 1
+        bw, bh = size()
+        if crowd == "high" and boxes and rng.random() < 0.4:
+            ref = boxes[int(rng.integers(0, len(boxes)))]
+            rw, rh = ref[2] - ref[0], ref[3] - ref[1]
+            scale = float(rng.uniform(0.85, 1.15))
+            bw, bh = min(rw * scale, w - 1.0), min(rh * scale, h - 1.0)
+            dx = float(rng.uniform(0.08, 0.35)) * rw * rng.choice([-1, 1])
+            dy = float(rng.uniform(0.0, 0.12)) * rh * rng.choice([-1, 1])
+            box = inside(ref[0] + dx, ref[1] + dy, bw, bh)
+        else:
+            box = inside(rng.uniform(0, w - bw), rng.uniform(0, h - bh), bw, bh)
+        if crowd == "none" and any(_iou(box, b) >= 0.1 for b in boxes):
+            continue
+        if any(_iou(box, b) > 0.9 for b in boxes):  # no exact duplicates
+            continue
+        boxes.append(box)
+    return boxes
+
+
+def make_scene(seed: int, split: str, index: int, crowd: str, min_size: int, max_size: int,
+               ignore_regions: bool = False) -> tuple[Image.Image, list[SynthObject]]:
+    """One deterministic scene and its objects."""
+    rng = np.random.default_rng([seed, SPLITS[split], index])
+    w, h = (int(v) for v in rng.integers(min_size, max_size + 1, 2))
+    canvas = _background(rng, w, h)
+    _distractors(rng, ImageDraw.Draw(canvas), w, h)
+    objects = []
+    for box in _place(rng, w, h, crowd):
+        label = int(rng.integers(0, len(CLASSES)))
+        _draw_object(rng, canvas, box, label)
+        objects.append(SynthObject(box, label))
+    if ignore_regions and rng.random() < 0.5:
+        # a hatched region of tiny unreadable glyphs: annotated as an ignore ("mask") region
+        rw, rh = rng.uniform(0.15, 0.35) * w, rng.uniform(0.15, 0.35) * h
+        x, y = rng.uniform(0, w - rw), rng.uniform(0, h - rh)
+        draw = ImageDraw.Draw(canvas)
+        for k in range(int(rw // 4)):
+            col = tuple(int(v) for v in rng.integers(0, 256, 3))
+            draw.line([x + 4 * k, y, x + 4 * k + rng.uniform(-4, 4), y + rh], fill=col, width=2)
+        objects.append(SynthObject((x, y, x + rw, y + rh), 0, ignore=True))
+    return canvas, objects
+
+
+def _coco(records: list[tuple[str, int, int, list[SynthObject]]]) -> dict:
+    images, anns = [], []
+    for i, (file, w, h, objects) in enumerate(records):
+        images.append({"id": i + 1, "file_name": file, "width": w, "height": h})
+        for o in objects:
+            x1, y1, x2, y2 = (round(v, 2) for v in o.box)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": o.label + 1,
+                         "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                         "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": int(o.ignore)})
+    cats = [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def _odgt(records: list[tuple[str, int, int, list[SynthObject]]]) -> list[dict]:
+    lines = []
+    for file, w, h, objects in records:
+        boxes = []
+        for k, o in enumerate(objects):
+            x1, y1, x2, y2 = (round(v, 2) for v in o.box)
+            fbox = [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
+            boxes.append({"tag": "mask" if o.ignore else "person", "fbox": fbox, "vbox": fbox,
+                          "hbox": [x1, y1, fbox[2], round(fbox[3] / 4, 2)],
+                          "head_attr": {"ignore": int(o.ignore), "occ": 0, "unsure": 0},
+                          "extra": {"box_id": k, "occ": 0, "ignore": int(o.ignore)}})
+        lines.append({"ID": Path(file).stem, "width": w, "height": h, "gtboxes": boxes})
+    return lines
+
+
+def write_split(out_dir: str | Path, split: str, num_images: int, *, seed: int = 0,
+                crowd: str = "high", fmt: str = "coco", min_size: int = 128, max_size: int = 320,
+                ignore_regions: bool = False) -> Path:
+    """Write ``<out_dir>/<split>/*.png`` and the annotation file; returns the annotation path."""
+    if crowd not in CROWD:
+        raise ValueError(f"unknown crowd level {crowd!r} (known: {', '.join(CROWD)})")
+    out_dir = Path(out_dir)
+    image_dir = out_dir / split
+    image_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(num_images):
+        img, objects = make_scene(seed, split, i, crowd, min_size, max_size,
+                                  ignore_regions and fmt == "odgt")
+        file = f"{i:06d}.png"
+        img.save(image_dir / file, format="PNG", optimize=False, compress_level=6)
+        records.append((file, img.width, img.height, objects))
+    if fmt == "coco":
+        path = out_dir / f"{split}.json"
+        path.write_text(json.dumps(_coco(records), sort_keys=True))
+    elif fmt == "odgt":
+        path = out_dir / f"{split}.odgt"
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in _odgt(records)))
+    else:
+        raise ValueError(f"unknown format {fmt!r} (known: coco, odgt)")
+    return path
+
+
+def ensure_dataset(cache_dir: str | Path, *, num_train: int, num_val: int, seed: int, crowd: str,
+                   fmt: str, min_size: int, max_size: int, ignore_regions: bool) -> Path:
+    """Generate the dataset into the cache once (atomically: parallel jobs may race)."""
+    key = f"{fmt}-{crowd}-s{seed}-n{num_train}-{num_val}-{min_size}-{max_size}-ign{int(ignore_regions)}"
+    final = Path(cache_dir) / "synthetic" / key
+    if (final / "DONE").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+    try:
+        for split, n in (("train", num_train), ("val", num_val)):
+            write_split(tmp, split, n, seed=seed, crowd=crowd, fmt=fmt, min_size=min_size,
+                        max_size=max_size, ignore_regions=ignore_regions)
+        (tmp / "DONE").write_text("ok\n")
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first; theirs is identical
+            if not (final / "DONE").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
