@@ -16,7 +16,7 @@ from harness.spec import UserError
 EXIT_USAGE = 2
 
 #: Commands whose issue has not landed yet: name -> issue number.
-NOT_YET = {"run": 6, "train": 5, "status": 6, "report": 7, "sweep": 8, "data": 3}
+NOT_YET = {"run": 6, "train": 5, "status": 6, "report": 7, "sweep": 8}
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -126,12 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Dataset tools.")
     data = p.add_subparsers(dest="data_command", metavar="TOOL", required=True)
     q = data.add_parser("synth", help="write the offline synthetic crowded dataset",
-                        description="Generate the deterministic synthetic crowded dataset.")
+                        description="Generate the deterministic synthetic crowded dataset: "
+                                    "N training images and N/4 validation images.")
     q.add_argument("--out", required=True, metavar="DIR")
     q.add_argument("--images", type=int, default=200, metavar="N")
     q.add_argument("--seed", type=int, default=0, metavar="S")
     q.add_argument("--crowd", choices=["none", "low", "high"], default="high")
     q.add_argument("--format", choices=["coco", "odgt"], default="coco")
+    q.add_argument("--min-size", type=int, default=128, help="smallest image side drawn")
+    q.add_argument("--max-size", type=int, default=320, help="largest image side drawn")
+    q.add_argument("--ignore-regions", action="store_true",
+                   help="odgt: add ignore ('mask') regions")
     q = data.add_parser("convert-crowdhuman", help="CrowdHuman .odgt -> COCO instances json",
                         description="Convert a CrowdHuman .odgt file to COCO instances json.")
     q.add_argument("odgt", metavar="ODGT")
@@ -196,6 +201,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    if args.data_command == "synth":
+        from harness.data.synthetic import write_split
+
+        for split, n in (("train", args.images), ("val", max(1, args.images // 4))):
+            path = write_split(args.out, split, n, seed=args.seed, crowd=args.crowd, fmt=args.format,
+                               min_size=args.min_size, max_size=args.max_size,
+                               ignore_regions=args.ignore_regions)
+            print(f"{split}: {n} images, annotations {path}")
+        return 0
+    from harness.data.convert import crowdhuman_to_coco, write_json_atomic
+
+    data = crowdhuman_to_coco(args.odgt, args.image_dir)
+    write_json_atomic(data, args.out)
+    print(f"{len(data['images'])} images, {len(data['annotations'])} boxes -> {args.out}")
+    return 0
+
+
 def cmd_not_yet(args) -> int:
     if getattr(args, "spec", None):
         _cells(args)  # a bad spec is still reported as such
@@ -204,7 +227,7 @@ def cmd_not_yet(args) -> int:
     return EXIT_USAGE
 
 
-COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate}
+COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate, "data": cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from harness.data.records import (
     load_crowdhuman,
 )
 from harness.data.synthetic import ensure_dataset
-from harness.data.transforms import TestTransform, TrainTransform
+from harness.data.transforms import EvalTransform, TrainTransform
 from harness.spec.errors import DataError, Problem
 from harness.spec.schema import DataConfig
 
@@ -87,5 +87,5 @@ def train_dataset(cfg: DataConfig, records: list[ImageRecord], input_format: str
                                                     cfg.flip_prob, input_format, cfg.augment))
 
 
-def test_dataset(cfg: DataConfig, records: list[ImageRecord], input_format: str) -> DetectionDataset:
-    return DetectionDataset(records, TestTransform(cfg.test_min_size, cfg.test_max_size, input_format))
+def eval_dataset(cfg: DataConfig, records: list[ImageRecord], input_format: str) -> DetectionDataset:
+    return DetectionDataset(records, EvalTransform(cfg.test_min_size, cfg.test_max_size, input_format))

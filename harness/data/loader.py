@@ -119,7 +119,7 @@ def train_loader(dataset: DetectionDataset, batch_per_rank: int, seed: int, *, r
                       persistent_workers=num_workers > 0, drop_last=True)
 
 
-def test_loader(dataset: DetectionDataset, *, batch_size: int = 1, rank: int = 0, world_size: int = 1,
+def eval_loader(dataset: DetectionDataset, *, batch_size: int = 1, rank: int = 0, world_size: int = 1,
                 num_workers: int = 0, divisibility: int = 32) -> DataLoader:
     """Every image once, in order; rank r takes images r, r + W, ..."""
     indices = list(range(rank, len(dataset), world_size))

@@ -98,7 +98,7 @@ class TrainTransform:
 
 
 @dataclass(frozen=True)
-class TestTransform:
+class EvalTransform:
     size: int
     max_size: int
     input_format: str
