@@ -1,0 +1,46 @@
+"""Losses: sums over the batch; the predictor divides by the normaliser (design.md rule 7:
+math only, returns tensors)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from harness.model.box_ops import aligned_iou_giou
+
+
+def sigmoid_focal(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Elementwise sigmoid focal loss on logits (detectron2 / cvpods rule)."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+def sigmoid_focal_on_probs(probs: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss on probabilities (3DMF: p = sigmoid(cls) * sigmoid(filter))."""
+    ce = F.binary_cross_entropy(probs, targets, reduction="none")
+    p_t = probs * targets + (1 - probs) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - GIoU of aligned boxes [N, 4] -> [N]."""
+    return 1 - aligned_iou_giou(pred, target)[1]
+
+
+def neg_log_iou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """mmdet IoULoss: -log(IoU.clamp(min=eps)) -> [N]."""
+    return -aligned_iou_giou(pred, target)[0].clamp(min=eps).log()
+
+
+def centerness_target(ltrb: torch.Tensor) -> torch.Tensor:
+    """sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) -> [N]."""
+    lr, tb = ltrb[:, [0, 2]], ltrb[:, [1, 3]]
+    return torch.sqrt((lr.min(-1).values / lr.max(-1).values) * (tb.min(-1).values / tb.max(-1).values))
