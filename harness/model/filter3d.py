@@ -30,14 +30,14 @@ class MaxFilter3D(nn.Module):
         conv = [self.conv(f) for f in feats]
         margin = self.tau // 2
         out = []
-        for l, f in enumerate(conv):
-            lo, hi = max(0, l - margin), min(len(conv) - 1, l + margin)
-            stack = [f if k == l else F.interpolate(conv[k], size=f.shape[-2:], mode="bilinear",
+        for lvl, f in enumerate(conv):
+            lo, hi = max(0, lvl - margin), min(len(conv) - 1, lvl + margin)
+            stack = [f if k == lvl else F.interpolate(conv[k], size=f.shape[-2:], mode="bilinear",
                                                       align_corners=False) for k in range(lo, hi + 1)]
             x = torch.stack(stack, dim=2)  # [B, C, D, H, W]
             x = F.max_pool3d(x, kernel_size=(self.tau + 1, self.kernel, self.kernel), stride=1,
                              padding=(margin, self.kernel // 2, self.kernel // 2))
-            out.append(x[:, :, l - lo])
+            out.append(x[:, :, lvl - lo])
         return out
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
