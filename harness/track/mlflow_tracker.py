@@ -1,0 +1,200 @@
+"""MLflow tracking: experiment = spec name, run = cell, batched metrics, resumable runs."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Protocol
+
+from harness.spec.errors import Problem, UserError
+
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlalchemy.*")
+warnings.filterwarnings("ignore", message=r".*declarative_base.*")
+
+MAX_PARAM = 6000  # MLflow's value limit (characters)
+MAX_KEY = 250
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def flush(self) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def end(self, status: str, reason: str | None = None) -> None: ...
+
+
+class NullTracker:
+    """For ranks other than 0 and for dry runs: records nothing."""
+
+    run_id = None
+
+    def log_metrics(self, metrics, step):
+        pass
+
+    def flush(self):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+    def log_artifact(self, path, artifact_path=None):
+        pass
+
+    def end(self, status, reason=None):
+        pass
+
+
+def default_tracking_uri(workspace: str | Path) -> str:
+    return f"sqlite:///{Path(workspace).resolve() / 'mlflow.db'}"
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast and clearly when the store cannot be used (before any training)."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise OSError(f"HTTP {resp.status}")
+        except (OSError, urllib.error.URLError) as exc:
+            raise UserError(Problem(None, None, "--tracking-uri",
+                                    f"cannot reach the MLflow server at {uri}: {exc}")) from None
+    elif uri.startswith("file:") or "://" not in uri:
+        raise UserError(Problem(None, None, "--tracking-uri",
+                                f"{uri}: MLflow 3 refuses the file store; use sqlite:///PATH or http://HOST:PORT"))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def _clip(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client, name: str, uri: str, workspace: str | Path | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:") and workspace is not None:
+        location = (Path(workspace).resolve() / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class MLflowTracker:
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+        self._buffer: list = []
+        self._ended = False
+        self._monitor = None
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, Any], *, workspace=None,
+              resume_run_id: str | None = None) -> MLflowTracker:
+        client = client_for(uri)
+        if resume_run_id is not None:
+            client.update_run(resume_run_id, status="RUNNING")
+            tracker = cls(client, resume_run_id)
+            tracker.set_tags(tags)
+            return tracker
+        exp_id = ensure_experiment(client, experiment, uri, workspace)
+        run = client.create_run(exp_id, tags={k: str(v) for k, v in tags.items()}, run_name=run_name)
+        return cls(client, run.info.run_id)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(_clip(k, MAX_KEY), _clip(str(v), MAX_PARAM)) for k, v in params.items()]
+        items = [p for p in items if p.key not in existing]  # params are immutable: resume skips them
+        for i in range(0, len(items), PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        if len(self._buffer) >= METRICS_PER_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:METRICS_PER_BATCH], self._buffer[METRICS_PER_BATCH:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, _clip(str(v), 8000)) for k, v in tags.items()]
+        for i in range(0, len(items), PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=items[i:i + PARAMS_PER_BATCH])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def start_system_metrics(self) -> None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id)
+            self._monitor.start()
+        except Exception as exc:  # optional: never stop training for it
+            print(f"system metrics unavailable: {exc}")
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """FINISHED, FAILED or KILLED; a reason is kept in the `harness.failure` tag."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self.flush()
+        finally:
+            if self._monitor is not None:
+                try:
+                    self._monitor.finish()
+                except Exception:
+                    pass
+            if reason:
+                self.set_tags({"harness.failure": reason})
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def git_commit() -> str:
+    """The commit of the harness source tree, or 'unknown'."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, env={**os.environ, "GIT_DIR": str(root / ".git")})
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

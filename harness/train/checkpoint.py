@@ -1,0 +1,54 @@
+"""Checkpoints: written atomically (temp file + os.replace), read with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(tuple(state["numpy"]))
+    st = state["python"]
+    random.setstate((st[0], tuple(st[1]), st[2]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: str | Path, *, model, optimizer, scheduler, scaler, iteration: int, run_id: str | None,
+         run_key: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {}, "iteration": iteration,
+        "run_id": run_id or "", "run_key": run_key, "rng": _plain(rng_state()),
+    }
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _plain(state: dict) -> dict:
+    """numpy's RNG state as tensors/lists so that weights_only loading accepts it."""
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    py = state["python"]
+    return {"torch": state["torch"], "cuda": state["cuda"],
+            "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+            "python": [py[0], list(py[1]), py[2]]}
+
+
+def load(path: str | Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    kind, keys, pos, has_gauss, cached = state["rng"]["numpy"]
+    state["rng"]["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    return state

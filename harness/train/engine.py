@@ -1,0 +1,191 @@
+"""The training loop and evaluation, as free functions read top to bottom (design.md rule 6)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+from harness.data.transforms import to_original
+from harness.evaluation.coco import evaluate_coco
+from harness.evaluation.crowdhuman import evaluate_images, images_from_records
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, term: str, iteration: int, value: float):
+        super().__init__(f"non-finite loss {term} = {value} at iteration {iteration}")
+        self.term, self.iteration = term, iteration
+
+
+class Stop(RuntimeError):
+    """A signal asked the run to stop; raised between iterations."""
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {**batch, "images": batch["images"].to(device, non_blocking=True),
+            "targets": [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]}
+
+
+def train_step(model, batch: dict, optimizer, scaler, *, iteration: int, amp_dtype=None,
+               clip_grad_norm: float | None = None) -> dict[str, float]:
+    """One optimisation step; returns the loss terms and their total as floats."""
+    ctx = torch.autocast(device_type=batch["images"].device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    with ctx:
+        losses = model(batch["images"], batch["image_sizes"], batch["targets"])
+    total = sum(losses.values())
+    values = _logged({**{k: v.detach() for k, v in losses.items()}, "total_loss": total.detach()})
+    for term, value in values.items():
+        if not math.isfinite(value):
+            raise NonFiniteLoss(term, iteration, value)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+    else:
+        total.backward()
+    if clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return values
+
+
+def _logged(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Loss values for logging: under DDP the mean over processes, which equals the loss of
+    one process holding the whole batch (each process divides by the batch's total)."""
+    keys = sorted(losses)
+    stacked = torch.stack([losses[k].float() for k in keys])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return dict(zip(keys, stacked.tolist(), strict=True))
+
+
+class Progress:
+    """A progress bar on a terminal; plain lines every `period` iterations otherwise."""
+
+    def __init__(self, total: int, start: int, period: int, label: str, enabled: bool = True):
+        self.total, self.period, self.label, self.enabled = total, period, label, enabled
+        self.t0, self.start = time.perf_counter(), start
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.task = self.bar.add_task(label, total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, iteration: int, info: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        text = " ".join(f"{k}={v:.4g}" for k, v in info.items())
+        if self.bar is not None:
+            self.bar.update(self.task, completed=iteration, info=text)
+        elif iteration % self.period == 0 or iteration == self.total:
+            done = iteration - self.start
+            rate = done / max(1e-9, time.perf_counter() - self.t0)
+            eta = (self.total - iteration) / rate if rate > 0 else float("nan")
+            print(f"[{self.label}] iter {iteration}/{self.total} {text} eta {eta:.0f}s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class WindowMeter:
+    """Means of the values logged since the last flush."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] += v
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        out = {k: v / max(1, self.count) for k, v in self.sums.items()}
+        self.sums.clear()
+        self.count = 0
+        return out
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict(model, loader, device) -> dict[str, list[dict]]:
+    """Detections of this process's images, in original coordinates, for both postprocesses."""
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    out: dict[str, list[dict]] = {"nms": [], "nms_free": []}
+    for batch in loader:
+        dets = net.detect(batch["images"].to(device), batch["image_sizes"])
+        for i, d in enumerate(dets):
+            for key in out:
+                boxes, scores, labels = d[key]
+                boxes = to_original(boxes.float().cpu(), batch["image_sizes"][i], batch["orig_sizes"][i])
+                out[key].append({"image_id": batch["image_ids"][i], "boxes": boxes.tolist(),
+                                 "scores": scores.float().cpu().tolist(), "labels": labels.cpu().tolist()})
+    net.train(was_training)
+    return out
+
+
+def gather(preds: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return preds
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, preds)
+    return {k: [p for part in parts for p in part[k]] for k in preds}
+
+
+def coco_results(preds: list[dict], label_to_category: list[int]) -> list[dict]:
+    res = []
+    for p in preds:
+        for (x1, y1, x2, y2), s, lab in zip(p["boxes"], p["scores"], p["labels"], strict=True):
+            res.append({"image_id": p["image_id"], "category_id": label_to_category[lab],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
+    return res
+
+
+def odgt_results(preds: list[dict]) -> list[dict]:
+    return [{"ID": p["image_id"], "dtboxes": [{"box": [x1, y1, x2 - x1, y2 - y1], "score": s, "tag": 1}
+                                             for (x1, y1, x2, y2), s in zip(p["boxes"], p["scores"], strict=True)]}
+            for p in preds]
+
+
+def score(preds: dict[str, list[dict]], info, val_records, *, metrics: str, backend: str, headline: str):
+    """Metrics of both postprocesses; the headline ones (eval.nms) also without prefix."""
+    out: dict[str, float] = {}
+    files: dict[str, list] = {}
+    for key, items in preds.items():
+        if metrics == "coco":
+            results = coco_results(items, info.label_to_category)
+            values = evaluate_coco(info.gt, results, backend)
+        else:
+            results = odgt_results(items)
+            sizes = {r.image_id: r.size for r in val_records}
+            gt = [{**rec, "width": sizes[rec["ID"]][0], "height": sizes[rec["ID"]][1]} for rec in info.gt]
+            values = evaluate_images(images_from_records(gt, {r["ID"]: r for r in results})).as_dict()
+        files[key] = results
+        for name, v in values.items():
+            out[f"{key}.{name}"] = float(v)
+            if key == headline:
+                out[name] = float(v)
+    return out, files
