@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.error
@@ -178,10 +179,8 @@ class MLflowTracker:
             self.flush()
         finally:
             if self._monitor is not None:
-                try:
+                with contextlib.suppress(Exception):
                     self._monitor.finish()
-                except Exception:
-                    pass
             if reason:
                 self.set_tags({"harness.failure": reason})
             self.client.set_terminated(self.run_id, status=status)
