@@ -113,10 +113,10 @@ def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | 
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     workspace = Path(workspace)
-    workspace.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or default_tracking_uri(workspace)
     if rank == 0:
         check_tracking_uri(uri)
+    workspace.mkdir(parents=True, exist_ok=True)
     cdir = cell_dir(workspace, cell)
     ckpt_path = cdir / "checkpoint.pt"
 

@@ -15,9 +15,16 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 
+def _finite(value: torch.Tensor, maximize: bool) -> np.ndarray:
+    """Non-finite entries (diverged predictions) become the worst value, so that the solve
+    still runs and the non-finite loss is what reports the divergence."""
+    worst = -1e8 if maximize else 1e8
+    return torch.nan_to_num(value, nan=worst, posinf=1e8, neginf=-1e8).cpu().numpy()
+
+
 def solve_full(value: torch.Tensor, maximize: bool) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of an optimal assignment of the [G, R] matrix."""
-    return linear_sum_assignment(value.cpu().numpy(), maximize=maximize)
+    return linear_sum_assignment(_finite(value, maximize), maximize=maximize)
 
 
 def solve_restricted(value: torch.Tensor, in_prior: torch.Tensor, maximize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -30,5 +37,5 @@ def solve_restricted(value: torch.Tensor, in_prior: torch.Tensor, maximize: bool
     prior_cols = torch.nonzero(used).flatten()
     free_cols = torch.nonzero(~used).flatten()[:g]
     cols = torch.cat([prior_cols, free_cols]).sort().values  # keep the original column order
-    rows, sub = linear_sum_assignment(value[:, cols].cpu().numpy(), maximize=maximize)
+    rows, sub = linear_sum_assignment(_finite(value[:, cols], maximize), maximize=maximize)
     return rows, cols.cpu().numpy()[sub]
