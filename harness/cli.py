@@ -16,7 +16,7 @@ from harness.spec import UserError
 EXIT_USAGE = 2
 
 #: Commands whose issue has not landed yet: name -> issue number.
-NOT_YET = {"run": 6, "status": 6, "report": 7, "sweep": 8}
+NOT_YET = {"report": 7, "sweep": 8}
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="dataset axis value (default: first)")
     _add_overrides(p)
     _add_store(p)
-    p.add_argument("--resume", action="store_true", help="resume from the cell's checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="resume from the cell's checkpoint (the default when it exists)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start a new run even if the cell has a checkpoint (it is set aside)")
 
     p = sub.add_parser("status", help="show the state of a spec's cells from MLflow",
                        description="Print the state of every cell of SPEC as recorded in MLflow.")
@@ -227,7 +230,33 @@ def cmd_train(args) -> int:
     from harness.train.run import run_cell
 
     return run_cell(cell, workspace=args.workspace, tracking_uri=args.tracking_uri,
-                    resume=True if args.resume else None, spec_file=args.spec)
+                    resume=False if args.fresh else (True if args.resume else None), spec_file=args.spec)
+
+
+def _override_args(args) -> list[str]:
+    out: list[str] = []
+    for f in args.set_files:
+        out += ["--set-file", f]
+    if args.overrides:
+        out += ["--set", *args.overrides]
+    return out
+
+
+def cmd_run(args) -> int:
+    loaded, cells = _cells(args)
+    from harness.schedule.run import run_spec
+
+    return run_spec(cells, spec_name=loaded.spec.name, spec_file=args.spec, override_args=_override_args(args),
+                    workspace=args.workspace, tracking_uri=args.tracking_uri, jobs=args.jobs, rerun=args.rerun,
+                    backend=args.backend, detach=args.detach)
+
+
+def cmd_status(args) -> int:
+    loaded, cells = _cells(args)
+    from harness.schedule.run import status_table
+
+    return status_table(cells, spec_name=loaded.spec.name, workspace=args.workspace,
+                        tracking_uri=args.tracking_uri)
 
 
 def cmd_not_yet(args) -> int:
@@ -238,7 +267,8 @@ def cmd_not_yet(args) -> int:
     return EXIT_USAGE
 
 
-COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate, "data": cmd_data, "train": cmd_train}
+COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate, "data": cmd_data, "train": cmd_train,
+            "run": cmd_run, "status": cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

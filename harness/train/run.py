@@ -9,6 +9,7 @@ the reason in the `harness.failure` tag.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,9 +50,13 @@ from harness.train.engine import (
     train_step,
     unwrap,
 )
+from harness.train.lock import CellLock
 from harness.train.optim import build_optimizer, build_scheduler, scaled_schedule
 
 EXIT_FAILED = 1
+EXIT_DIVERGED = 3  # a non-finite loss: retrying from the last checkpoint would diverge again
+EXIT_BUSY = 75  # the cell is being trained by another process (its lock is held)
+HEARTBEAT_S = float(os.environ.get("HARNESS_HEARTBEAT_S", "30"))
 
 
 def cell_dir(workspace: str | Path, cell: Cell) -> Path:
@@ -105,7 +110,54 @@ def _amp(train, device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None
 def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | None = None,
              resume: bool | None = None, spec_file: str | None = None, attempt: int | None = None,
              progress: bool = True) -> int:
-    """Train and evaluate one cell; returns the process exit code."""
+    """Train and evaluate one cell; returns the process exit code.
+
+    resume: None = resume when the cell's checkpoint exists; True = must resume; False = start a
+    fresh run (the old checkpoint is set aside).
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        return _run_cell(cell, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
+                         spec_file=spec_file, attempt=attempt, progress=progress)
+    check_tracking_uri(tracking_uri or default_tracking_uri(workspace))
+    lock = CellLock(cell_dir(workspace, cell) / "lock")
+    if not lock.acquire():
+        print(f"{cell.id}: being trained by another process (lock {lock.path}); not starting it twice",
+              file=sys.stderr)
+        return EXIT_BUSY
+    try:
+        return _run_cell(cell, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
+                         spec_file=spec_file, attempt=attempt, progress=progress)
+    finally:
+        lock.release()
+
+
+class Heartbeat:
+    """Refreshes the run's `harness.heartbeat` tag (the lease seen from MLflow)."""
+
+    def __init__(self, tracker, period: float = HEARTBEAT_S):
+        import threading
+
+        self.tracker, self.period = tracker, period
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self.stop_event.wait(self.period):
+            with contextlib.suppress(Exception):  # a missed beat is not worth killing the run
+                self.tracker.set_tags({"harness.heartbeat": int(time.time())})
+
+    def __enter__(self):
+        self.tracker.set_tags({"harness.heartbeat": int(time.time())})
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        return False
+
+
+def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt, progress) -> int:
     cfg = cell.config
     rank, world, local_rank = _distributed()
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -113,9 +165,7 @@ def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | 
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     workspace = Path(workspace)
-    uri = tracking_uri or default_tracking_uri(workspace)
-    if rank == 0:
-        check_tracking_uri(uri)
+    uri = tracking_uri or default_tracking_uri(workspace)  # checked by run_cell before the lock
     workspace.mkdir(parents=True, exist_ok=True)
     cdir = cell_dir(workspace, cell)
     ckpt_path = cdir / "checkpoint.pt"
@@ -145,6 +195,8 @@ def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | 
             model, device_ids=[local_rank] if device.type == "cuda" else None)
 
     start_iter, run_id = 0, None
+    if resume is False and ckpt_path.exists() and rank == 0:
+        os.replace(ckpt_path, ckpt_path.with_name(f"checkpoint.{int(time.time())}.old.pt"))
     if resume is not False and ckpt_path.exists():
         state = ckpt.load(ckpt_path)
         unwrap(model).load_state_dict(state["model"])
@@ -191,7 +243,7 @@ def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | 
               flush=True)
 
     try:
-        with SignalGuard() as guard:
+        with SignalGuard() as guard, (Heartbeat(tracker) if rank == 0 else contextlib.nullcontext()):
             _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tracker, guard,
                    start_iter=start_iter, rank=rank, world=world, device=device, ckpt_path=ckpt_path,
                    run_id=run_id, cdir=cdir, progress=progress)
@@ -202,7 +254,7 @@ def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | 
     except NonFiniteLoss as exc:
         tracker.end("FAILED", str(exc))
         print(f"{cell.id}: FAILED: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_DIVERGED
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}"
         tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", reason)

@@ -1,0 +1,176 @@
+"""`harness run` and `harness status`: plan, dedup against MLflow, dispatch, summarise."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+from harness.schedule.local import LocalPool, Outcome
+from harness.schedule.state import Decision, decide, end_stale, latest_runs, prepare_store
+from harness.spec.matrix import Cell
+from harness.track.mlflow_tracker import check_tracking_uri, default_tracking_uri
+
+PROGRESS = re.compile(r"iter (\d+)/(\d+) .* eta (\S+)s")
+
+
+def last_progress(log: Path) -> str:
+    """'iteration/total, ETA' from the tail of a job's log."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    hits = PROGRESS.findall(tail)
+    if not hits:
+        return ""
+    it, total, eta = hits[-1]
+    return f"{it}/{total}, eta {eta}s"
+
+
+class Display:
+    """A live table on a terminal; one line per event otherwise."""
+
+    def __init__(self, cells: list[Cell], decisions: list[Decision], workspace: str):
+        self.states = {c.run_key: ("pending", "") for c in cells}
+        self.cells = cells
+        self.workspace = workspace
+        self.live = None
+        for d in decisions:
+            if d.action == "skip":
+                self.states[d.cell.run_key] = ("skipped", d.note)
+            elif d.action == "busy":
+                self.states[d.cell.run_key] = ("running elsewhere", d.note)
+        if sys.stdout.isatty():
+            from rich.live import Live
+
+            self.live = Live(self._table(), refresh_per_second=1)
+            self.live.start()
+        for d in decisions:
+            if d.action != "run":
+                self.line(f"{d.cell.id}: {d.note}, skipped" if d.action == "skip" else f"{d.cell.id}: {d.note}")
+
+    def line(self, text: str) -> None:
+        if self.live is None:
+            print(text, flush=True)
+
+    def _table(self):
+        from rich.table import Table
+
+        t = Table(title="harness run")
+        for col in ("cell", "state", "progress", "key"):
+            t.add_column(col)
+        for c in self.cells:
+            state, info = self.states[c.run_key]
+            if state == "running":
+                info = last_progress(Path(self.workspace) / c.run_key / "log.txt")
+            t.add_row(c.id, state, info, c.short_key)
+        return t
+
+    def event(self, kind: str, cell: Cell, attempt: int, log: Path) -> None:
+        state = {"start": "running", "retry": "retrying", "finished": "finished", "failed": "failed",
+                 "busy": "running elsewhere"}.get(kind, kind)
+        self.states[cell.run_key] = (state, f"attempt {attempt}")
+        self.line(f"{cell.id}: {state} (attempt {attempt}, log {log})")
+        if self.live is not None:
+            self.live.update(self._table())
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.update(self._table())
+            self.live.stop()
+
+
+def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, override_args: list[str], workspace: str,
+             tracking_uri: str | None, jobs: int | None, rerun: bool, backend: str = "local",
+             detach: bool = False) -> int:
+    uri = tracking_uri or default_tracking_uri(workspace)
+    check_tracking_uri(uri)
+    prepare_store(uri, spec_name, workspace)  # before any worker: parallel first migrations corrupt SQLite
+    decisions = decide(cells, latest_runs(uri, spec_name), workspace, rerun=rerun)
+    end_stale(uri, decisions)
+    todo = [(d.cell, rerun) for d in decisions if d.action == "run"]
+    skipped = sum(d.action == "skip" for d in decisions)
+    busy = sum(d.action == "busy" for d in decisions)
+    print(f"{spec_name}: {len(cells)} cells: {len(todo)} to run, {skipped} already finished, "
+          f"{busy} running elsewhere", flush=True)
+    if not todo:
+        if skipped == len(cells):
+            print("every cell is already finished; nothing to train")
+        return 0
+    if backend == "slurm":
+        from harness.schedule.slurm import run_slurm
+
+        return run_slurm(todo, spec_file=spec_file, override_args=override_args, workspace=workspace, uri=uri,
+                         detach=detach)
+    display = Display(cells, decisions, workspace)
+    pool = LocalPool(spec_file=spec_file, override_args=override_args, workspace=workspace, uri=uri, jobs=jobs,
+                     on_event=display.event)
+    t0 = time.time()
+    try:
+        outcomes = pool.run(todo)
+    finally:
+        display.close()
+    return summarise(outcomes, uri, spec_name, skipped, busy, time.time() - t0, pool.stopping)
+
+
+def summarise(outcomes: list[Outcome], uri: str, spec_name: str, skipped: int, busy: int, seconds: float,
+              stopped: int | None) -> int:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.state] = counts.get(o.state, 0) + 1
+    parts = [f"{n} {state}" for state, n in sorted(counts.items())]
+    parts += [f"{skipped} skipped"] if skipped else []
+    parts += [f"{busy} running elsewhere"] if busy else []
+    print(f"summary ({seconds:.0f} s): " + ", ".join(parts))
+    failed = [o for o in outcomes if o.state == "failed"]
+    if failed:
+        runs = latest_runs(uri, spec_name)
+        for o in failed:
+            info = runs.get(o.cell.run_key)
+            reason = info.failure if info and info.failure else f"exit code {o.code}"
+            print(f"  FAILED {o.cell.id}: {reason} (log {o.log})")
+    if stopped is not None:
+        print("stopped by a signal: the children were terminated and their runs ended KILLED; "
+              "run the same command again to continue")
+        return 128 + stopped
+    return 1 if failed else 0
+
+
+def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_uri: str | None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    uri = tracking_uri or default_tracking_uri(workspace)
+    check_tracking_uri(uri)
+    runs = latest_runs(uri, spec_name) if Path(workspace).exists() or not uri.startswith("sqlite") else {}
+    decisions = decide(cells, runs, workspace)
+    table = Table(title=f"{spec_name}: {len(cells)} cells")
+    for col in ("cell", "state", "progress", "run", "attempt", "failure"):
+        table.add_column(col)
+    counts: dict[str, int] = {}
+    for d in decisions:
+        run = d.run
+        if d.action == "busy":
+            state = "running"
+        elif run is None:
+            state = "pending"
+        elif run.status == "RUNNING":
+            state = "stale (worker lost)"
+        else:
+            state = run.status.lower()
+        counts[state] = counts.get(state, 0) + 1
+        progress = last_progress(Path(workspace) / d.cell.run_key / "log.txt") if state == "running" else ""
+        table.add_row(d.cell.id, state, progress, run.run_id[:8] if run else "", str(run.attempt) if run else "",
+                      (run.failure or "")[:80] if run else "")
+    console = Console()
+    console.print(table)
+    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 0
+
+
+__all__ = ["run_spec", "status_table", "signal"]
