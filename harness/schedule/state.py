@@ -102,7 +102,14 @@ def end_stale(uri: str, decisions: list[Decision]) -> None:
 def prepare_store(uri: str, experiment: str, workspace: str | Path) -> None:
     """Create the store (SQLite migrations) and the experiment before any worker starts."""
     from harness.track.mlflow_tracker import client_for, ensure_experiment
+    from harness.train.lock import CellLock
 
     Path(workspace).mkdir(parents=True, exist_ok=True)
-    client = client_for(uri)
-    ensure_experiment(client, experiment, uri, workspace)
+    lock = CellLock(Path(workspace) / ".store.lock")  # two `harness run` at once: one migrates
+    while not lock.acquire():
+        time.sleep(0.2)
+    try:
+        client = client_for(uri)
+        ensure_experiment(client, experiment, uri, workspace)
+    finally:
+        lock.release()
