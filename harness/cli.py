@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from harness.spec import UserError
@@ -236,7 +237,7 @@ def cmd_train(args) -> int:
 def _override_args(args) -> list[str]:
     out: list[str] = []
     for f in args.set_files:
-        out += ["--set-file", f]
+        out += ["--set-file", str(Path(f).resolve())]  # jobs may start elsewhere
     if args.overrides:
         out += ["--set", *args.overrides]
     return out

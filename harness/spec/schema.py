@@ -357,6 +357,8 @@ class SlurmConfig(Strict):
     constraint: str | None = None
     time_min: int = Field(60 * 24, ge=1)
     cpus_per_gpu: int = Field(8, ge=1)
+    #: CPUs of a cell that asks for no GPU.
+    cpus: int = Field(4, ge=1)
     mem_gb: int = Field(64, ge=1)
     array_parallelism: int = Field(64, ge=1)
 

@@ -222,6 +222,8 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
                 "harness.seed": cell.seed, "harness.spec": spec_file or "", "harness.git_commit": git_commit(),
                 "harness.attempt": attempt or 1, "harness.spec_name": cell.spec_name,
                 "harness.host": os.uname().nodename, "harness.world_size": world}
+        if os.environ.get("SLURM_JOB_ID"):
+            tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
         tracker = MLflowTracker.start(uri, cell.spec_name, cell.id, tags, workspace=workspace, resume_run_id=run_id)
         run_id = tracker.run_id
         params = flatten(cfg.model_dump(mode="json"))
@@ -257,7 +259,7 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
         return EXIT_DIVERGED
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}"
-        tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", reason)
+        tracker.end("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED", reason)
         traceback.print_exc()
         return EXIT_FAILED
     tracker.end("FINISHED")
@@ -332,7 +334,7 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                 save(iteration)
             if sched.eval_period and iteration % sched.eval_period == 0 and iteration < sched.max_iter:
                 evaluate(iteration, final=False)
-    except Stop:
+    except (Stop, SystemExit):  # SystemExit: submitit stopping the job to requeue it
         save(iteration)  # the last completed iteration: a later run resumes from here
         raise
     finally:
