@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from harness.spec import UserError
 
 EXIT_USAGE = 2
 
 #: Commands whose issue has not landed yet: name -> issue number.
-NOT_YET = {"report": 7, "sweep": 8}
+NOT_YET = {"sweep": 8}
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Aggregate the finished runs of SPEC across seeds and render "
                                    "the tables (markdown, plots, README regions).")
     p.add_argument("spec", metavar="SPEC")
+    _add_overrides(p)
     _add_store(p)
     p.add_argument("--out", default=None, metavar="FILE", help="markdown report to write")
     p.add_argument("--readme", default=None, metavar="FILE",
@@ -260,6 +261,16 @@ def cmd_status(args) -> int:
                         tracking_uri=args.tracking_uri)
 
 
+def cmd_report(args) -> int:
+    loaded, cells = _cells(args)
+    from harness.report.build import report
+    from harness.track.mlflow_tracker import check_tracking_uri, default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(args.workspace)
+    check_tracking_uri(uri)
+    return report(loaded, cells, uri=uri, out=args.out, readme=args.readme, check=args.check)
+
+
 def cmd_not_yet(args) -> int:
     if getattr(args, "spec", None):
         _cells(args)  # a bad spec is still reported as such
@@ -269,7 +280,7 @@ def cmd_not_yet(args) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate, "data": cmd_data, "train": cmd_train,
-            "run": cmd_run, "status": cmd_status}
+            "run": cmd_run, "status": cmd_status, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,37 @@ except ImportError:  # pragma: no cover - submitit is a dependency
     Checkpointable = object  # type: ignore[misc,assignment]
 
 
+def _train_in_process(args: list[str]) -> int:
+    """`harness train ARGS` in this process (the arguments train_command wrote)."""
+    from harness.spec import expand, load_set_file, load_spec, parse_set, select
+    from harness.train.run import run_cell
+
+    spec_file, rest = args[1], args[2:]
+    opts: dict[str, str] = {}
+    files: list[str] = []
+    sets: list[str] = []
+    fresh, i = False, 0
+    while i < len(rest):
+        if rest[i] == "--fresh":
+            fresh, i = True, i + 1
+        elif rest[i] == "--set-file":
+            files.append(rest[i + 1])
+            i += 2
+        elif rest[i] == "--set":
+            i += 1
+            while i < len(rest) and not rest[i].startswith("--"):
+                sets.append(rest[i])
+                i += 1
+        else:
+            opts[rest[i]] = rest[i + 1]
+            i += 2
+    overrides = [o for f in files for o in load_set_file(f)] + [parse_set(s) for s in sets]
+    cell = select(expand(load_spec(spec_file), overrides), opts["--row"], opts["--dataset"], int(opts["--seed"]),
+                  spec_file=spec_file)
+    return run_cell(cell, workspace=opts["--workspace"], tracking_uri=opts["--tracking-uri"],
+                    resume=False if fresh else None, spec_file=spec_file)
+
+
 class SlurmCell(Checkpointable):
     """Runs `harness train` for one cell inside its Slurm allocation."""
 
@@ -58,9 +89,7 @@ class SlurmCell(Checkpointable):
         if self.gpus > 1:  # torchrun inside the allocation
             code = subprocess.call(self.command)
         else:
-            from harness.cli import main
-
-            code = main(self.command[3:])  # drop "python -m harness"
+            code = _train_in_process(self.command[3:])  # drop "python -m harness"
         if code not in (0, 75):
             raise RuntimeError(f"harness train exited with {code}")
         return code

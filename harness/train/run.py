@@ -182,10 +182,13 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
         raise UserError(Problem(spec_file, None, "eval.metrics",
                                 f"{cfg.eval.metrics!r} needs {cfg.eval.metrics} annotations; this dataset has {data.info.kind}"))
     torch.manual_seed(cfg.seed)
+    t_build = time.time()
     try:
         model = build_from_config(cfg).to(device)
     except WeightsError as exc:
         raise UserError(Problem(spec_file, None, "model.backbone.weights", str(exc))) from None
+    if rank == 0:
+        print(f"{cell.id}: model built in {time.time() - t_build:.2f} s", flush=True)
     sched = scaled_schedule(cfg.train, cfg.eval.period)
     optimizer = build_optimizer(model, cfg.train, sched.base_lr)
     scheduler = build_scheduler(optimizer, sched, cfg.train)
@@ -319,6 +322,8 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                                 clip_grad_norm=cfg.train.clip_grad_norm)
             scheduler.step()
             iteration += 1
+            if iteration == start_iter + 1 and rank == 0:
+                print(f"{cell.id}: first iteration at {time.time():.3f}", flush=True)
             values["data_time"] = data_time
             meter.add(values)
             if iteration % cfg.tracking.log_period == 0 or iteration == sched.max_iter:

@@ -1,0 +1,73 @@
+"""Statistics across seeds (scipy.stats): mean, sample std, 95% t-interval, Welch + Holm."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+#: +1: higher is better; -1: lower is better
+DIRECTION = {"mmr": -1}
+
+
+def direction(metric: str) -> int:
+    return DIRECTION.get(metric.rsplit(".", 1)[-1], 1)
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: float
+    std: float  # sample std (ddof 1); nan when n < 2
+    ci_low: float
+    ci_high: float
+    values: tuple[float, ...]
+
+
+def summarize(values) -> Summary:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return Summary(0, math.nan, math.nan, math.nan, math.nan, ())
+    mean = float(v.mean())
+    if n == 1:
+        return Summary(1, mean, math.nan, math.nan, math.nan, tuple(v.tolist()))
+    std = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return Summary(n, mean, std, mean - half, mean + half, tuple(v.tolist()))
+
+
+def welch(a, b) -> float:
+    """Two-sided p-value of Welch's t-test (nan when either side has < 2 values or no spread)."""
+    a = [x for x in a if not math.isnan(x)]
+    b = [x for x in b if not math.isnan(x)]
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    if np.std(a) == 0 and np.std(b) == 0:
+        return 0.0 if np.mean(a) != np.mean(b) else 1.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone); nan stays nan."""
+    idx = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
+    m = len(idx)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def pooled_std(groups: list[list[float]]) -> float:
+    """sqrt(sum((n_i - 1) s_i^2) / sum(n_i - 1)) over groups with n_i >= 2."""
+    num = den = 0.0
+    for g in groups:
+        g = [x for x in g if not math.isnan(x)]
+        if len(g) >= 2:
+            num += (len(g) - 1) * float(np.var(g, ddof=1))
+            den += len(g) - 1
+    return math.sqrt(num / den) if den else math.nan

@@ -1,0 +1,110 @@
+"""Report rendering (golden files), README regions and --check, missing and failed seeds,
+against a real SQLite MLflow store filled by hand."""
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from harness.spec import expand, load_spec
+
+GOLDEN = Path(__file__).parent / "golden"
+
+SPEC = """\
+name: rep
+description: A two-row table.
+base:
+  model: {num_classes: 10, backbone: {name: tiny}, predictor: {assigner: {name: poto}}}
+  data: {name: synthetic, synthetic: {}}
+  train: {max_iter: 5, base_lr: 0.01}
+  eval: {nms: false}
+axes:
+  method:
+    fcos: {model.predictor.assigner: {name: fcos}, eval.nms: true}
+    poto:
+tables:
+  main: {title: Results, layout: defcn_coco, remark: "~0.3 AP noise"}
+rows:
+  - {label: FCOS, table: main, baseline: true, method: fcos, assignment: one-to-many, lr_sched: 3x, paper: {ap: 41.4, ar100: 59.1}}
+  - {label: POTO, table: main, method: poto, assignment: one-to-one, lr_sched: 3x, paper: {ap: 39.2, ar100: 61.7}}
+seeds: [0, 1, 2]
+"""
+
+VALUES = {  # (row, seed) -> (status, ap, ar100)
+    ("FCOS", 0): ("FINISHED", 0.410, 0.590), ("FCOS", 1): ("FINISHED", 0.414, 0.588),
+    ("FCOS", 2): ("FINISHED", 0.412, 0.592),
+    ("POTO", 0): ("FINISHED", 0.392, 0.620), ("POTO", 1): ("FAILED", None, None),
+}
+
+
+@pytest.fixture
+def store(tmp_path):
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    spec = tmp_path / "rep.yaml"
+    spec.write_text(SPEC)
+    cells = expand(load_spec(spec))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("rep", artifact_location=(ws / "art").as_uri())
+    for c in cells:
+        if (c.row, c.seed) not in VALUES:
+            continue  # POTO seed 2: never ran
+        status, ap, ar = VALUES[(c.row, c.seed)]
+        tags = {"harness.run_key": c.run_key, "harness.row": c.row}
+        if status == "FAILED":
+            tags["harness.failure"] = "non-finite loss loss_cls = nan at iteration 3"
+        run = client.create_run(exp, tags=tags, run_name=c.id)
+        if ap is not None:
+            client.log_batch(run.info.run_id, metrics=[
+                Metric("eval.ap", ap, 0, 5), Metric("eval.ar100", ar, 0, 5), Metric("eval.ap", ap / 2, 0, 2),
+                Metric("train.total_loss", 2.0, 0, 1), Metric("train.total_loss", 1.0, 0, 5)])
+        client.set_terminated(run.info.run_id, status)
+    return spec, ws
+
+
+def test_table_matches_the_golden_file(store, run_cli, tmp_path):
+    spec, ws = store
+    out = tmp_path / "reports" / "rep.md"
+    code, _, err = run_cli("report", spec, "--workspace", ws, "--out", out)
+    assert code == 0, err
+    text = out.read_text()
+    table = text[text.index("| model"): text.index("\n\n", text.index("| model"))]
+    golden = (GOLDEN / "defcn_coco.md").read_text().strip()
+    assert table == golden
+    assert "POTO (seeds 0, 1, 2): ap 39.2, —, —" in text
+    assert "seed 1: failed (non-finite loss loss_cls = nan at iteration 3); seed 2: missing" in text
+    assert "Observed seed noise (pooled std over rows, points): mAP 0.20, mAR 0.20; the paper says: ~0.3 AP noise" in text
+    for png in ("rep_main_convergence.png", "rep_main_seeds.png", "rep_main_loss.png"):
+        assert (out.parent / png).stat().st_size > 1000
+        assert f"]({png})" in text
+
+
+def test_readme_regions_and_check(store, run_cli, tmp_path):
+    spec, ws = store
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\n<!-- harness:table main -->\nold\n<!-- /harness:table -->\n\nafter\n")
+    code, out, _ = run_cli("report", spec, "--workspace", ws, "--readme", readme, "--check")
+    assert code == 1 and "stale tables: main" in out
+    assert "old" in readme.read_text()  # --check changes nothing
+    code, _, _ = run_cli("report", spec, "--workspace", ws, "--readme", readme)
+    assert code == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\n<!-- harness:table main -->\n| model") and text.endswith("<!-- /harness:table -->\n\nafter\n")
+    first = text
+    code, out, _ = run_cli("report", spec, "--workspace", ws, "--readme", readme, "--check")
+    assert code == 0 and "up to date" in out
+    run_cli("report", spec, "--workspace", ws, "--readme", readme)
+    assert readme.read_text() == first  # deterministic
+
+
+def test_readme_without_regions_is_an_error(store, run_cli, tmp_path):
+    spec, ws = store
+    readme = tmp_path / "R.md"
+    readme.write_text("no regions\n")
+    code, _, err = run_cli("report", spec, "--workspace", ws, "--readme", readme)
+    assert code == 2 and "no <!-- harness:table NAME --> regions" in err
