@@ -44,11 +44,12 @@ def phenomena(df: pd.DataFrame, rows: list[str]) -> list[str]:
         return f"- {text}: {verdict} ({pct(a_mean)} vs {pct(b_mean)}, Δ {100 * d:+.1f} points{sig}, n = {len(a)}/{len(b)})."
 
     return [
-        claim("FCOS without NMS collapses relative to FCOS with NMS (mAP)", "FCOS", "eval.nms_free.ap",
-              "FCOS", "eval.nms.ap", want_greater=False),
-        claim("POTO without NMS beats FCOS without NMS (mAP)", "POTO", "eval.nms_free.ap", "FCOS", "eval.nms_free.ap"),
-        claim("On crowded scenes POTO's recall (AR@100, no NMS) is at least FCOS+NMS's", "POTO",
-              "eval.nms_free.ar100", "FCOS", "eval.nms.ar100", allow_equal=True),
+        claim("FCOS without NMS collapses relative to FCOS with NMS (AP50)", "FCOS", "eval.nms_free.ap50",
+              "FCOS", "eval.nms.ap50", want_greater=False),
+        claim("POTO without NMS beats FCOS without NMS (AP50)", "POTO", "eval.nms_free.ap50", "FCOS",
+              "eval.nms_free.ap50"),
+        claim("On crowded scenes POTO's recall (no NMS) is at least FCOS+NMS's", "POTO",
+              "eval.nms_free.recall", "FCOS", "eval.nms.recall", allow_equal=True),
     ]
 
 
@@ -80,7 +81,7 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
                 lines += ["### The papers' phenomena at this scale", ""] + found + [""]
         idle = []
         for r in rows:
-            key = metrics[0][2] if table.layout != "quickstart" else ("eval.nms.ap" if _nms(cells, r) else "eval.nms_free.ap")
+            key = metrics[0][2] if table.layout != "quickstart" else ("eval.nms.ap50" if _nms(cells, r) else "eval.nms_free.ap50")
             m, vals = _mean(df, r, key)
             if vals and m < NOT_LEARNED:
                 idle.append(f"{r} ({pct(m)})")

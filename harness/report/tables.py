@@ -26,9 +26,9 @@ LAYOUTS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str, str]]]] = {
     "date_crowdhuman": ([("Model", "model"), ("iters", "lr_sched")],
                         [("AP50", "ap50", "eval.ap50"), ("mMR", "mmr", "eval.mmr"), ("recall", "recall", "eval.recall")]),
     "quickstart": ([("model", "model"), ("assignment", "assignment")],
-                   [("mAP NMS", "ap", "eval.nms.ap"), ("mAP no NMS", "ap", "eval.nms_free.ap"),
-                    ("mAR NMS", "ar100", "eval.nms.ar100"), ("mAR no NMS", "ar100", "eval.nms_free.ar100"),
-                    ("AP50 NMS", "ap50", "eval.nms.ap50"), ("AP50 no NMS", "ap50", "eval.nms_free.ap50")]),
+                   [("AP50 NMS", "ap50", "eval.nms.ap50"), ("AP50 no NMS", "ap50", "eval.nms_free.ap50"),
+                    ("mMR NMS", "mmr", "eval.nms.mmr"), ("mMR no NMS", "mmr", "eval.nms_free.mmr"),
+                    ("recall NMS", "recall", "eval.nms.recall"), ("recall no NMS", "recall", "eval.nms_free.recall")]),
 }
 NOTE_LAYOUTS = {"defcn_ablation"}
 ALPHA = 0.05

@@ -20,7 +20,7 @@ data:
   num_workers: 0
 train: {{max_iter: {iters}, steps: [], warmup_iters: 1, ims_per_batch: {batch}, reference_batch: {batch},
         checkpoint_period: {ckpt}}}
-eval: {{period: {eval_period}}}
+eval: {{period: {eval_period}, metrics: {metrics}}}
 tracking: {{log_period: 1}}
 """
 
@@ -29,7 +29,8 @@ def tiny_overrides(tmp: Path, *, fmt: str = "coco", iters: int = 2, batch: int =
                    ckpt: int = 1, eval_period: int = 0, extra: str = "") -> Path:
     path = tmp / f"tiny_{fmt}_{iters}_{batch}_{size}_{ckpt}_{eval_period}_{abs(hash(extra))}.yaml"
     path.write_text(TINY.format(num_classes=10 if fmt == "coco" else 1, fmt=fmt, iters=iters, batch=batch,
-                                size=size, ckpt=ckpt, eval_period=eval_period) + extra)
+                                size=size, ckpt=ckpt, eval_period=eval_period,
+                                metrics="coco" if fmt == "coco" else "crowdhuman") + extra)
     return path
 
 
