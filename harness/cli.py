@@ -17,7 +17,7 @@ from harness.spec import UserError
 EXIT_USAGE = 2
 
 #: Commands whose issue has not landed yet: name -> issue number.
-NOT_YET = {"sweep": 8}
+NOT_YET: dict[str, int] = {}
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -271,6 +271,21 @@ def cmd_report(args) -> int:
     return report(loaded, cells, uri=uri, out=args.out, readme=args.readme, check=args.check)
 
 
+def cmd_sweep(args) -> int:
+    from harness.spec import Problem, SpecError, load_set_file, parse_set
+    from harness.sweep.space import load_sweep
+
+    extra = [o for f in args.set_files for o in load_set_file(f)] + [parse_set(i) for i in args.overrides]
+    sweep = load_sweep(args.spec, extra)
+    if args.backend != "local":
+        raise SpecError(Problem(None, None, "--backend", "sweeps run on the local backend for now "
+                                "(trials on Slurm are not implemented yet)"))
+    from harness.sweep.driver import Driver
+
+    return Driver(sweep, workspace=args.workspace, tracking_uri=args.tracking_uri, storage=args.storage,
+                  jobs=args.jobs, out_dir=args.out_dir).run()
+
+
 def cmd_not_yet(args) -> int:
     if getattr(args, "spec", None):
         _cells(args)  # a bad spec is still reported as such
@@ -280,7 +295,8 @@ def cmd_not_yet(args) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate, "data": cmd_data, "train": cmd_train,
-            "run": cmd_run, "status": cmd_status, "report": cmd_report}
+            "run": cmd_run, "status": cmd_status, "report": cmd_report,
+            "sweep": cmd_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

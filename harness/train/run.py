@@ -227,6 +227,10 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
                 "harness.host": os.uname().nodename, "harness.world_size": world}
         if os.environ.get("SLURM_JOB_ID"):
             tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
+        if os.environ.get("HARNESS_PARENT_RUN_ID"):  # a sweep trial: a nested child run
+            tags["mlflow.parentRunId"] = os.environ["HARNESS_PARENT_RUN_ID"]
+            tags["harness.trial"] = os.environ.get("HARNESS_TRIAL", "")
+            tags["harness.sweep"] = os.environ.get("HARNESS_SWEEP", "")
         tracker = MLflowTracker.start(uri, cell.spec_name, cell.id, tags, workspace=workspace, resume_run_id=run_id)
         run_id = tracker.run_id
         params = flatten(cfg.model_dump(mode="json"))

@@ -1,0 +1,317 @@
+"""The Optuna ask/tell driver: each trial is a cell (the base row plus the trial's overrides,
+with its own run key) trained by a `harness train` worker, several at once.
+
+- Storage: a JournalFileBackend file in the workspace, or `--storage postgresql://...`.
+- The row's own values are enqueued as the first trial (the baseline).
+- Intermediate eval metrics (read from the trial's MLflow run) are reported to the trial; a
+  pruned trial's worker is stopped and its run ends KILLED with the reason.
+- Resume: the same command continues the study toward n_trials (COMPLETE + PRUNED); trials left
+  RUNNING by a dead driver are marked FAIL and their params re-enqueued; their cells resume from
+  their checkpoints, and a finished cell is never trained again (its run key is FINISHED).
+- MLflow: one parent run per sweep (study, space, best value and params as they improve); each
+  trial a nested child run (`mlflow.parentRunId`) with its trial number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from harness.schedule.local import discover_gpus, job_env, train_command
+from harness.schedule.state import latest_runs, prepare_store
+from harness.spec import expand, load_spec, parse_set
+from harness.spec.matrix import Cell
+from harness.sweep.space import Sweep, current_value
+from harness.track.mlflow_tracker import check_tracking_uri, client_for, default_tracking_uri
+from harness.train.lock import is_locked
+
+
+def set_item(path: str, value) -> str:
+    return f"{path}={value}" if isinstance(value, str) else f"{path}={json.dumps(value)}"
+
+
+@dataclass
+class Running:
+    trial: object  # optuna.Trial
+    cells: list[Cell]
+    procs: list[subprocess.Popen]
+    reported: int = -1
+    pruned_at: int | None = None
+
+
+class Driver:
+    def __init__(self, sweep: Sweep, *, workspace: str, tracking_uri: str | None, storage: str | None,
+                 jobs: int | None, out_dir: str):
+        self.sweep, self.spec = sweep, sweep.spec
+        self.workspace, self.out_dir = workspace, Path(out_dir)
+        self.uri = tracking_uri or default_tracking_uri(workspace)
+        self.jobs = jobs or 1
+        self.storage_url = storage
+        self.experiment = sweep.base_cells[0].spec_name
+        self.stopping: int | None = None
+        self.gpus = discover_gpus()
+
+    # ------------------------------------------------------------------ setup
+
+    def study(self):
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if self.storage_url:
+            storage = self.storage_url
+        else:
+            folder = Path(self.workspace) / "optuna"
+            folder.mkdir(parents=True, exist_ok=True)
+            storage = JournalStorage(JournalFileBackend(str(folder / f"{self.spec.name}.journal")))
+        sampler = optuna.samplers.TPESampler(seed=self.spec.sampler.seed,
+                                             n_startup_trials=self.spec.sampler.n_startup_trials)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=self.spec.pruner.n_startup_trials,
+                                             n_warmup_steps=self.spec.pruner.n_warmup_steps)
+        return optuna.create_study(study_name=self.spec.name, storage=storage, sampler=sampler, pruner=pruner,
+                                   direction=self.spec.objective.direction, load_if_exists=True)
+
+    def parent_run(self) -> str:
+        from mlflow.entities import Param
+
+        client = client_for(self.uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        found = client.search_runs([exp.experiment_id], f"tags.`harness.sweep_parent` = '{self.spec.name}'")
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id
+        run = client.create_run(exp.experiment_id, run_name=f"sweep:{self.spec.name}",
+                                tags={"harness.sweep_parent": self.spec.name, "harness.spec": self.sweep.file})
+        client.log_batch(run.info.run_id, params=[
+            Param("study", self.spec.name), Param("row", self.spec.row),
+            Param("objective", f"{self.spec.objective.direction} {self.spec.objective.metric}"),
+            Param("n_trials", str(self.spec.n_trials)),
+            Param("space", json.dumps({k: v.model_dump(exclude_none=True) for k, v in self.spec.space.items()})[:6000])])
+        return run.info.run_id
+
+    # ------------------------------------------------------------------ trials
+
+    def cells_for(self, params: dict) -> list[Cell]:
+        extra = [parse_set(set_item(k, v)) for k, v in params.items()]
+        loaded = load_spec(self.sweep.base_file)
+        cells = expand(loaded, [*self.sweep.fixed, *extra])
+        wanted = {(c.dataset, c.seed) for c in self.sweep.base_cells}
+        return [c for c in cells if c.row == self.spec.row and (c.dataset, c.seed) in wanted]
+
+    def override_args(self, params: dict) -> list[str]:
+        items = [set_item(".".join(o.path), o.value) for o in self.sweep.fixed]
+        items += [set_item(k, v) for k, v in params.items()]
+        return ["--set", *items] if items else []
+
+    def launch(self, trial, parent: str) -> Running:
+        params = dict(trial.params)
+        cells = self.cells_for(params)
+        procs = []
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        for cell in cells:
+            cdir = Path(self.workspace) / cell.run_key
+            cdir.mkdir(parents=True, exist_ok=True)
+            cmd = train_command(cell, spec_file=self.sweep.base_file, override_args=self.override_args(params),
+                                workspace=self.workspace, uri=self.uri, gpus=self.gpus[:1], fresh=False)
+            env = job_env(self.gpus[:1], threads, 1)
+            env.update(HARNESS_PARENT_RUN_ID=parent, HARNESS_TRIAL=str(trial.number), HARNESS_SWEEP=self.spec.name)
+            with open(cdir / "log.txt", "a") as log:
+                log.write(f"\n===== trial {trial.number}: {' '.join(cmd)}\n")
+                log.flush()
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                              stdin=subprocess.DEVNULL, start_new_session=True))
+        trial.set_user_attr("run_keys", [c.run_key for c in cells])
+        print(f"trial {trial.number}: started {params}", flush=True)
+        return Running(trial, cells, procs)
+
+    def objective_history(self, cell: Cell) -> list[tuple[int, float]]:
+        runs = latest_runs(self.uri, self.experiment)
+        info = runs.get(cell.run_key)
+        if info is None:
+            return []
+        client = client_for(self.uri)
+        return sorted((m.step, m.value) for m in client.get_metric_history(info.run_id, self.spec.objective.metric))
+
+    def poll(self, r: Running) -> str | None:
+        """Report intermediate values, prune; returns 'done' when the workers exited."""
+        hist = self.objective_history(r.cells[0])
+        for step, value in hist:
+            if step > r.reported and r.pruned_at is None:
+                r.trial.report(value, step)
+                r.reported = step
+                if r.trial.should_prune() and any(p.poll() is None for p in r.procs):
+                    r.pruned_at = step
+                    for p in r.procs:
+                        if p.poll() is None:
+                            os.killpg(p.pid, signal.SIGTERM)
+        if any(p.poll() is None for p in r.procs):
+            return None
+        return "done"
+
+    def finish(self, study, r: Running, parent: str) -> None:
+        import optuna
+        from mlflow.entities import RunTag
+
+        client = client_for(self.uri)
+        runs = latest_runs(self.uri, self.experiment)
+        if r.pruned_at is not None:
+            for cell in r.cells:
+                info = runs.get(cell.run_key)
+                if info is not None:
+                    client.log_batch(info.run_id, tags=[RunTag(
+                        "harness.failure", f"pruned by Optuna (trial {r.trial.number}) at iteration {r.pruned_at}")])
+            study.tell(r.trial, state=optuna.trial.TrialState.PRUNED)
+            print(f"trial {r.trial.number}: pruned at iteration {r.pruned_at}", flush=True)
+            return
+        values = []
+        for cell in r.cells:
+            info = runs.get(cell.run_key)
+            hist = self.objective_history(cell)
+            if info is None or info.status != "FINISHED" or not hist:
+                study.tell(r.trial, state=optuna.trial.TrialState.FAIL)
+                print(f"trial {r.trial.number}: failed ({info.failure if info else 'no run'})", flush=True)
+                return
+            values.append(hist[-1][1])
+        value = sum(values) / len(values)
+        study.tell(r.trial, value)
+        print(f"trial {r.trial.number}: {self.spec.objective.metric} = {value:.4f}", flush=True)
+        best = study.best_trial
+        client.log_batch(parent, tags=[RunTag("best.trial", str(best.number)),
+                                       *[RunTag(f"best.{k}", str(v)) for k, v in best.params.items()]])
+        from mlflow.entities import Metric
+
+        client.log_batch(parent, metrics=[Metric("best_value", float(best.value), int(time.time() * 1000),
+                                                 r.trial.number)])
+
+    def _signal(self, signum, frame):
+        self.stopping = signum
+
+    # -------------------------------------------------------------------- loop
+
+    def run(self) -> int:
+        import optuna
+
+        check_tracking_uri(self.uri)
+        prepare_store(self.uri, self.experiment, self.workspace)
+        study = self.study()
+        parent = self.parent_run()
+        states = optuna.trial.TrialState
+        for t in study.get_trials(deepcopy=False):
+            if t.state == states.RUNNING:  # its driver died: fail it, retry its params
+                keys = t.user_attrs.get("run_keys", [])
+                if any(is_locked(Path(self.workspace) / k / "lock") for k in keys):
+                    continue
+                study.tell(t.number, state=states.FAIL)
+                study.enqueue_trial(t.params)
+                print(f"trial {t.number}: left running by a dead driver; failed and its params re-enqueued")
+        if not study.trials:
+            study.enqueue_trial({k: current_value(self.sweep.base_cells[0], k) for k in self.spec.space})
+
+        def done() -> int:
+            return sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.get_trials(deepcopy=False))
+
+        running: list[Running] = []
+        old = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while done() + len(running) < self.spec.n_trials or running:
+                if self.stopping is not None:
+                    for r in running:
+                        for p in r.procs:
+                            if p.poll() is None:
+                                os.killpg(p.pid, signal.SIGTERM)
+                    for r in running:
+                        for p in r.procs:
+                            p.wait()
+                    print("stopped: the running trials stay RUNNING in the study; rerun to continue")
+                    client_for(self.uri).set_terminated(parent, "KILLED")
+                    return 128 + self.stopping
+                while len(running) < self.jobs and done() + len(running) < self.spec.n_trials:
+                    trial = study.ask(self.distributions())
+                    running.append(self.launch(trial, parent))
+                time.sleep(1.0)
+                for r in list(running):
+                    if self.poll(r) == "done":
+                        running.remove(r)
+                        self.finish(study, r, parent)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        client_for(self.uri).set_terminated(parent, "FINISHED")
+        self.write_outputs(study)
+        return 0
+
+    def distributions(self) -> dict:
+        import optuna
+
+        out = {}
+        for path, p in self.spec.space.items():
+            if p.type == "float":
+                out[path] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+            elif p.type == "int":
+                out[path] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log,
+                                                                 step=int(p.step or 1))
+            else:
+                out[path] = optuna.distributions.CategoricalDistribution(p.choices)
+        return out
+
+    # ------------------------------------------------------------------ outputs
+
+    def write_outputs(self, study) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import optuna
+        from optuna.visualization import matplotlib as ovm
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        name = self.spec.name
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best = study.best_trial if complete else None
+        plots = []
+        for kind, fn in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances),
+                         ("slice", ovm.plot_slice)):
+            try:
+                ax = fn(study)
+                fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+                path = self.out_dir / f"sweep_{name}_{kind}.png"
+                fig.savefig(path, dpi=80, bbox_inches="tight", metadata={"Software": None})
+                plt.close(fig)
+                plots.append(path.name)
+            except Exception as exc:  # e.g. importances need >= 2 complete trials
+                print(f"plot {kind} skipped: {exc}")
+        reverse = self.spec.objective.direction == "maximize"
+        top = sorted(complete, key=lambda t: t.value, reverse=reverse)[:10]
+        lines = [f"# Sweep: {name}", "", f"Base: `{self.spec.experiment}` row `{self.spec.row}`, seeds "
+                 f"{self.spec.seeds}; objective: {self.spec.objective.direction} `{self.spec.objective.metric}`; "
+                 f"{len(study.trials)} trials ({len(complete)} complete, "
+                 f"{sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)} pruned, "
+                 f"{sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)} failed).", ""]
+        if best is not None:
+            lines += [f"Best: trial {best.number}, {self.spec.objective.metric} = {100 * best.value:.2f} %", ""]
+            lines += ["| param | value |", "| :--- | :---: |"] + [f"| `{k}` | {v:.4g} |" if isinstance(v, float)
+                                                                 else f"| `{k}` | {v} |" for k, v in best.params.items()]
+            lines += ["", f"Best overrides: [`sweep_{name}_best.yaml`](sweep_{name}_best.yaml) "
+                      f"(use with `harness run --set-file`).", ""]
+            (self.out_dir / f"sweep_{name}_best.yaml").write_text(yaml.safe_dump(dict(best.params), sort_keys=True))
+        keys = list(self.spec.space)
+        lines += ["## Top trials", "", "| trial | value | " + " | ".join(f"`{k}`" for k in keys) + " |",
+                  "| :--- | :---: | " + " | ".join(":---:" for _ in keys) + " |"]
+        for t in top:
+            vals = " | ".join(f"{t.params[k]:.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k))
+                              for k in keys)
+            lines.append(f"| {t.number} | {100 * t.value:.2f} | {vals} |")
+        lines += [""] + [f"![{p}]({p})" for p in plots]
+        (self.out_dir / f"sweep_{name}.md").write_text("\n".join(lines) + "\n")
+        print(f"wrote {self.out_dir / f'sweep_{name}.md'}")
+
+
+__all__ = ["Driver"]

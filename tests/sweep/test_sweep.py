@@ -1,0 +1,99 @@
+"""`harness sweep`: bad input before any trial; an end-to-end sweep killed midway and resumed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.schedule.test_local_faults import write_spec
+from tests.train.helpers import runs
+
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+
+SWEEP = """\
+name: tiny_sweep
+experiment: spec.yaml
+row: A
+seeds: [0]
+space:
+  train.base_lr: {{type: float, low: 0.0001, high: 0.05, log: true}}
+  model.predictor.loss.box_weight: {{type: float, low: 1.0, high: 4.0}}
+objective: {{metric: {metric}, direction: maximize}}
+n_trials: {n}
+sampler: {{seed: 0, n_startup_trials: 2}}
+pruner: {{n_startup_trials: 1, n_warmup_steps: 0}}
+overrides: {{train.max_iter: 8, eval.period: 2}}
+"""
+
+
+def sweep_file(tmp_path, n=6, metric="eval.nms_free.ar100", extra=""):
+    write_spec(tmp_path, rows=("A:poto",), iters=8, ckpt=2)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.format(n=n, metric=metric) + extra)
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"metric": "eval.nope"}, "does not produce 'eval.nope'"),
+    ({"extra": "", "space": "model.predictor.loss.box_wieght"}, "unknown key 'box_wieght'"),
+    ({"extra": "", "lowhigh": True}, "low 0.05 > high 0.0001"),
+])
+def test_bad_sweep_input_exits_2_before_any_trial(run_cli, tmp_path, edit, message):
+    path = sweep_file(tmp_path, metric=edit.get("metric", "eval.nms_free.ar100"))
+    text = path.read_text()
+    if "space" in edit:
+        text = text.replace("model.predictor.loss.box_weight", edit["space"])
+    if edit.get("lowhigh"):
+        text = text.replace("low: 0.0001, high: 0.05", "low: 0.05, high: 0.0001")
+    path.write_text(text)
+    code, _, err = run_cli("sweep", path, "--workspace", tmp_path / "ws")
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.slow
+def test_sweep_killed_midway_and_resumed(tmp_path):
+    path = sweep_file(tmp_path, n=6)
+    ws, out = tmp_path / "ws", tmp_path / "reports"
+    cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--workspace", str(ws), "--jobs", "2",
+           "--out-dir", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    lines = []
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if sum("eval.nms_free.ar100 =" in x or "pruned at" in x for x in lines) >= 2:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + rest
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="tiny_sweep",
+                              storage=JournalStorage(JournalFileBackend(str(ws / "optuna" / "tiny_sweep.journal"))))
+    states = optuna.trial.TrialState
+    assert sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.trials) == 6
+    df = runs(ws, "sched")
+    parent = df[df["tags.harness.sweep_parent"] == "tiny_sweep"]
+    assert len(parent) == 1 and parent.iloc[0]["status"] == "FINISHED"
+    children = df[df["tags.mlflow.parentRunId"] == parent.iloc[0]["run_id"]]
+    assert len(children) >= 6
+    # no parameter set trained twice: one MLflow run per run key
+    assert children["tags.harness.run_key"].value_counts().max() == 1
+    pruned = [t for t in study.trials if t.state == states.PRUNED]
+    for t in pruned:
+        (key,) = t.user_attrs["run_keys"]
+        row = children[children["tags.harness.run_key"] == key].iloc[0]
+        assert row["status"] == "KILLED" and row["tags.harness.failure"].startswith("pruned by Optuna")
+    assert (out / "sweep_tiny_sweep.md").exists() and (out / "sweep_tiny_sweep_history.png").exists()
+    assert "best" in parent.iloc[0]["tags.best.trial"] or parent.iloc[0]["tags.best.trial"].isdigit()
+    assert (out / "sweep_tiny_sweep_best.yaml").exists()
