@@ -59,13 +59,14 @@ def test_override_of_missing_path_exits_2(run_cli, mini_spec):
     assert "error: --set train.nope=1: unknown key 'nope' under train" in err
 
 
-def test_unimplemented_commands_say_so(run_cli, tmp_path):
-    code, _, err = run_cli("status", EXPERIMENTS / "quickstart.yaml", "--workspace", tmp_path / "ws")
-    assert code == 2 and "not implemented yet" in err
+def test_status_of_a_fresh_workspace_writes_nothing(run_cli, tmp_path):
+    code, out, err = run_cli("status", EXPERIMENTS / "quickstart.yaml", "--workspace", tmp_path / "ws")
+    assert code == 0, err
+    assert "15 pending" in out
     assert not (tmp_path / "ws").exists()
 
 
-def test_unimplemented_command_still_checks_the_spec(run_cli, mini_spec):
+def test_run_checks_the_spec_first(run_cli, mini_spec):
     code, _, err = run_cli("run", mini_spec(MINI_SPEC.replace("max_iter: 10", "max_iter: x")))
     assert code == 2 and "base.train.max_iter" in err
 

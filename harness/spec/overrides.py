@@ -2,9 +2,10 @@
 
 An override names a path of the config schema; its value is parsed as YAML unless the schema
 expects a string there. A path the schema does not have is an error before anything runs.
-Setting ``name`` to another value on a section (``model.predictor.assigner.name=poto``), or
-replacing a section by a mapping with another ``name``, replaces the whole section: the fields
-of the old variant do not carry over to the new one.
+Variant sections (a union of models told apart by ``name``, such as the assigners) are replaced,
+not merged, when their ``name`` changes (``model.predictor.assigner.name=poto``, or a mapping with
+another ``name``): the fields of the old variant do not carry over to the new one. Other sections
+that merely have a ``name`` field (backbone, FPN, data) merge as usual.
 """
 
 from __future__ import annotations
@@ -200,6 +201,15 @@ def _leaves(mapping: Mapping, cfg_prefix: Path, yaml_prefix: Path):
 Provenance = dict[Path, Source]
 
 
+def is_variant(path: Path, root: Any = Config) -> bool:
+    """True when `path` is a union of models told apart by `name` (e.g. an assigner)."""
+    for ann in annotations_at(root, tuple(p for p in path if not isinstance(p, int))):
+        models = [m for m in _members(ann) if isinstance(m, type) and issubclass(m, BaseModel)]
+        if len(models) > 1 and all("name" in m.model_fields for m in models):
+            return True
+    return False
+
+
 def apply(config: dict, path: Path, value: Any, source: Source, prov: Provenance) -> None:
     """Set `path` in the nested dict `config` (in place), recording provenance."""
     node = config
@@ -210,11 +220,12 @@ def apply(config: dict, path: Path, value: Any, source: Source, prov: Provenance
             node[key] = nxt
         node = nxt
     last = path[-1]
-    if last == "name" and isinstance(node, dict) and node.get("name") not in (None, value):
+    if (last == "name" and isinstance(node, dict) and node.get("name") not in (None, value)
+            and is_variant(path[:-1])):
         node.clear()  # another variant: the old variant's fields do not carry over
         _forget(prov, path[:-1])
     if isinstance(value, dict) and isinstance(node.get(last), dict) and (
-        "name" not in value or value.get("name") == node[last].get("name")
+        "name" not in value or value.get("name") == node[last].get("name") or not is_variant(path)
     ):
         for k, v in value.items():
             apply(config, (*path, *_split_key(str(k))), v, _child(source, k), prov)
