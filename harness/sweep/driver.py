@@ -143,11 +143,12 @@ class Driver:
     def poll(self, r: Running) -> str | None:
         """Report intermediate values, prune; returns 'done' when the workers exited."""
         hist = self.objective_history(r.cells[0])
+        last = r.cells[0].config.train.max_iter
         for step, value in hist:
             if step > r.reported and r.pruned_at is None:
                 r.trial.report(value, step)
                 r.reported = step
-                if r.trial.should_prune() and any(p.poll() is None for p in r.procs):
+                if step < last and r.trial.should_prune() and any(p.poll() is None for p in r.procs):
                     r.pruned_at = step
                     for p in r.procs:
                         if p.poll() is None:
@@ -162,6 +163,9 @@ class Driver:
 
         client = client_for(self.uri)
         runs = latest_runs(self.uri, self.experiment)
+        finished = all(runs.get(c.run_key) is not None and runs[c.run_key].status == "FINISHED" for c in r.cells)
+        if r.pruned_at is not None and finished:  # the worker finished before the stop arrived
+            r.pruned_at = None
         if r.pruned_at is not None:
             for cell in r.cells:
                 info = runs.get(cell.run_key)

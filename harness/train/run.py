@@ -256,6 +256,7 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
             _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tracker, guard,
                    start_iter=start_iter, rank=rank, world=world, device=device, ckpt_path=ckpt_path,
                    run_id=run_id, cdir=cdir, progress=progress)
+            tracker.end("FINISHED")  # still under the guard: a late SIGTERM cannot cut this short
     except Stop as exc:
         tracker.end("KILLED", str(exc))
         print(f"{cell.id}: {exc}", file=sys.stderr)
@@ -269,7 +270,6 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
         tracker.end("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED", reason)
         traceback.print_exc()
         return EXIT_FAILED
-    tracker.end("FINISHED")
     return 0
 
 

@@ -21,18 +21,19 @@ seeds: [0]
 space:
   train.base_lr: {{type: float, low: 0.0001, high: 0.05, log: true}}
   model.predictor.loss.box_weight: {{type: float, low: 1.0, high: 4.0}}
-objective: {{metric: {metric}, direction: maximize}}
+objective: {{metric: {metric}, direction: {direction}}}
 n_trials: {n}
 sampler: {{seed: 0, n_startup_trials: 2}}
 pruner: {{n_startup_trials: 1, n_warmup_steps: 0}}
-overrides: {{train.max_iter: 8, eval.period: 2}}
+overrides: {{train.max_iter: 8, eval.period: 2, data.synthetic.format: odgt, model.num_classes: 1,
+            eval.metrics: crowdhuman}}
 """
 
 
-def sweep_file(tmp_path, n=6, metric="eval.nms_free.ar100", extra=""):
+def sweep_file(tmp_path, n=6, metric="eval.nms_free.mmr", direction="minimize", extra=""):
     write_spec(tmp_path, rows=("A:poto",), iters=8, ckpt=2)
     path = tmp_path / "sweep.yaml"
-    path.write_text(SWEEP.format(n=n, metric=metric) + extra)
+    path.write_text(SWEEP.format(n=n, metric=metric, direction=direction) + extra)
     return path
 
 
@@ -42,7 +43,7 @@ def sweep_file(tmp_path, n=6, metric="eval.nms_free.ar100", extra=""):
     ({"extra": "", "lowhigh": True}, "low 0.05 > high 0.0001"),
 ])
 def test_bad_sweep_input_exits_2_before_any_trial(run_cli, tmp_path, edit, message):
-    path = sweep_file(tmp_path, metric=edit.get("metric", "eval.nms_free.ar100"))
+    path = sweep_file(tmp_path, metric=edit.get("metric", "eval.nms_free.mmr"))
     text = path.read_text()
     if "space" in edit:
         text = text.replace("model.predictor.loss.box_weight", edit["space"])
@@ -63,10 +64,11 @@ def test_sweep_killed_midway_and_resumed(tmp_path):
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     lines = []
     deadline = time.time() + 300
-    while time.time() < deadline:
+    while time.time() < deadline:  # kill it once two trials ended and two more are running
         line = proc.stdout.readline()
         lines.append(line)
-        if sum("eval.nms_free.ar100 =" in x or "pruned at" in x for x in lines) >= 2:
+        ended = sum("eval.nms_free.mmr =" in x or "pruned at" in x for x in lines)
+        if ended >= 2 and sum(": started" in x for x in lines) >= ended + 2:
             break
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=300)
@@ -82,6 +84,11 @@ def test_sweep_killed_midway_and_resumed(tmp_path):
                               storage=JournalStorage(JournalFileBackend(str(ws / "optuna" / "tiny_sweep.journal"))))
     states = optuna.trial.TrialState
     assert sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.trials) == 6
+    failed = [t for t in study.trials if t.state == states.FAIL and "run_keys" in t.user_attrs]
+    assert failed, "the trials running at the kill are failed on resume"
+    for t in failed[:2]:  # ... and their params re-enqueued as later trials
+        assert any(u.params == t.params and u.number > t.number for u in study.trials)
+    assert "RUNNING" not in set(runs(ws, "sched")["status"])
     df = runs(ws, "sched")
     parent = df[df["tags.harness.sweep_parent"] == "tiny_sweep"]
     assert len(parent) == 1 and parent.iloc[0]["status"] == "FINISHED"
