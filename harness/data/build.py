@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,24 +15,11 @@ from harness.data.records import (
 )
 from harness.data.synthetic import ensure_dataset
 from harness.data.transforms import EvalTransform, TrainTransform
+from harness.formats.paths import expand_vars
 from harness.spec.errors import DataError, Problem
 from harness.spec.schema import DataConfig
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_path(text: str, where: str = "data.root") -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` from the environment."""
-
-    def sub(m: re.Match) -> str:
-        value = os.environ.get(m.group(1))
-        if value:
-            return value
-        if m.group(2) is not None:
-            return m.group(2)
-        raise DataError(Problem(None, None, where, f"environment variable {m.group(1)} is not set"))
-
-    return _VAR.sub(sub, text)
+expand_path = expand_vars
 
 
 @dataclass

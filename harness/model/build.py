@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from harness.formats.paths import expand_vars
 from harness.model.assign.aware import (
     assign_aux,
     assign_detr_hungarian,
@@ -31,16 +32,6 @@ ASSIGNERS = {
     "detr_hungarian": assign_detr_hungarian,
     "max_iou": assign_max_iou,
 }
-
-
-def expand_env(text: str | None) -> str | None:
-    import os
-    import re
-
-    if text is None:
-        return None
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}",
-                  lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), text)
 
 
 def build_assigner(pc: PredictorConfig):
@@ -71,7 +62,7 @@ def build_detector(model: ModelConfig, *, score_thresh: float = 0.05, topk_per_l
         backbone = TinyBackbone(width=bb.tiny_width, norm="gn" if bb.norm == "gn" else "bn")
     else:
         backbone = ResNetBackbone(name=bb.name, freeze_at=bb.freeze_at, norm=bb.norm,
-                                  weights=expand_env(bb.weights))
+                                  weights=expand_vars(bb.weights, "model.backbone.weights") if bb.weights else None)
     ch = model.fpn.channels
     fpn = FPN(in_channels=backbone.out_channels, channels=ch, init=model.fpn.name)
     towers = Towers(channels=ch, num_convs=model.head.num_convs, norm=model.head.norm, gn_groups=model.head.gn_groups)

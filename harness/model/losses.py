@@ -9,10 +9,7 @@ import torch.nn.functional as F
 from harness.model.box_ops import aligned_iou_giou
 
 
-def sigmoid_focal(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
-    """Elementwise sigmoid focal loss on logits (detectron2 / cvpods rule)."""
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+def _focal(ce: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
     p_t = p * targets + (1 - p) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
@@ -20,14 +17,15 @@ def sigmoid_focal(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.
     return loss
 
 
+def sigmoid_focal(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Elementwise sigmoid focal loss on logits (detectron2 / cvpods rule)."""
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return _focal(ce, torch.sigmoid(logits), targets, alpha, gamma)
+
+
 def sigmoid_focal_on_probs(probs: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
     """Focal loss on probabilities (3DMF: p = sigmoid(cls) * sigmoid(filter))."""
-    ce = F.binary_cross_entropy(probs, targets, reduction="none")
-    p_t = probs * targets + (1 - probs) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss
+    return _focal(F.binary_cross_entropy(probs, targets, reduction="none"), probs, targets, alpha, gamma)
 
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,12 @@
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
 from harness.schedule.slurm import slurm_parameters
 from harness.spec.schema import ResourcesConfig
-from tests.schedule.test_local_faults import ENV, write_spec
+from tests.schedule.test_local_faults import ENV, wait_for, write_spec
 from tests.train.helpers import runs
 
 
@@ -40,15 +39,6 @@ def slurm_spec(tmp_path, rows, iters, ckpt=4):
 
 def harness(*args):
     return [sys.executable, "-m", "harness", *map(str, args)]
-
-
-def wait_for(predicate, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def job_ids(out: str) -> list[str]:
