@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+from harness.formats.checks import box_problem, is_number
 from harness.spec.errors import DataError, Problem
-
-
-def _num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def read_json(path: str | Path):
@@ -27,13 +23,6 @@ def read_json(path: str | Path):
         raise DataError(Problem(path, exc.lineno, "", f"malformed JSON: {exc.msg} (column {exc.colno})")) from None
 
 
-def _bbox_problem(bbox) -> str | None:
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_num(v) for v in bbox):
-        return f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}"
-    if bbox[2] < 0 or bbox[3] < 0:
-        return f"box with negative size {bbox!r}"
-    return None
-
 
 def validate_instances(data, path: str) -> dict:
     """Check the parts of an instances json the harness relies on."""
@@ -47,7 +36,7 @@ def validate_instances(data, path: str) -> dict:
         if not isinstance(im, dict) or "id" not in im:
             raise DataError(Problem(path, None, f"images[{i}]", "image without 'id'"))
         for key in ("width", "height"):
-            if not _num(im.get(key)) or im[key] <= 0:
+            if not is_number(im.get(key)) or im[key] <= 0:
                 raise DataError(Problem(path, None, f"images[{i}].{key}", f"must be a positive number, got {im.get(key)!r}"))
         if im["id"] in image_ids:
             raise DataError(Problem(path, None, f"images[{i}].id", f"duplicate image id {im['id']!r}"))
@@ -66,7 +55,7 @@ def validate_instances(data, path: str) -> dict:
             raise DataError(Problem(path, None, f"{where}.image_id", f"unknown image id {ann.get('image_id')!r}"))
         if ann.get("category_id") not in cat_ids:
             raise DataError(Problem(path, None, f"{where}.category_id", f"unknown category id {ann.get('category_id')!r}"))
-        problem = _bbox_problem(ann.get("bbox"))
+        problem = box_problem(ann.get("bbox"))
         if problem:
             raise DataError(Problem(path, None, f"{where}.bbox", problem))
         if "id" in ann:
@@ -95,10 +84,10 @@ def validate_results(results, path: str, gt: dict) -> list[dict]:
             raise DataError(Problem(path, None, f"{where}.image_id", f"detection for unknown image id {r.get('image_id')!r}"))
         if r.get("category_id") not in cat_ids:
             raise DataError(Problem(path, None, f"{where}.category_id", f"unknown category id {r.get('category_id')!r}"))
-        problem = _bbox_problem(r.get("bbox"))
+        problem = box_problem(r.get("bbox"))
         if problem:
             raise DataError(Problem(path, None, f"{where}.bbox", problem))
-        if not _num(r.get("score")):
+        if not is_number(r.get("score")):
             raise DataError(Problem(path, None, f"{where}.score", f"must be a finite number, got {r.get('score')!r}"))
     return results
 

@@ -9,22 +9,10 @@ Detection lines: ``{"ID": str, "dtboxes": [{"box": [x, y, w, h], "score": s, "ta
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+from harness.formats.checks import box_problem, is_number
 from harness.spec.errors import DataError, Problem
-
-
-def _num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _box_problem(box) -> str | None:
-    if not isinstance(box, list) or len(box) != 4 or not all(_num(v) for v in box):
-        return f"a box must be 4 finite numbers [x, y, w, h], got {box!r}"
-    if box[2] < 0 or box[3] < 0:
-        return f"box with negative size {box!r}"
-    return None
 
 
 def read_lines(path: str | Path) -> list[tuple[int, dict]]:
@@ -56,7 +44,7 @@ def _check_common(path: str, n: int, rec: dict, seen: dict[str, int]) -> None:
         raise DataError(Problem(path, n, "ID", f"duplicate image ID {rid!r} (first at line {seen[rid]})"))
     seen[rid] = n
     for key in ("width", "height"):
-        if key in rec and (not _num(rec[key]) or rec[key] <= 0):
+        if key in rec and (not is_number(rec[key]) or rec[key] <= 0):
             raise DataError(Problem(path, n, key, f"must be a positive number, got {rec[key]!r}"))
 
 
@@ -76,7 +64,7 @@ def read_gt(path: str | Path) -> list[dict]:
         for i, b in enumerate(boxes):
             if not isinstance(b, dict) or not isinstance(b.get("tag"), str):
                 raise DataError(Problem(path, n, f"gtboxes[{i}].tag", "each GT box needs a string 'tag'"))
-            problem = _box_problem(b.get("fbox"))
+            problem = box_problem(b.get("fbox"))
             if problem:
                 raise DataError(Problem(path, n, f"gtboxes[{i}].fbox", problem))
             extra = b.get("extra", {})
@@ -102,10 +90,10 @@ def read_dets(path: str | Path) -> list[dict]:
         for i, b in enumerate(boxes):
             if not isinstance(b, dict):
                 raise DataError(Problem(path, n, f"dtboxes[{i}]", "must be an object"))
-            problem = _box_problem(b.get("box"))
+            problem = box_problem(b.get("box"))
             if problem:
                 raise DataError(Problem(path, n, f"dtboxes[{i}].box", problem))
-            if not _num(b.get("score")):
+            if not is_number(b.get("score")):
                 raise DataError(Problem(path, n, f"dtboxes[{i}].score", f"must be a finite number, got {b.get('score')!r}"))
         rec["_line"] = n
         records.append(rec)
