@@ -96,8 +96,13 @@ def main() -> None:
     ws = folder / "ws-overhead"
     from harness.schedule.local import LocalPool
 
+    from harness.data.build import load_datasets
+    from harness.schedule.state import prepare_store
+
     cell = cells[0]
     ws.mkdir(exist_ok=True)
+    prepare_store(f"sqlite:///{ws / 'mlflow.db'}", "bench", ws)  # as `harness run` does before any job
+    load_datasets(cell.config.data, ws / "cache")  # the dataset exists (generated once per workspace)
     pool = LocalPool(spec_file=str(spec), override_args=[], workspace=str(ws), uri=f"sqlite:///{ws / 'mlflow.db'}",
                      jobs=1)
     t_decide = time.time()
