@@ -94,9 +94,8 @@ def main() -> None:
 
     # overhead per cell: launch one fresh cell through the local pool and read its log
     ws = folder / "ws-overhead"
-    from harness.schedule.local import LocalPool
-
     from harness.data.build import load_datasets
+    from harness.schedule.local import LocalPool
     from harness.schedule.state import prepare_store
 
     cell = cells[0]
