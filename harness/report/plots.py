@@ -13,6 +13,16 @@ import pandas as pd  # noqa: E402
 META = {"Software": None}  # no version stamp: the same data gives the same bytes
 
 
+def _save(fig, ax, title: str, path: Path, legend: bool = True) -> Path:
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, metadata=META)
+    plt.close(fig)
+    return path
+
+
 def convergence(hist: pd.DataFrame, key: str, rows: list[str], title: str, path: Path) -> Path | None:
     """Eval metric vs iteration per row: mean line, min-max band over seeds."""
     sub = hist[hist["key"] == key]
@@ -29,12 +39,7 @@ def convergence(hist: pd.DataFrame, key: str, rows: list[str], title: str, path:
         ax.fill_between(steps, 100 * g.min().values, 100 * g.max().values, alpha=0.2)
     ax.set_xlabel("iteration")
     ax.set_ylabel(key + " (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80, metadata=META)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, title, path)
 
 
 def seed_dots(df: pd.DataFrame, key: str, rows: list[str], title: str, path: Path) -> Path | None:
@@ -49,11 +54,7 @@ def seed_dots(df: pd.DataFrame, key: str, rows: list[str], title: str, path: Pat
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(key + " (%)")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80, metadata=META)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, title, path, legend=False)
 
 
 def loss_curves(hist: pd.DataFrame, rows: list[str], title: str, path: Path) -> Path | None:
@@ -69,9 +70,4 @@ def loss_curves(hist: pd.DataFrame, rows: list[str], title: str, path: Path) -> 
     ax.set_xlabel("iteration")
     ax.set_ylabel("total loss (mean over seeds)")
     ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80, metadata=META)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, title, path)
