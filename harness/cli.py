@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage (default: a journal file in the workspace)")
     p.add_argument("--out-dir", default="reports", metavar="DIR", help="where the sweep report goes")
+    p.add_argument("--check", action="store_true",
+                   help="only validate the sweep (spec, base spec, space and bounds, objective, against the "
+                        "swept row's cells) and exit 0; touches no workspace, trains nothing")
 
     p = sub.add_parser("evaluate", help="evaluate a detections file against ground truth",
                        description="Evaluate detections with the official COCO or CrowdHuman "
@@ -150,16 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cells(args):
-    from harness.spec import expand, load_set_file, load_spec, parse_set
+def _overrides(args) -> list:
+    from harness.spec import load_set_file, parse_set
 
-    loaded = load_spec(args.spec)
     overrides = []
     for f in getattr(args, "set_files", []):
         overrides.extend(load_set_file(f))
     for item in getattr(args, "overrides", []):
         overrides.append(parse_set(item))
-    return loaded, expand(loaded, overrides)
+    return overrides
+
+
+def _cells(args):
+    from harness.spec import expand, load_spec
+
+    loaded = load_spec(args.spec)
+    return loaded, expand(loaded, _overrides(args))
 
 
 def cmd_plan(args) -> int:
@@ -225,9 +234,13 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from harness.spec import select
+    from harness.spec import Problem, SpecError, expand, load_spec, row_labels, select
 
-    _, cells = _cells(args)
+    loaded = load_spec(args.spec)
+    rows = row_labels(loaded)
+    if args.row not in rows:
+        raise SpecError(Problem(args.spec, None, "--row", f"unknown row {args.row!r} (known: {', '.join(rows)})"))
+    cells = expand(loaded, _overrides(args), rows=(args.row,))  # the overrides (a sweep trial's) need fit this row only
     cell = select(cells, args.row, args.dataset, args.seed, spec_file=args.spec)
     from harness.train.run import run_cell
 
@@ -272,14 +285,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from harness.spec import Problem, SpecError, load_set_file, parse_set
-    from harness.sweep.space import load_sweep
+    from harness.sweep.space import validate_sweep
 
-    extra = [o for f in args.set_files for o in load_set_file(f)] + [parse_set(i) for i in args.overrides]
-    sweep = load_sweep(args.spec, extra)
-    if args.backend != "local":
-        raise SpecError(Problem(None, None, "--backend", "sweeps run on the local backend for now "
-                                "(trials on Slurm are not implemented yet)"))
+    sweep = validate_sweep(args.spec, _overrides(args), backend=args.backend)
+    if args.check:
+        cells = len(sweep.base_cells)
+        print(f"{args.spec}: ok (row {sweep.spec.row} of {sweep.spec.experiment}, {len(sweep.spec.space)} "
+              f"parameters, {sweep.spec.n_trials} trials of {cells} cell{'s' if cells > 1 else ''})")
+        return 0
     from harness.sweep.driver import Driver
 
     return Driver(sweep, workspace=args.workspace, tracking_uri=args.tracking_uri, storage=args.storage,

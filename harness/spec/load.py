@@ -106,17 +106,18 @@ def pydantic_problems(
     exc: ValidationError, source: Source, loc_map=None, schema_root: type | None = None
 ) -> list[Problem]:
     """Turn pydantic errors into problems; `loc_map` maps an error location to a Source."""
-    from harness.spec.overrides import known_fields  # local: overrides imports this module
+    from harness.spec.overrides import known_fields_at  # local: overrides imports this module
 
     problems = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        tagged = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         # drop discriminator tags pydantic inserts into the location (e.g. 'poto')
-        loc = _strip_union_tags(loc, schema_root)
+        loc = _strip_union_tags(tagged, schema_root)
         src, path = (loc_map(loc) if loc_map else (source, (*source.path, *loc)))
         kind = err["type"]
         if kind == "extra_forbidden":
-            known = known_fields(schema_root, loc[:-1]) if schema_root else []
+            # the keys of the variant that rejected it (its tag is in `tagged`), not of all variants
+            known = known_fields_at(schema_root, tagged[:-1]) if schema_root else []
             msg = "unknown key" + (f" (known: {', '.join(known)})" if known else "")
         elif kind == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,11 +138,19 @@ def resolve(ld: LoadedSpec, picks: dict[str, str], dataset: str | None, seed: in
                          for p in problems]) from None
 
 
-def expand(ld: LoadedSpec, overrides: list[Override] = ()) -> list[Cell]:
-    """All cells of a spec, in row order, then dataset, then seed."""
+def row_labels(ld: LoadedSpec) -> list[str]:
+    """The labels of the rows a spec expands into (its `rows`, or the axis combinations)."""
+    return [label for label, *_ in _row_plans(ld)]
+
+
+def expand(ld: LoadedSpec, overrides: list[Override] = (), rows: Collection[str] | None = None) -> list[Cell]:
+    """All cells of a spec, in row order, then dataset, then seed; with `rows`, only the cells of
+    those rows are resolved (the overrides need not fit the other rows)."""
     cells: list[Cell] = []
     problems: list[Problem] = []
     for label, picks, row, index in _row_plans(ld):
+        if rows is not None and label not in rows:
+            continue
         for dataset in _datasets(ld, row):
             for seed in ld.spec.seeds:
                 try:
@@ -190,4 +199,4 @@ def select(cells: list[Cell], row: str, dataset: str | None = None,
     return mine[0]
 
 
-__all__ = ["Cell", "expand", "resolve", "run_key", "hashed_config", "select", "Source"]
+__all__ = ["Cell", "expand", "row_labels", "resolve", "run_key", "hashed_config", "select", "Source"]

@@ -77,6 +77,29 @@ def known_fields(root: Any, path: Path) -> list[str]:
     return names
 
 
+def known_fields_at(root: Any, loc: Path) -> list[str]:
+    """The fields of the model at a pydantic error location, whose union tags (e.g. 'fcos' in
+    ``model.predictor.assigner.fcos``) pick the variant: the keys that this config accepts there,
+    not those of every variant the schema has."""
+    current, plain = [root], ()  # plain: the location without its tags
+    for part in loc:
+        if is_union_tag(root, plain, part):
+            current = [m for ann in current for m in _members(ann)
+                       if isinstance(m, type) and issubclass(m, BaseModel) and "name" in m.model_fields
+                       and m.model_fields["name"].default == part]
+        else:
+            current = [nxt for ann in current for nxt in _step(ann, part)]
+            plain = (*plain, part)
+        if not current:
+            return []
+    names: list[str] = []
+    for ann in current:
+        for member in _members(ann):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                names.extend(n for n in member.model_fields if n not in names)
+    return names
+
+
 def is_union_tag(root: Any, path: Path, part: str | int) -> bool:
     """True when pydantic inserted `part` as a discriminated-union tag after `path`."""
     if not isinstance(part, str):

@@ -26,15 +26,10 @@ import yaml
 
 from harness.schedule.local import discover_gpus, job_env, train_command
 from harness.schedule.state import latest_runs, prepare_store
-from harness.spec import expand, load_spec, parse_set
 from harness.spec.matrix import Cell
-from harness.sweep.space import Sweep, current_value
+from harness.sweep.space import Sweep, current_value, set_item
 from harness.track.mlflow_tracker import check_tracking_uri, client_for, default_tracking_uri
 from harness.train.lock import is_locked
-
-
-def set_item(path: str, value) -> str:
-    return f"{path}={value}" if isinstance(value, str) else f"{path}={json.dumps(value)}"
 
 
 @dataclass
@@ -100,14 +95,10 @@ class Driver:
     # ------------------------------------------------------------------ trials
 
     def cells_for(self, params: dict) -> list[Cell]:
-        extra = [parse_set(set_item(k, v)) for k, v in params.items()]
-        loaded = load_spec(self.sweep.base_file)
-        cells = expand(loaded, [*self.sweep.fixed, *extra])
-        wanted = {(c.dataset, c.seed) for c in self.sweep.base_cells}
-        return [c for c in cells if c.row == self.spec.row and (c.dataset, c.seed) in wanted]
+        return self.sweep.trial_cells(params)  # the swept row only, as validated
 
     def override_args(self, params: dict) -> list[str]:
-        items = [set_item(".".join(o.path), o.value) for o in self.sweep.fixed]
+        items = [set_item(".".join(map(str, o.path)), o.value) for o in self.sweep.fixed]
         items += [set_item(k, v) for k, v in params.items()]
         return ["--set", *items] if items else []
 

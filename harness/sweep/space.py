@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.spec import SpecError, expand, load_spec
+from harness.spec import SpecError, expand, load_spec, row_labels
 from harness.spec.errors import Problem
 from harness.spec.load import Source, load_yaml, pydantic_problems
 from harness.spec.matrix import Cell
-from harness.spec.overrides import Override, check_path
+from harness.spec.overrides import Override, check_path, parse_set
 from harness.spec.schema import Config
 
 COCO = ("ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl")
@@ -78,12 +79,73 @@ class SweepSpec(Strict):
 class Sweep:
     """A validated sweep: its spec, base spec and the base cell of each seed."""
 
-    def __init__(self, spec: SweepSpec, file: str, base_file: str, base_cells: list[Cell], fixed: list[Override]):
+    def __init__(self, spec: SweepSpec, file: str, base_file: str, base_cells: list[Cell], fixed: list[Override],
+                 source: Source | None = None):
         self.spec, self.file, self.base_file = spec, file, base_file
         self.base_cells, self.fixed = base_cells, fixed
+        self.source = source or Source(file, None, ())
+
+    def space_override(self, path: str, value: Any) -> Override:
+        """One trial value as an override, typed as the trial's `harness train --set` worker types it;
+        an error in it names the sweep file's `space` entry."""
+        parsed = parse_set(set_item(path, value))
+        return Override(parsed.path, parsed.value, Source(self.file, self.source.lines, ("space", path)))
+
+    def row_cells(self, params: dict[str, Any] | None = None) -> list[Cell]:
+        """Every cell (all datasets and seeds) of the swept row with these trial values; only that
+        row is resolved, so the space need not fit the base spec's other rows."""
+        extra = [self.space_override(k, v) for k, v in (params or {}).items()]
+        return expand(load_spec(self.base_file), [*self.fixed, *extra], rows=(self.spec.row,))
+
+    def trial_cells(self, params: dict[str, Any]) -> list[Cell]:
+        """The cells a trial trains: the swept row's cells of the sweep's datasets and seeds."""
+        wanted = {(c.dataset, c.seed) for c in self.base_cells}
+        return [c for c in self.row_cells(params) if (c.dataset, c.seed) in wanted]
+
+
+def set_item(path: str, value) -> str:
+    """`path=value` as a `harness train --set` item."""
+    return f"{path}={value}" if isinstance(value, str) else f"{path}={json.dumps(value)}"
+
+
+def _split_key(key: str) -> tuple[str | int, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+
+
+def _missing(config: dict, path: str) -> str | None:
+    """None if `path` exists in this (dumped) config, else what is there instead."""
+    node: Any = config
+    done: list[str] = []
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return f"{'.'.join(done)} is {node!r} there"
+        if part not in node:
+            where = ".".join(done) or "the top level"
+            variant = f" ({node['name']})" if isinstance(node.get("name"), str) and done else ""
+            return f"{where}{variant} has: {', '.join(node)}"
+        node = node[part]
+        done.append(part)
+    return None
+
+
+def _candidates(p: Param) -> list[tuple[str, Any]]:
+    """The values a trial may take that the config must accept: the bounds, or every choice."""
+    if p.type == "categorical":
+        return [("choice", c) for c in p.choices]
+    if p.type == "int":
+        return [("low", int(p.low)), ("high", int(p.high))]
+    return [("low", p.low), ("high", p.high)]
 
 
 def load_sweep(file: str, extra: list[Override] = ()) -> Sweep:
+    """Load and validate a sweep spec: everything `harness sweep` checks before its first trial.
+
+    The space paths, their bounds (or choices), the objective and the seeds are checked against
+    the cells of the swept row only (`row:`; all its datasets and seeds): the base spec's other
+    rows (an FCOS row whose assigner has no `alpha`) play no part in a sweep.
+    `extra` (the command line's --set / --set-file) applies after the sweep's `overrides`.
+    """
+    file = str(file)
     raw, lines = load_yaml(file)
     if not isinstance(raw, dict):
         raise SpecError(Problem(file, 1, "", "a sweep spec must be a YAML mapping"))
@@ -94,46 +156,77 @@ def load_sweep(file: str, extra: list[Override] = ()) -> Sweep:
     src = Source(file, lines, ())
     problems = []
     for path in spec.space:
-        msg = check_path(Config, tuple(path.split(".")))
+        msg = check_path(Config, _split_key(path))
         if msg:
             problems.append(src.problem(msg, ("space", path)))
     fixed = []
     for key, value in spec.overrides.items():
-        path = tuple(key.split("."))
+        path = _split_key(key)
         msg = check_path(Config, path)
         if msg:
             problems.append(src.problem(msg, ("overrides", key)))
         fixed.append(Override(path, value, Source(file, lines, ("overrides", key))))
     if problems:
         raise SpecError(problems)
+    fixed = [*fixed, *extra]  # the command line's overrides win, in validation and in every trial
     base_file = str((Path(file).parent / spec.experiment).resolve())
     loaded = load_spec(base_file)
-    cells = [c for c in expand(loaded, [*fixed, *extra]) if c.row == spec.row]
-    if not cells:
-        rows = ", ".join(dict.fromkeys(c.row for c in expand(loaded)))
-        raise SpecError(src.problem(f"unknown row {spec.row!r} in {spec.experiment} (known: {rows})", ("row",)))
+    rows = row_labels(loaded)
+    if spec.row not in rows:
+        raise SpecError(src.problem(f"unknown row {spec.row!r} in {spec.experiment} (known: {', '.join(rows)})",
+                                    ("row",)))
+    sweep = Sweep(spec, file, base_file, [], fixed, src)
+    cells = sweep.row_cells()  # the row as it is (the baseline trial)
+    for path in spec.space:  # the path must exist in this row's config, not just in the schema
+        for cell in cells:
+            msg = _missing(cell.config.model_dump(), path)
+            if msg:
+                problems.append(src.problem(f"{path!r} does not exist in the config of row {spec.row!r} of "
+                                            f"{spec.experiment} (cell {cell.id}): {msg}", ("space", path)))
+                break
+    if problems:
+        raise SpecError(problems)
+    for path, param in spec.space.items():  # every bound / choice must give valid configs of the row
+        for what, value in _candidates(param):
+            try:
+                sweep.row_cells({path: value})
+            except SpecError as exc:
+                problems.extend(Problem(p.file, p.line, p.path, f"{what} {value!r}: {p.message}")
+                                for p in exc.problems)
+    if problems:
+        raise SpecError(problems)
     if spec.dataset:
+        known_ds = list(dict.fromkeys(c.dataset for c in cells))
+        if spec.dataset not in known_ds:
+            raise SpecError(src.problem(f"row {spec.row} of {spec.experiment} has no dataset {spec.dataset!r} "
+                                        f"(known: {', '.join(known_ds)})", ("dataset",)))
         cells = [c for c in cells if c.dataset == spec.dataset]
-    base = cells[0]
-    known = COCO if base.config.eval.metrics == "coco" else CROWDHUMAN
-    prefix, _, name = spec.objective.metric.rpartition(".")
-    if prefix not in ("eval", "eval.nms", "eval.nms_free") or name not in known:
-        allowed = ", ".join(f"eval.{m}" for m in known)
-        raise SpecError(src.problem(f"the {base.config.eval.metrics} evaluator does not produce "
-                                    f"{spec.objective.metric!r} (known: {allowed}, also under eval.nms. / "
-                                    "eval.nms_free.)", ("objective", "metric")))
-    for path in spec.space:  # the path must exist on this row's config, not just in the schema
-        node: Any = base.config.model_dump()
-        for part in path.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise SpecError(src.problem(f"{path!r} does not exist in row {spec.row}'s config", ("space", path)))
-            node = node[part]
+    for evaluator in dict.fromkeys(c.config.eval.metrics for c in cells):
+        known = COCO if evaluator == "coco" else CROWDHUMAN
+        prefix, _, name = spec.objective.metric.rpartition(".")
+        if prefix not in ("eval", "eval.nms", "eval.nms_free") or name not in known:
+            allowed = ", ".join(f"eval.{m}" for m in known)
+            raise SpecError(src.problem(f"the {evaluator} evaluator does not produce "
+                                        f"{spec.objective.metric!r} (known: {allowed}, also under eval.nms. / "
+                                        "eval.nms_free.)", ("objective", "metric")))
     by_seed = {c.seed: c for c in cells}
     missing = [s for s in spec.seeds if s not in by_seed]
     if missing:
         raise SpecError(src.problem(f"seeds {missing} are not seeds of {spec.experiment} ({sorted(by_seed)})",
                                     ("seeds",)))
-    return Sweep(spec, file, base_file, [by_seed[s] for s in spec.seeds], fixed)
+    sweep.base_cells = [by_seed[s] for s in spec.seeds]
+    return sweep
+
+
+def validate_sweep(file: str, extra: list[Override] = (), backend: str = "local") -> Sweep:
+    """What `harness sweep` checks before it touches the workspace or starts a trial (its --check):
+    the sweep spec and base spec, the space, its bounds and the objective against the swept row's
+    cells, and the backend. Raises SpecError (exit 2) naming the sweep file and key."""
+    sweep = load_sweep(file, extra)
+    if backend != "local":
+        raise SpecError(Problem(None, None, "--backend", "sweeps run on the local backend for now "
+                                "(trials on Slurm are not implemented yet)"))
+    return sweep
 
 
 def current_value(cell: Cell, path: str):

@@ -66,6 +66,19 @@ def test_field_of_another_variant_is_rejected_by_validation(mini_spec):
                and "[cell A/" in m for m in msgs), msgs
 
 
+def test_unknown_key_lists_the_fields_of_the_variant_that_rejected_it(mini_spec):
+    # row A's FCOS assigner has no 'alpha': the "known" list is FCOS's, not every assigner's
+    with pytest.raises(SpecError) as info:
+        expand(load_spec(mini_spec()), [parse_set("model.predictor.assigner.alpha=0.5")])
+    (msg,) = [str(p) for p in info.value.problems]
+    known = msg.split("(known: ", 1)[1].split(")", 1)[0].split(", ")
+    assert "alpha" not in known and {"name", "center_radius"} <= set(known), msg
+    assert "[cell A/" in msg
+    # row B's POTO assigner takes it
+    cells = expand(load_spec(mini_spec()), [parse_set("model.predictor.assigner.alpha=0.5")], rows=("B",))
+    assert {c.row for c in cells} == {"B"} and all(c.config.model.predictor.assigner.alpha == 0.5 for c in cells)
+
+
 def test_set_file(tmp_path, mini_spec):
     f = tmp_path / "over.yaml"
     f.write_text("train:\n  base_lr: 0.05\n  max_iter: 20\neval.nms: true\n")

@@ -1,0 +1,78 @@
+"""Every shipped sweep spec passes the checks `harness sweep` runs before its first trial, and a
+space key that the swept row does not have fails them (exit 2, naming the sweep file and key)."""
+
+import pytest
+
+from harness.sweep.space import current_value, set_item, validate_sweep
+from tests.conftest import EXPERIMENTS
+
+SWEEPS = sorted(EXPERIMENTS.glob("sweep*.yaml"))
+
+
+def test_sweep_specs_are_found():
+    assert SWEEPS, f"no sweep*.yaml under {EXPERIMENTS}"
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_shipped_sweep_validates(run_cli, tmp_path, path):
+    sweep = validate_sweep(str(path))  # what `harness sweep` calls before it touches anything
+    assert sweep.base_cells and {c.row for c in sweep.base_cells} == {sweep.spec.row}
+    # the first trial (the row's own values) and the bounds give the cells a trial trains
+    baseline = {k: current_value(sweep.base_cells[0], k) for k in sweep.spec.space}
+    for params in (baseline, {k: p.low if p.low is not None else p.choices[0] for k, p in sweep.spec.space.items()},
+                   {k: p.high if p.high is not None else p.choices[-1] for k, p in sweep.spec.space.items()}):
+        cells = sweep.trial_cells(params)
+        assert [(c.dataset, c.seed) for c in cells] == [(c.dataset, c.seed) for c in sweep.base_cells]
+        assert all(c.row == sweep.spec.row for c in cells)
+    # the CLI path: --check validates and exits 0 without creating the workspace
+    code, out, err = run_cli("sweep", path, "--check", "--workspace", tmp_path / "ws")
+    assert code == 0 and ": ok" in out, err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_trial_overrides_reach_a_train_worker_of_the_swept_row(run_cli, tmp_path, monkeypatch):
+    # a trial's worker is `harness train BASE --row ROW --set ...`: the override (POTO's alpha) must
+    # resolve for that row even though the base spec's FCOS row has no such key
+    import harness.train.run
+
+    got = []
+    monkeypatch.setattr(harness.train.run, "run_cell", lambda cell, **kw: got.append(cell) or 0)
+    sweep = validate_sweep(str(EXPERIMENTS / "sweep_quickstart.yaml"))
+    items = [set_item(".".join(map(str, o.path)), o.value) for o in sweep.fixed]
+    items += [set_item("model.predictor.assigner.alpha", 0.6)]
+    code, _, err = run_cli("train", EXPERIMENTS / "quickstart.yaml", "--row", sweep.spec.row, "--seed", "0",
+                           "--workspace", tmp_path / "ws", "--set", *items)
+    assert code == 0, err
+    (cell,) = got
+    assert cell.row == sweep.spec.row and cell.config.model.predictor.assigner.alpha == 0.6
+    assert cell.run_key == sweep.trial_cells({"model.predictor.assigner.alpha": 0.6})[0].run_key
+    # ... and still fails, before training, for a row whose assigner has no alpha
+    code, _, err = run_cli("train", EXPERIMENTS / "quickstart.yaml", "--row", "FCOS",
+                           "--workspace", tmp_path / "ws", "--set", "model.predictor.assigner.alpha=0.6")
+    assert code == 2 and "unknown key" in err and "[cell FCOS/" in err and len(got) == 1, err
+
+
+def test_space_key_unknown_for_the_swept_row_exits_2(run_cli, tmp_path):
+    text = (EXPERIMENTS / "sweep_quickstart.yaml").read_text()
+    text = text.replace("row: POTO+3DMF+Aux", "row: FCOS").replace(
+        "experiment: quickstart.yaml", f"experiment: {EXPERIMENTS / 'quickstart.yaml'}")
+    path = tmp_path / "sweep_fcos.yaml"
+    path.write_text(text)
+    for extra in (["--check"], []):  # the same checks with and without --check: nothing written
+        code, out, err = run_cli("sweep", path, "--workspace", tmp_path / "ws", *extra)
+        assert code == 2, out + err
+        line = next(x for x in err.splitlines() if "space.model.predictor.assigner.alpha" in x)
+        assert line.startswith(f"error: {path}:"), line
+        assert "does not exist in the config of row 'FCOS'" in line
+        has = line.split("model.predictor.assigner (fcos) has: ", 1)[1].split(", ")
+        assert "alpha" not in has and "name" in has, line  # the keys listed are FCOS's own
+        assert not (tmp_path / "ws").exists()
+
+
+def test_bound_outside_the_rows_schema_exits_2(run_cli, tmp_path):
+    text = (EXPERIMENTS / "sweep_quickstart.yaml").read_text().replace("high: 0.95", "high: 1.5").replace(
+        "experiment: quickstart.yaml", f"experiment: {EXPERIMENTS / 'quickstart.yaml'}")
+    path = tmp_path / "sweep_bound.yaml"
+    path.write_text(text)
+    code, _, err = run_cli("sweep", path, "--check")
+    assert code == 2 and f"{path}:" in err and "space.model.predictor.assigner.alpha: high 1.5:" in err, err
