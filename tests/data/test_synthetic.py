@@ -81,3 +81,27 @@ def test_cli_synth(run_cli, tmp_path):
     code, out, err = run_cli("data", "synth", "--out", tmp_path, "--images", 8, "--format", "odgt")
     assert code == 0, err
     assert (tmp_path / "train.odgt").exists() and len(list((tmp_path / "val").glob("*.png"))) == 2
+
+
+def test_cards_are_upright_and_never_hidden(tmp_path):
+    from harness.data.synthetic import _place, _visible_fractions
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        w, h = (int(v) for v in rng.integers(96, 161, 2))
+        boxes = _place(rng, w, h, "high")
+        assert 1 <= len(boxes) <= 9
+        # drawn back to front: every card keeps at least 15 % of its area visible
+        assert min(_visible_fractions(boxes, w, h)) >= 0.15
+        for x1, y1, x2, y2 in boxes:
+            assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+            assert (y2 - y1) / (x2 - x1) <= 1.7 + 1e-6  # upright (clipped only by the image)
+
+
+def test_visible_fractions_by_hand():
+    from harness.data.synthetic import _visible_fractions
+
+    back, front = (0, 0, 10, 10), (5, 0, 15, 10)
+    assert _visible_fractions([back, front], 20, 20) == [0.5, 1.0]
+    assert _visible_fractions([front, back], 20, 20) == [0.5, 1.0]
+    assert _visible_fractions([back, (0, 0, 10, 10)], 20, 20) == [0.0, 1.0]
