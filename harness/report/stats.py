@@ -71,3 +71,57 @@ def pooled_std(groups: list[list[float]]) -> float:
             num += (len(g) - 1) * float(np.var(g, ddof=1))
             den += len(g) - 1
     return math.sqrt(num / den) if den else math.nan
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Δ = mean(a) - mean(b) with its 95% t-interval and a one-sided p-value for the claim."""
+
+    test: str  # "paired t" | "Welch t"
+    n_a: int
+    n_b: int
+    delta: float
+    ci_low: float
+    ci_high: float
+    p: float  # one-sided, H1: delta > -margin (sign=+1) or delta < margin (sign=-1); nan if untestable
+
+
+def compare(a: list[float], b: list[float], *, paired: bool, sign: int = 1, margin: float = 0.0) -> Comparison:
+    """Compare a with b for the claim `sign * (a - b) > -margin`.
+
+    paired: a[i] and b[i] come from the same run (e.g. NMS and NMS-free detections of one
+    seed); the t-test and interval are on the differences. Otherwise Welch's t-test with the
+    Welch-Satterthwaite degrees of freedom. margin > 0 makes it a non-inferiority test
+    ("within margin points, or better").
+    """
+    if paired:
+        pairs = [(x, y) for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))]
+        d = np.asarray([x - y for x, y in pairs], dtype=float)
+        n = len(d)
+        if n == 0:
+            return Comparison("paired t", 0, 0, math.nan, math.nan, math.nan, math.nan)
+        delta = float(d.mean())
+        if n < 2:
+            return Comparison("paired t", n, n, delta, math.nan, math.nan, math.nan)
+        se = float(d.std(ddof=1)) / math.sqrt(n)
+        df = n - 1
+        na = nb = n
+    else:
+        a = np.asarray([x for x in a if not math.isnan(x)], dtype=float)
+        b = np.asarray([x for x in b if not math.isnan(x)], dtype=float)
+        na, nb = len(a), len(b)
+        if na == 0 or nb == 0:
+            return Comparison("Welch t", na, nb, math.nan, math.nan, math.nan, math.nan)
+        delta = float(a.mean() - b.mean())
+        if na < 2 or nb < 2:
+            return Comparison("Welch t", na, nb, delta, math.nan, math.nan, math.nan)
+        va, vb = float(a.var(ddof=1)) / na, float(b.var(ddof=1)) / nb
+        se = math.sqrt(va + vb)
+        df = (va + vb) ** 2 / ((va ** 2 / (na - 1)) + (vb ** 2 / (nb - 1))) if se > 0 else na + nb - 2
+    test = "paired t" if paired else "Welch t"
+    if se == 0:
+        holds = sign * delta > -margin
+        return Comparison(test, na, nb, delta, delta, delta, 0.0 if holds else 1.0)
+    half = float(stats.t.ppf(0.975, df)) * se
+    t = (sign * delta + margin) / se
+    return Comparison(test, na, nb, delta, delta - half, delta + half, float(stats.t.sf(t, df)))
