@@ -11,7 +11,7 @@ from harness.report import plots
 from harness.report.collect import collect, histories
 from harness.report.readme import regions, rewrite
 from harness.report.stats import compare, holm, summarize
-from harness.report.tables import LAYOUTS, confidence_table, pct, render_table
+from harness.report.tables import LAYOUTS, confidence_table, pct, render_table, reproduction_table
 from harness.spec.errors import Problem, UserError
 from harness.spec.load import LoadedSpec
 from harness.spec.matrix import Cell
@@ -97,7 +97,8 @@ def phenomena(df: pd.DataFrame, rows: list[str]) -> list[str]:
     return out
 
 
-def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | None) -> tuple[str, dict[str, str]]:
+def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | None,
+                 against: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
     spec = loaded.spec
     if not spec.tables:
         raise UserError(Problem(loaded.file, None, "tables", "the spec declares no tables to report"))
@@ -150,7 +151,35 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
                 if extra is not None:
                     pics.append(f"![per-seed values]({extra.name})")
             lines += pics + [""]
+    if against:
+        lines += reproduction(spec, cells, df, against)
     return "\n".join(lines).rstrip() + "\n", tables
+
+
+def reproduction(spec, cells: list[Cell], df: pd.DataFrame, against: tuple[str, ...]) -> list[str]:
+    """The same cells in other stores (fresh workspaces, other machines) against this store's
+    95% intervals: does a second run of the matrix land where this one says it should?"""
+    lines = ["## Reproduction", "",
+             "The same cells (same run keys) trained again in other stores; each entry is the other "
+             "store's mean over its seeds, against this report's 95% t-interval (✓ inside).", ""]
+    for k, other_uri in enumerate(against, 1):
+        other = collect(cells, other_uri, spec.name)
+        done = int((other["status"] == "finished").sum())
+        lines += [f"### Store {k} ({redact(other_uri)}): {done} of {len(cells)} cells finished", ""]
+        for name in spec.tables:
+            md, inside, compared = reproduction_table(name, spec, df, other)
+            lines += [md, "", f"{inside} of {compared} row means inside this report's 95% intervals.", ""]
+    return lines
+
+
+def redact(uri: str) -> str:
+    """A store's name for a report: no credentials, no machine-specific directories."""
+    if uri.startswith("sqlite:"):
+        return "sqlite: " + Path(uri.split("///", 1)[-1]).parent.name + "/" + Path(uri).name
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
 
 
 def _nms(cells: list[Cell], row: str) -> bool:
@@ -158,11 +187,11 @@ def _nms(cells: list[Cell], row: str) -> bool:
 
 
 def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, readme: str | None,
-           check: bool) -> int:
+           check: bool, against: tuple[str, ...] = ()) -> int:
     out_path = Path(out) if out else None
     if out_path is not None and not check:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-    text, tables = build_report(loaded, cells, uri, None if check else out_path)
+    text, tables = build_report(loaded, cells, uri, None if check else out_path, against)
     if readme:
         path = Path(readme)
         try:

@@ -193,3 +193,27 @@ def confidence_table(name: str, spec: Spec, df: pd.DataFrame) -> str:
             line.append(f"[{pct(s.ci_low)}, {pct(s.ci_high)}]" if s.n >= 2 else "—")
         body.append(line)
     return _markdown(["row"] + [h for h, _, _ in metrics], body)
+
+
+def reproduction_table(name: str, spec: Spec, ref: pd.DataFrame, other: pd.DataFrame) -> tuple[str, int, int]:
+    """Each row's mean in `other` against the 95% t-interval of `ref` (this store's runs).
+
+    Returns the markdown table and (inside, compared) counts; a metric is compared when `ref`
+    has an interval (n >= 2) and `other` has at least one finished run.
+    """
+    _, metrics = LAYOUTS[spec.tables[name].layout]
+    body, inside, compared = [], 0, 0
+    for r in (r for r in spec.rows if r.table == name):
+        line = [r.label]
+        for _, _, key in metrics:
+            s, o = summarize(_values(ref, r.label, key)), summarize(_values(other, r.label, key))
+            if s.n < 2 or o.n == 0:
+                line.append("—")
+                continue
+            ok = s.ci_low <= o.mean <= s.ci_high
+            inside += ok
+            compared += 1
+            line.append(f"{pct(o.mean)} in [{pct(s.ci_low)}, {pct(s.ci_high)}] {'✓' if ok else '✗'}"
+                        + (f" (n={o.n})" if o.n != s.n else ""))
+        body.append(line)
+    return _markdown(["row"] + [h for h, _, _ in metrics], body), inside, compared

@@ -70,3 +70,18 @@ def test_claim_against_the_data_and_small_n():
     assert "**untested** (n = 2/3" in three_dmf and "Δ -9.5" in three_dmf
     within = next(line for line in lines if "within 3" in line)
     assert "**not observed**" in within
+
+
+def test_reproduction_table_against_intervals():
+    from harness.report.build import redact
+    from harness.report.tables import reproduction_table
+    from harness.spec import load_spec
+
+    spec = load_spec("experiments/quickstart.yaml").spec
+    ref = frame({("FCOS", "eval.nms.ap50"): [0.76, 0.77, 0.75], ("POTO", "eval.nms.ap50"): [0.70, 0.71, 0.72]})
+    other = frame({("FCOS", "eval.nms.ap50"): [0.76, 0.765], ("POTO", "eval.nms.ap50"): [0.80, 0.81, 0.79]})
+    md, inside, compared = reproduction_table("quickstart", spec, ref, other)
+    assert (inside, compared) == (1, 2)
+    assert "76.2 in [73.5, 78.5] ✓ (n=2)" in md and "80.0 in [68.5, 73.5] ✗" in md
+    assert redact("http://alice:s3cret@host:5000/x") == "http://host:5000/x"
+    assert redact("sqlite:////tmp/fresh1/mlflow.db") == "sqlite: fresh1/mlflow.db"
