@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite the <!-- harness:table NAME --> regions of FILE")
     p.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 when the README regions are stale")
+    p.add_argument("--against", action="append", default=[], metavar="URI",
+                   help="another tracking store holding the same cells (a fresh workspace, another "
+                        "machine): the report adds its row means against this store's 95%% intervals; "
+                        "may be repeated")
 
     p = sub.add_parser("sweep", help="Optuna sweep of loss weights over a spec's cells",
                        description="Run an Optuna study whose trials are cells dispatched through "
@@ -281,7 +285,10 @@ def cmd_report(args) -> int:
 
     uri = args.tracking_uri or default_tracking_uri(args.workspace)
     check_tracking_uri(uri)
-    return report(loaded, cells, uri=uri, out=args.out, readme=args.readme, check=args.check)
+    for other in args.against:
+        check_tracking_uri(other)
+    return report(loaded, cells, uri=uri, out=args.out, readme=args.readme, check=args.check,
+                  against=tuple(args.against))
 
 
 def cmd_sweep(args) -> int:
