@@ -32,12 +32,16 @@ class MaxFilter3D(nn.Module):
         out = []
         for lvl, f in enumerate(conv):
             lo, hi = max(0, lvl - margin), min(len(conv) - 1, lvl + margin)
-            stack = [f if k == lvl else F.interpolate(conv[k], size=f.shape[-2:], mode="bilinear",
-                                                      align_corners=False) for k in range(lo, hi + 1)]
-            x = torch.stack(stack, dim=2)  # [B, C, D, H, W]
-            x = F.max_pool3d(x, kernel_size=(self.tau + 1, self.kernel, self.kernel), stride=1,
-                             padding=(margin, self.kernel // 2, self.kernel // 2))
-            out.append(x[:, :, lvl - lo])
+            # The kept depth slice of the (tau + 1, k, k) pool sees every stacked level, so the
+            # 3-D max is the element-wise max over levels followed by a k x k 2-D max pool: the
+            # same values and, away from exact ties, the same gradients as max_pool3d on the
+            # stack, at about 60 % of its cost on CPUs (tests/model/test_filter3d.py).
+            x = f
+            for k in range(lo, hi + 1):
+                if k != lvl:
+                    x = torch.maximum(x, F.interpolate(conv[k], size=f.shape[-2:], mode="bilinear",
+                                                       align_corners=False))
+            out.append(F.max_pool2d(x, self.kernel, stride=1, padding=self.kernel // 2))
         return out
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -43,6 +43,34 @@ def test_3dmf_max_over_scales_and_space_uses_the_conv_features():
         assert torch.allclose(pooled[lvl], expect, atol=1e-6)
 
 
+def test_3dmf_equals_max_pool3d_on_the_stack_values_and_gradients():
+    """The reference rule (DeFCN): stack the resized levels, max_pool3d (tau+1, k, k), keep the
+    level's slice. The separable form must give the same values and gradients."""
+    torch.manual_seed(0)
+    m = MaxFilter3D(channels=8, gn_groups=4)
+    sizes = [(18, 13), (9, 7), (5, 4), (3, 2), (2, 1)]
+    f = [torch.randn(2, 8, h, w, requires_grad=True) for h, w in sizes]
+
+    def reference(feats):
+        conv = [m.conv(x) for x in feats]
+        out = []
+        for lvl in range(5):
+            lo, hi = max(0, lvl - 1), min(4, lvl + 1)
+            stack = torch.stack([conv[k] if k == lvl else F.interpolate(conv[k], size=conv[lvl].shape[-2:],
+                                                                        mode="bilinear", align_corners=False)
+                                 for k in range(lo, hi + 1)], dim=2)
+            out.append(F.max_pool3d(stack, (3, 3, 3), stride=1, padding=(1, 1, 1))[:, :, lvl - lo])
+        return out
+
+    ours, ref = m.max_pool(f), reference(f)
+    assert all(torch.equal(a, b) for a, b in zip(ours, ref, strict=True))
+    weights = [torch.randn_like(a) for a in ours]
+    g_ours = torch.autograd.grad(sum((a * w).sum() for a, w in zip(ours, weights)), [*f, m.conv.weight])
+    g_ref = torch.autograd.grad(sum((b * w).sum() for b, w in zip(ref, weights)), [*f, m.conv.weight])
+    for a, b in zip(g_ours, g_ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_3dmf_residual_adds_the_tower_feature_then_gn_relu():
     for gn in (True, False):
         m = MaxFilter3D(channels=8, gn_groups=4, norm=gn)
