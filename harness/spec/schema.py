@@ -293,6 +293,53 @@ class DataConfig(Strict):
 # ------------------------------------------------------------------------------ train
 
 
+class HealthConfig(Strict):
+    """Training health: the rules that end a diverged run FAILED ("diverged: ..."), exit 4.
+
+    A non-finite loss is always divergence (exit 3), whatever this section says. Iterations
+    and fractions refer to the run's schedule (after the linear scaling rule). The defaults
+    were measured on the quickstart (tests/train/data/quickstart_loss_histories.json, replayed
+    by tests/train/test_health.py): healthy runs stay far from them, `train.base_lr=3.0`
+    (FCOS) is flagged at iteration 35 of 280.
+    """
+
+    #: false = neither rule below ever flags (a non-finite loss still fails the run).
+    enabled: bool = True
+    #: Loss-ratio rule: the total loss is smoothed by an exponential moving average
+    #: (ema_t = ema * ema_{t-1} + (1 - ema) * loss_t, starting at the first loss). 0.98 averages
+    #: about 50 iterations: one bad batch (POTO in the quickstart has single batches at 6x its
+    #: running loss right after warm-up) moves it by 2 % of its excess, while a loss that stays
+    #: 18x higher crosses 4x within about 10 iterations. With 0.9 a healthy POTO+3DMF run
+    #: reached 3.9x its minimum; with 0.98 healthy quickstart runs stay below 1.5x.
+    ema: float = Field(0.98, ge=0.0, lt=1.0)
+    #: ... flagged when the EMA stays above `loss_ratio` x its running minimum for `window`
+    #: consecutive iterations. 4 is far above what healthy runs do: a one-to-one assigner's loss
+    #: rises after warm-up while positives start being learned (POTO: 1.3 -> 2.4 per batch,
+    #: 1.3-1.5x in the EMA), COCO schedules spike mildly and only fall at their lr steps; an
+    #: explosion (1.4 -> 25) is 18x.
+    loss_ratio: float = Field(4.0, gt=1.0)
+    #: A spike shorter than this (a few bad batches) is not divergence; an explosion that stays
+    #: is flagged `window` iterations after the EMA crosses the line.
+    window: int = Field(20, ge=1)
+    #: First iteration whose EMA enters the running minimum (and so can be flagged). 0: from
+    #: the first iteration, so that an explosion during warm-up (a too large base_lr blows up
+    #: as the warm-up ramps the lr, at iteration 6 of 50 in the quickstart) is caught too;
+    #: starting after warm-up would take the exploded loss as the minimum. The early rise
+    #: described above stays well within 4x. A run whose first iterations have an
+    #: unrepresentatively low loss can raise it.
+    min_iter: int = Field(0, ge=0)
+    #: Zero-detections rule: an evaluation at iteration >= max(warmup_iters, dets_after x
+    #: max_iter, dets_min_iter) whose headline postprocess (eval.nms) returns no detection at
+    #: all on the whole val set is divergence. Earlier, a healthy model may still score
+    #: everything below eval.score_thresh (an untrained head scores ~model.head.prior_prob =
+    #: 0.01 < 0.05): healthy quickstart POTO runs had 0 detections at iteration 70 of 280 and,
+    #: on other synthetic data, at 140; all had detections from 210 on. Hence 3/4 of the
+    #: schedule, and never before iteration 200 (short test runs of a few dozen iterations end
+    #: with no detection and are not diverged, just short). null = this rule is off.
+    dets_after: float | None = Field(0.75, ge=0.0, le=1.0)
+    dets_min_iter: int = Field(200, ge=0)
+
+
 class TrainConfig(Strict):
     max_iter: int = Field(ge=1)
     #: Total images per iteration over all processes.
@@ -314,6 +361,9 @@ class TrainConfig(Strict):
     warmup_factor: float = 1e-3
     checkpoint_period: int = Field(5000, ge=1)
     amp: bool = False
+    #: When a run counts as diverged (see HealthConfig). Not part of the run key: the rules
+    #: never change what is trained (harness/spec/matrix.py hashed_config).
+    health: HealthConfig = HealthConfig()
 
     @model_validator(mode="after")
     def _steps(self) -> TrainConfig:

@@ -25,13 +25,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: str | Path, *, model, optimizer, scheduler, scaler, iteration: int, run_id: str | None,
-         run_key: str) -> None:
+         run_key: str, health: dict | None = None) -> None:
+    """health: the HealthMonitor's state (plain numbers); checkpoints without it still load."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {}, "iteration": iteration,
-        "run_id": run_id or "", "run_key": run_key, "rng": _plain(rng_state()),
+        "run_id": run_id or "", "run_key": run_key, "rng": _plain(rng_state()), "health": dict(health or {}),
     }
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(state, tmp)

@@ -18,7 +18,7 @@ from harness.evaluation.crowdhuman import evaluate_images, images_from_records
 
 class NonFiniteLoss(RuntimeError):
     def __init__(self, term: str, iteration: int, value: float):
-        super().__init__(f"non-finite loss {term} = {value} at iteration {iteration}")
+        super().__init__(f"diverged: non-finite loss {term} = {value} at iteration {iteration}")
         self.term, self.iteration = term, iteration
 
 

@@ -3,8 +3,9 @@ tracker (design.md rules 2 and 7).
 
 Order matters: everything a user can get wrong (data, weights, class count, tracking store) is
 checked before an MLflow run exists, so bad input leaves nothing half-written. Once the run
-exists it always ends FINISHED, FAILED (exception, non-finite loss) or KILLED (signal), with
-the reason in the `harness.failure` tag.
+exists it always ends FINISHED, FAILED (exception; divergence: a non-finite loss or a
+train.health rule, reason "diverged: ...") or KILLED (signal), with the reason in the
+`harness.failure` tag.
 """
 
 from __future__ import annotations
@@ -50,12 +51,11 @@ from harness.train.engine import (
     train_step,
     unwrap,
 )
+from harness.train.exit_codes import EXIT_BUSY, EXIT_DIVERGED, EXIT_FAILED, EXIT_UNHEALTHY
+from harness.train.health import HealthMonitor, Unhealthy, build_monitor
 from harness.train.lock import CellLock
 from harness.train.optim import build_optimizer, build_scheduler, scaled_schedule
 
-EXIT_FAILED = 1
-EXIT_DIVERGED = 3  # a non-finite loss: retrying from the last checkpoint would diverge again
-EXIT_BUSY = 75  # the cell is being trained by another process (its lock is held)
 HEARTBEAT_S = float(os.environ.get("HARNESS_HEARTBEAT_S", "30"))
 
 
@@ -197,6 +197,7 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None)
 
+    health = build_monitor(cfg.train.health, max_iter=sched.max_iter, warmup_iters=sched.warmup_iters)
     start_iter, run_id = 0, None
     if resume is False and ckpt_path.exists() and rank == 0:
         os.replace(ckpt_path, ckpt_path.with_name(f"checkpoint.{int(time.time())}.old.pt"))
@@ -208,6 +209,7 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
         if scaler is not None and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
+        health.load_state_dict(state.get("health"))  # absent in checkpoints from before health
         start_iter, run_id = int(state["iteration"]), state["run_id"] or None
     elif resume:
         raise UserError(Problem(None, None, "--resume", f"no checkpoint for cell {cell.id} at {ckpt_path}"))
@@ -253,7 +255,7 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
 
     try:
         with SignalGuard() as guard, (Heartbeat(tracker) if rank == 0 else contextlib.nullcontext()):
-            _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tracker, guard,
+            _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tracker, guard, health,
                    start_iter=start_iter, rank=rank, world=world, device=device, ckpt_path=ckpt_path,
                    run_id=run_id, cdir=cdir, progress=progress)
             tracker.end("FINISHED")  # still under the guard: a late SIGTERM cannot cut this short
@@ -265,6 +267,10 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
         tracker.end("FAILED", str(exc))
         print(f"{cell.id}: FAILED: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
+    except Unhealthy as exc:  # no checkpoint: resuming would only diverge again
+        tracker.end("FAILED", str(exc))
+        print(f"{cell.id}: FAILED: {exc}", file=sys.stderr)
+        return EXIT_UNHEALTHY
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}"
         tracker.end("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED", reason)
@@ -273,8 +279,8 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
     return 0
 
 
-def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tracker, guard, *,
-           start_iter, rank, world, device, ckpt_path, run_id, cdir, progress) -> None:
+def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tracker, guard,
+           health: HealthMonitor, *, start_iter, rank, world, device, ckpt_path, run_id, cdir, progress) -> None:
     cfg = cell.config
     per_rank = cfg.train.ims_per_batch // world
     loader = train_loader(train_dataset(cfg.data, data.train, cfg.model.backbone.input_format), per_rank,
@@ -289,15 +295,20 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
     def save(iteration: int) -> None:
         if rank == 0:
             ckpt.save(ckpt_path, model=unwrap(model), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                      iteration=iteration, run_id=run_id, run_key=cell.run_key)
+                      iteration=iteration, run_id=run_id, run_key=cell.run_key, health=health.state_dict())
 
     def evaluate(iteration: int, final: bool) -> None:
-        preds = gather(predict(model, val, device))
+        preds = gather(predict(model, val, device))  # every rank holds every image's detections
+        n_dets = sum(len(p["scores"]) for p in preds[headline])
+        flag = health.check_eval(iteration, n_dets)
         if rank != 0:
+            if flag:
+                raise Unhealthy(flag)
             return
         metrics, files = score(preds, data.info, data.val, metrics=cfg.eval.metrics, backend=cfg.eval.backend,
                                headline=headline)
-        tracker.log_metrics({f"eval.{k}": v for k, v in metrics.items()}, step=iteration)
+        tracker.log_metrics({**{f"eval.{k}": v for k, v in metrics.items()}, "health.eval_dets": n_dets},
+                            step=iteration)
         tracker.flush()
         if final:
             ext = "json" if cfg.eval.metrics == "coco" else "odgt"
@@ -311,6 +322,8 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                 tracker.log_artifact(path, "detections")
             (cdir / "eval.json").write_text(json.dumps({"iteration": iteration, **metrics}, indent=1))
             tracker.log_artifact(cdir / "eval.json")
+        if flag:
+            raise Unhealthy(flag)
 
     model.train()
     iteration = start_iter
@@ -326,6 +339,7 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                                 clip_grad_norm=cfg.train.clip_grad_norm)
             scheduler.step()
             iteration += 1
+            flag = health.update(iteration, values["total_loss"])  # the same value on every rank
             if iteration == start_iter + 1 and rank == 0:
                 print(f"{cell.id}: first iteration at {time.time():.3f}", flush=True)
             values["data_time"] = data_time
@@ -336,9 +350,17 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                 means["lr"] = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
                 means["iter_per_s"] = cfg.tracking.log_period / max(1e-9, now - t_last)
                 t_last = now
-                tracker.log_metrics({f"train.{k}": v for k, v in means.items()}, step=iteration)
+                logged = {f"train.{k}": v for k, v in means.items()}
+                if health.smoothed is not None:
+                    logged["health.loss_ema"] = health.smoothed  # what the loss-ratio rule sees
+                tracker.log_metrics(logged, step=iteration)
                 tracker.flush()
                 bar.update(iteration, {"loss": means["total_loss"], "lr": means["lr"]})
+            if flag:
+                if meter.count:  # the unlogged part of the window: the explosion shows in the metrics
+                    tracker.log_metrics({f"train.{k}": v for k, v in meter.means().items()}, step=iteration)
+                    tracker.flush()
+                raise Unhealthy(flag)
             if iteration % sched.checkpoint_period == 0 and iteration < sched.max_iter:
                 save(iteration)
             if sched.eval_period and iteration % sched.eval_period == 0 and iteration < sched.max_iter:
