@@ -4,7 +4,7 @@ Each job is `python -m harness train ...` (or torchrun --standalone for multi-GP
 own disjoint CUDA_VISIBLE_DEVICES, its log at ``<workspace>/<run_key>/log.txt``, and
 OMP_WAIT_POLICY=PASSIVE unless the user set it. Crashes are retried up to
 ``resources.max_attempts`` (resuming from the checkpoint); bad input (exit 2) and divergence
-(exit 3) are not. Ctrl-C / SIGTERM terminates the children, which checkpoint and end KILLED.
+(exit 3: a non-finite loss, exit 4: a train.health rule) are not. Ctrl-C / SIGTERM terminates the children, which checkpoint and end KILLED.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.spec.matrix import Cell
-
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_BUSY = 2, 3, 75
+from harness.train.exit_codes import EXIT_BUSY, NOT_RETRIED
 
 
 def discover_gpus() -> list[str]:
@@ -152,7 +151,7 @@ class LocalPool:
                         outcomes.append(Outcome(job.cell, "finished", 0, job.attempt, job.log))
                     elif code == EXIT_BUSY:
                         outcomes.append(Outcome(job.cell, "busy", code, job.attempt, job.log))
-                    elif code in (EXIT_BAD_INPUT, EXIT_DIVERGED) or job.attempt >= max_attempts:
+                    elif code in NOT_RETRIED or job.attempt >= max_attempts:
                         outcomes.append(Outcome(job.cell, "failed", code, job.attempt, job.log))
                     else:  # a crash: retry, resuming from the checkpoint in the same run
                         self.on_event("retry", job.cell, job.attempt + 1, job.log)

@@ -12,6 +12,7 @@ from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import Decision, decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
 from harness.track.mlflow_tracker import check_tracking_uri, default_tracking_uri
+from harness.train.exit_codes import DIVERGENCE, describe
 
 PROGRESS = re.compile(r"iter (\d+)/(\d+) .* eta (\S+)s")
 
@@ -123,22 +124,32 @@ def summarise(outcomes: list[Outcome], uri: str, spec_name: str, skipped: int, b
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.state] = counts.get(o.state, 0) + 1
-    parts = [f"{n} {state}" for state, n in sorted(counts.items())]
+    failed = [o for o in outcomes if o.state == "failed"]
+    diverged = sum(o.code in DIVERGENCE for o in failed)
+    parts = [f"{n} {state}" + (f" ({diverged} diverged)" if state == "failed" and diverged else "")
+             for state, n in sorted(counts.items())]
     parts += [f"{skipped} skipped"] if skipped else []
     parts += [f"{busy} running elsewhere"] if busy else []
     print(f"summary ({seconds:.0f} s): " + ", ".join(parts))
-    failed = [o for o in outcomes if o.state == "failed"]
     if failed:
         runs = latest_runs(uri, spec_name)
         for o in failed:
             info = runs.get(o.cell.run_key)
-            reason = info.failure if info and info.failure else f"exit code {o.code}"
-            print(f"  FAILED {o.cell.id}: {reason} (log {o.log})")
+            reason = info.failure if info and info.failure else "no reason recorded"
+            print(f"  FAILED {o.cell.id}: {reason} (exit {o.code}: {describe(o.code)}, "
+                  f"attempt {o.attempts}; log {o.log})")
     if stopped is not None:
         print("stopped by a signal: the children were terminated and their runs ended KILLED; "
               "run the same command again to continue")
         return 128 + stopped
     return 1 if failed else 0
+
+
+def _clip(text: str, n: int) -> str:
+    """The first line of a failure reason, at most n characters (a diverged run's reason, with
+    its iteration, fits)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= n else line[: n - 1] + "…"
 
 
 def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_uri: str | None) -> int:
@@ -166,7 +177,7 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
         counts[state] = counts.get(state, 0) + 1
         progress = last_progress(Path(workspace) / d.cell.run_key / "log.txt") if state == "running" else ""
         table.add_row(d.cell.id, state, progress, run.run_id[:8] if run else "", str(run.attempt) if run else "",
-                      (run.failure or "")[:80] if run else "")
+                      _clip(run.failure or "", 160) if run else "")
     console = Console()
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))

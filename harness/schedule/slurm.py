@@ -18,6 +18,7 @@ from pathlib import Path
 from harness.schedule.local import train_command
 from harness.schedule.state import latest_runs
 from harness.spec.matrix import Cell
+from harness.train.exit_codes import EXIT_BUSY, EXIT_OK, describe
 
 
 def slurm_parameters(resources) -> dict:
@@ -90,8 +91,8 @@ class SlurmCell(Checkpointable):
             code = subprocess.call(self.command)
         else:
             code = _train_in_process(self.command[3:])  # drop "python -m harness"
-        if code not in (0, 75):
-            raise RuntimeError(f"harness train exited with {code}")
+        if code not in (EXIT_OK, EXIT_BUSY):  # a failed job; Slurm requeues only preempted / timed-out ones
+            raise RuntimeError(f"harness train exited with {code} ({describe(code)})")
         return code
 
     def checkpoint(self, *args, **kwargs):
@@ -164,5 +165,7 @@ def run_slurm(todo: list[tuple[Cell, bool]], *, spec_file: str, override_args: l
         info = runs.get(c.run_key)
         print(f"  NOT FINISHED {c.id}: {info.status if info else 'no run'} "
               f"{(info.failure or '') if info else ''} (logs {Path(workspace) / 'slurm' / ids[c.run_key]})")
-    print(f"summary: {len(cells) - len(failed)} finished, {len(failed)} not finished")
+    diverged = sum(1 for c in failed if c.run_key in runs and (runs[c.run_key].failure or "").startswith("diverged:"))
+    print(f"summary: {len(cells) - len(failed)} finished, {len(failed)} not finished"
+          + (f" ({diverged} diverged)" if diverged else ""))
     return 1 if failed else 0

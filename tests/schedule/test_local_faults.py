@@ -1,5 +1,5 @@
-"""`harness run` with real processes: kill -9 a job, kill the scheduler, NaN cells, two
-schedulers at once, and a second run that trains nothing."""
+"""`harness run` with real processes: kill -9 a job, kill the scheduler, NaN and exploding
+cells, two schedulers at once, and a second run that trains nothing."""
 
 import os
 import signal
@@ -41,6 +41,8 @@ axes:
     poto: {{}}
     fcos: {{model.predictor: {{assigner: {{name: fcos}}, centerness: reg}}, eval.nms: true}}
     nan: {{train.base_lr: 1.0e+30, train.warmup_iters: 0}}
+    # the loss explodes (EMA ~18 against a minimum of ~3) and stays finite: train.health flags it
+    explode: {{train.base_lr: 10.0, train.clip_grad_norm: 100.0, train.warmup_iters: 10}}
 rows:
 {rows}
 seeds: [0]
@@ -142,10 +144,30 @@ def test_nan_cell_fails_the_others_finish(tmp_path):
     ws = tmp_path / "ws"
     proc = subprocess.run(harness_run(spec, ws, "--jobs", 2), env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
-    assert "FAILED N/synthetic/0: non-finite loss" in proc.stdout
+    assert "FAILED N/synthetic/0: diverged: non-finite loss" in proc.stdout
+    assert "(exit 3: diverged (non-finite loss), not retried, attempt 1;" in proc.stdout
     df = runs(ws, "sched").set_index("tags.harness.row")
     assert df.loc["A", "status"] == "FINISHED" and df.loc["N", "status"] == "FAILED"
     assert df.loc["N", "tags.harness.attempt"] == "1"  # divergence is not retried
+
+
+def test_exploding_cell_fails_diverged_and_is_not_retried(tmp_path):
+    spec = write_spec(tmp_path, rows=("X:explode",), iters=60, ckpt=1000)
+    ws = tmp_path / "ws"
+    proc = subprocess.run(harness_run(spec, ws), env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 failed (1 diverged)" in proc.stdout
+    assert "FAILED X/synthetic/0: diverged: total loss EMA" in proc.stdout
+    assert "(exit 4: diverged (health rule), not retried, attempt 1;" in proc.stdout
+    assert "retrying" not in proc.stdout
+    r = runs(ws, "sched").iloc[0]
+    assert r["status"] == "FAILED" and r["tags.harness.attempt"] == "1"
+    reason = r["tags.harness.failure"]
+    assert reason.startswith("diverged: total loss EMA ") and int(reason.rsplit(" ", 1)[1]) < 60
+    status = subprocess.run([sys.executable, "-m", "harness", "status", str(spec), "--workspace", str(ws)],
+                            env={**ENV, "COLUMNS": "250"}, capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0
+    assert "failed" in status.stdout and reason in status.stdout  # the whole reason, iteration included
 
 
 def test_two_schedulers_at_once_run_each_cell_once(tmp_path):
