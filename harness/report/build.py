@@ -109,6 +109,10 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
     lines = [f"# Report: {spec.name}", "", spec.description, "",
              f"{n_finished} of {len(cells)} cells finished (spec `{loaded.file}`, {len(spec.seeds)} seeds per row). "
              "Numbers are percentages; every cell of a table is the mean ± sample standard deviation over seeds.", ""]
+    diverged = df[(df["status"] != "finished") & df["failure"].map(lambda f: isinstance(f, str) and f.startswith("diverged:"))]
+    if len(diverged):  # a health rule or a non-finite loss ended them FAILED (train.health)
+        lines += ["Diverged cells (FAILED, left out of the means): "
+                  + "; ".join(f"{r.row}/{r.dataset}/{r.seed}: {r.failure}" for r in diverged.itertuples()) + ".", ""]
     tables: dict[str, str] = {}
     hist = histories(df, uri, sorted({"train.total_loss"} | {k for t in spec.tables.values()
                                                              for _, _, k in LAYOUTS[t.layout][1]}))
