@@ -65,8 +65,8 @@ def test_3dmf_equals_max_pool3d_on_the_stack_values_and_gradients():
     ours, ref = m.max_pool(f), reference(f)
     assert all(torch.equal(a, b) for a, b in zip(ours, ref, strict=True))
     weights = [torch.randn_like(a) for a in ours]
-    g_ours = torch.autograd.grad(sum((a * w).sum() for a, w in zip(ours, weights)), [*f, m.conv.weight])
-    g_ref = torch.autograd.grad(sum((b * w).sum() for b, w in zip(ref, weights)), [*f, m.conv.weight])
+    g_ours = torch.autograd.grad(sum((a * w).sum() for a, w in zip(ours, weights, strict=True)), [*f, m.conv.weight])
+    g_ref = torch.autograd.grad(sum((b * w).sum() for b, w in zip(ref, weights, strict=True)), [*f, m.conv.weight])
     for a, b in zip(g_ours, g_ref, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
