@@ -50,6 +50,28 @@ CLAIMS = (
 )
 
 
+def convergence_check(hist: pd.DataFrame, rows: list[str], eval_key: str) -> str:
+    """How many finished cells end with a lower training loss than at their first evaluation."""
+    ok, bad, n = 0, [], 0
+    for (row, seed), h in hist[hist["row"].isin(rows)].groupby(["row", "seed"]):
+        loss = h[h["key"] == "train.total_loss"].sort_values("step")
+        evals = h[h["key"] == eval_key]["step"]
+        if loss.empty or evals.empty:
+            continue
+        first = loss[loss["step"] <= evals.min()]
+        if first.empty:
+            continue
+        n += 1
+        start, end = float(first["value"].iloc[-1]), float(loss["value"].iloc[-1])
+        if end < start:
+            ok += 1
+        else:
+            bad.append(f"{row} seed {seed} ({start:.3g} -> {end:.3g})")
+    text = (f"Convergence: {ok} of {n} finished cells end with a lower training loss than at their "
+            f"first evaluation")
+    return text + (": not " + ", ".join(bad) + "." if bad else ".")
+
+
 def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
@@ -124,6 +146,7 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
         lines += ["Per-seed values:", ""] + [f"- {f}" for f in rt.footnotes] + [""]
         lines += ["95% t-intervals:", "", confidence_table(name, spec, df), ""]
         _, metrics = LAYOUTS[table.layout]
+        lines += [convergence_check(hist, rows, metrics[0][2]), ""]
         if table.layout == "quickstart":
             found = phenomena(df, rows)
             if found:

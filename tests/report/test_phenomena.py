@@ -85,3 +85,15 @@ def test_reproduction_table_against_intervals():
     assert "76.2 in [73.5, 78.5] ✓ (n=2)" in md and "80.0 in [68.5, 73.5] ✗" in md
     assert redact("http://alice:s3cret@host:5000/x") == "http://host:5000/x"
     assert redact("sqlite:////tmp/fresh1/mlflow.db") == "sqlite: fresh1/mlflow.db"
+
+
+def test_convergence_check():
+    from harness.report.build import convergence_check
+
+    recs = []
+    for seed, (a, b) in enumerate([(1.0, 0.5), (1.0, 1.2)]):
+        recs += [{"row": "POTO", "seed": seed, "key": "train.total_loss", "step": s, "value": v}
+                 for s, v in ((20, 2.0), (300, a), (600, b))]
+        recs += [{"row": "POTO", "seed": seed, "key": "eval.nms_free.ap50", "step": s, "value": 0.5} for s in (300, 600)]
+    text = convergence_check(pd.DataFrame(recs), ["POTO"], "eval.nms_free.ap50")
+    assert text == "Convergence: 1 of 2 finished cells end with a lower training loss than at their first evaluation: not POTO seed 1 (1 -> 1.2)."
