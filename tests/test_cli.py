@@ -21,11 +21,11 @@ def test_plan_json_lists_cells(run_cli):
 
 def test_set_takes_several_pairs_and_repeats(run_cli):
     code, out, _ = run_cli("plan", EXPERIMENTS / "quickstart.yaml", "--json",
-                           "--set", "train.base_lr=0.02", "train.max_iter=500",
+                           "--set", "train.base_lr=0.02", "train.max_iter=900",
                            "--set", "eval.period=7")
     assert code == 0
     cfg = json.loads(out)[0]["config"]
-    assert cfg["train"]["base_lr"] == 0.02 and cfg["train"]["max_iter"] == 500
+    assert cfg["train"]["base_lr"] == 0.02 and cfg["train"]["max_iter"] == 900
     assert cfg["eval"]["period"] == 7
 
 

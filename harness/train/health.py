@@ -30,13 +30,13 @@ class HealthMonitor:
     """
 
     def __init__(self, *, enabled: bool = True, ema: float = 0.98, loss_ratio: float = 4.0, window: int = 20,
-                 min_iter: int = 0, dets_from: int | None = None):
+                 min_iter: int = 0, dets_from: int | None = None, min_ap: float | None = None):
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
         if loss_ratio <= 1.0 or window < 1:
             raise ValueError(f"loss_ratio must be > 1 and window >= 1, got {loss_ratio}, {window}")
         self.enabled, self.ema, self.loss_ratio, self.window = enabled, ema, loss_ratio, window
-        self.min_iter, self.dets_from = min_iter, dets_from
+        self.min_iter, self.dets_from, self.min_ap = min_iter, dets_from, min_ap
         self.smoothed: float | None = None  # the loss EMA
         self.minimum: float | None = None  # its running minimum since min_iter
         self.above = 0  # consecutive iterations with smoothed > loss_ratio * minimum
@@ -70,6 +70,15 @@ class HealthMonitor:
         return (f"diverged: 0 detections on the whole val set (rule from iteration {self.dets_from}) "
                 f"at iteration {iteration}")
 
+    def check_quality(self, iteration: int, ap: float) -> str | None:
+        """Check the headline AP (a fraction) of an evaluation at `iteration` (from dets_from on,
+        like the zero-detections rule): below min_ap the detections are noise."""
+        if (not self.enabled or self.dets_from is None or self.min_ap is None or iteration < self.dets_from
+                or not math.isfinite(ap) or ap >= self.min_ap):
+            return None
+        return (f"diverged: headline AP {100 * ap:.2f} % < {100 * self.min_ap:g} % (rule from iteration "
+                f"{self.dets_from}) at iteration {iteration}")
+
     def state_dict(self) -> dict:
         """Plain numbers (loadable with torch.load(weights_only=True))."""
         return {"smoothed": self.smoothed, "minimum": self.minimum, "above": self.above}
@@ -87,4 +96,5 @@ def build_monitor(health, *, max_iter: int, warmup_iters: int) -> HealthMonitor:
     if health.dets_after is not None:
         dets_from = max(warmup_iters, math.ceil(health.dets_after * max_iter), health.dets_min_iter)
     return HealthMonitor(enabled=health.enabled, ema=health.ema, loss_ratio=health.loss_ratio,
-                         window=health.window, min_iter=health.min_iter, dets_from=dets_from)
+                         window=health.window, min_iter=health.min_iter, dets_from=dets_from,
+                         min_ap=health.min_ap)

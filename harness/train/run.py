@@ -304,9 +304,15 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
         if rank != 0:
             if flag:
                 raise Unhealthy(flag)
+            if world > 1:  # rank 0 alone scores: it tells the others whether the AP rule fired
+                verdict = [None]
+                dist.broadcast_object_list(verdict, src=0)
+                if verdict[0]:
+                    raise Unhealthy(verdict[0])
             return
         metrics, files = score(preds, data.info, data.val, metrics=cfg.eval.metrics, backend=cfg.eval.backend,
                                headline=headline)
+        flag = flag or health.check_quality(iteration, metrics["ap" if cfg.eval.metrics == "coco" else "ap50"])
         tracker.log_metrics({**{f"eval.{k}": v for k, v in metrics.items()}, "health.eval_dets": n_dets},
                             step=iteration)
         tracker.flush()
@@ -322,6 +328,8 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                 tracker.log_artifact(path, "detections")
             (cdir / "eval.json").write_text(json.dumps({"iteration": iteration, **metrics}, indent=1))
             tracker.log_artifact(cdir / "eval.json")
+        if world > 1 and not health.check_eval(iteration, n_dets):  # the others wait for the verdict
+            dist.broadcast_object_list([flag], src=0)
         if flag:
             raise Unhealthy(flag)
 

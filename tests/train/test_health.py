@@ -167,6 +167,8 @@ def test_healthy_quickstart_histories_are_never_flagged():
         m = build_monitor(cfg.train.health, max_iter=sched.max_iter, warmup_iters=sched.warmup_iters)
         assert len(h["iterations"]) == len(h["total_loss"]) and len(h["eval_iterations"]) == len(h["eval_dets"])
         evals = dict(zip(h["eval_iterations"], h["eval_dets"], strict=True))
+        for it, ap in zip(h["eval_iterations"], h.get("eval_ap", []), strict=False):
+            assert m.check_quality(it, ap) is None, cid
         prev = 0
         for step, loss in zip(h["iterations"], h["total_loss"], strict=True):
             for it in range(prev + 1, step + 1):
@@ -177,3 +179,14 @@ def test_healthy_quickstart_histories_are_never_flagged():
         for it, n in evals.items():
             assert m.check_eval(it, n) is None, cid
         assert m.minimum is not None and m.smoothed < cfg.train.health.loss_ratio * m.minimum
+
+
+def test_no_useful_detections_rule():
+    m = HealthMonitor(dets_from=450, min_ap=0.001)
+    assert m.check_quality(300, 0.0) is None  # before the rule's first iteration
+    assert m.check_quality(450, 0.5) is None
+    assert m.check_quality(600, 0.0) == (
+        "diverged: headline AP 0.00 % < 0.1 % (rule from iteration 450) at iteration 600")
+    assert m.check_quality(600, float("nan")) is None  # no metric (e.g. no ground truth): not this rule
+    assert HealthMonitor(dets_from=450, min_ap=None).check_quality(600, 0.0) is None
+    assert HealthMonitor(enabled=False, dets_from=450, min_ap=0.001).check_quality(600, 0.0) is None

@@ -8,11 +8,11 @@ healthy quickstart runs, which tests/train/test_health.py replays through the he
     python tests/train/data/make_health_fixture.py --workspace /tmp/fixture --train POTO/synthetic/0 FCOS/synthetic/0
 
 Format: {"<cell id>": {"iterations": [...], "total_loss": [...], "eval_iterations": [...],
-"eval_dets": [...]}}. `train.total_loss` is a mean over `tracking.log_period` iterations;
+"eval_dets": [...], "eval_ap": [...]}}. `train.total_loss` is a mean over `tracking.log_period` iterations;
 `--train` runs with `tracking.log_period=1` (not part of the run key), so its histories are
 per iteration. Runs logged every N > 1 iterations give window means (the test feeds each to
 the monitor for every iteration of its window); the script says so. eval_dets is the headline
-postprocess's number of detections on the whole val set (`health.eval_dets`, or
+postprocess's number of detections on the whole val set and eval_ap its headline AP (`health.eval_dets`, or
 `eval.n_dets` of CrowdHuman-metric runs from before it existed).
 
 A cell's run is looked up by its run key; failing that (a run from before a config change:
@@ -82,8 +82,11 @@ def extract(spec: Path, uri: str, wanted: list[str] | None) -> dict:
         if any(b - a != 1 for a, b in zip(steps, steps[1:], strict=False)):
             print(f"{cid}: train.total_loss was logged every {steps[1] - steps[0]} iterations: window means, "
                   "not per-iteration values (train with --train for those)")
+        ap_key = "eval.ap" if cell.config.eval.metrics == "coco" else "eval.ap50"
+        aps = dict(sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, ap_key)))
         out[cid] = {"iterations": steps, "total_loss": [v for _, v in loss],
-                    "eval_iterations": [s for s, _ in dets], "eval_dets": [int(v) for _, v in dets]}
+                    "eval_iterations": [s for s, _ in dets], "eval_dets": [int(v) for _, v in dets],
+                    "eval_ap": [round(aps.get(s, float("nan")), 6) for s, _ in dets]}
         print(f"{cid}: {len(steps)} loss points, evaluations {out[cid]['eval_iterations']} with "
               f"{out[cid]['eval_dets']} detections")
     return out
