@@ -196,7 +196,21 @@ def reproduction(spec, cells: list[Cell], df: pd.DataFrame, against: tuple[str, 
         for name in spec.tables:
             md, inside, compared = reproduction_table(name, spec, df, other)
             lines += [md, "", f"{inside} of {compared} row means inside this report's 95% intervals.", ""]
+        same, both = identical_cells(df, other)
+        lines += [f"{same} of {both} cells finished in both stores have bit-identical final metrics "
+                  "(expected on one machine with the same seed and thread count).", ""]
     return lines
+
+
+def identical_cells(a: pd.DataFrame, b: pd.DataFrame) -> tuple[int, int]:
+    """(cells whose final eval.* metrics are exactly equal, cells finished in both stores)."""
+    keys = [k for k in a.columns if k.startswith("eval.") and k in b.columns]
+    a = a[a["status"] == "finished"].set_index("run_key")
+    b = b[b["status"] == "finished"].set_index("run_key")
+    common = a.index.intersection(b.index)
+    same = sum(all((pd.isna(a.at[k, m]) and pd.isna(b.at[k, m])) or a.at[k, m] == b.at[k, m] for m in keys)
+               for k in common)
+    return same, len(common)
 
 
 def redact(uri: str) -> str:

@@ -97,3 +97,15 @@ def test_convergence_check():
         recs += [{"row": "POTO", "seed": seed, "key": "eval.nms_free.ap50", "step": s, "value": 0.5} for s in (300, 600)]
     text = convergence_check(pd.DataFrame(recs), ["POTO"], "eval.nms_free.ap50")
     assert text == "Convergence: 1 of 2 finished cells end with a lower training loss than at their first evaluation: not POTO seed 1 (1 -> 1.2)."
+
+
+def test_identical_cells():
+    from harness.report.build import identical_cells
+
+    a = pd.DataFrame([{"run_key": "k1", "status": "finished", "eval.ap50": 0.5},
+                      {"run_key": "k2", "status": "finished", "eval.ap50": 0.6},
+                      {"run_key": "k3", "status": "failed", "eval.ap50": float("nan")}])
+    b = pd.DataFrame([{"run_key": "k1", "status": "finished", "eval.ap50": 0.5},
+                      {"run_key": "k2", "status": "finished", "eval.ap50": 0.6000001},
+                      {"run_key": "k3", "status": "finished", "eval.ap50": 0.1}])
+    assert identical_cells(a, b) == (1, 2)
