@@ -58,3 +58,15 @@ def test_zero_detections_at_an_evaluation_is_divergence(run_cli, tmp_path):
     over = tiny_overrides(tmp_path, fmt="odgt", iters=2, extra="eval.score_thresh: 0.99\n")
     code, _, err = run_cli("train", QUICK, "--row", "POTO", "--workspace", tmp_path / "defaults", "--set-file", over)
     assert code == 0, err
+
+
+def test_an_evaluation_without_useful_detections_is_divergence(run_cli, tmp_path):
+    # a 2-iteration model emits detections, but none near a box: AP50 below min_ap 0.99
+    over = tiny_overrides(tmp_path, fmt="odgt", iters=2, extra=(
+        "eval.score_thresh: 0.0\ntrain.health: {dets_after: 0.0, dets_min_iter: 0, min_ap: 0.99}\n"))
+    code, _, err = run_cli("train", QUICK, "--row", "POTO", "--workspace", tmp_path, "--set-file", over)
+    assert code == 4, err
+    r = runs(tmp_path, "quickstart").iloc[0]
+    assert r["status"] == "FAILED" and r["metrics.health.eval_dets"] > 0
+    assert r["tags.harness.failure"].startswith("diverged: headline AP ")
+    assert r["tags.harness.failure"].endswith("< 99 % (rule from iteration 1) at iteration 2")
