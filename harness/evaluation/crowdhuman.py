@@ -1,6 +1,6 @@
 """CrowdHuman evaluation in body mode, identical to the official toolkit.
 
-The rule (../shared/algorithms.md section 3; CrowdDet ``APMRToolkits`` = cvpods
+The rule (CrowdDet ``APMRToolkits`` = cvpods
 ``crowdhumantools``), reproduced operation for operation so that the numbers are bit-identical:
 
 - GT box = ``fbox`` (x, y, w, h -> x1, y1, x2, y2). Label = index of the tag in

@@ -2,7 +2,7 @@
 
 Every model is frozen and strict (``extra="forbid"``): an unknown or mistyped key is an error
 naming its path. The values documented here are the ones the published tables used
-(../shared/algorithms.md); experiment files set them per row through axes.
+(DeFCN's cvpods configs, DATE's mmdet configs); experiment files set them per row through axes.
 
 Only ``seed``, ``model``, ``data``, ``train`` and ``eval`` are hashed into a cell's run key.
 ``tracking`` and ``resources`` describe where and how a cell runs, not what it computes.
