@@ -104,6 +104,14 @@ def test_atss_picks_near_center_inside_box():
     assert (assign_atss(inp([]), topk=9) == -1).all()
 
 
+def test_atss_inside_means_ltrb_above_zero_as_cvpods():
+    # the location (4, 4) lies 0.005 px inside the box's top-left corner: inside for cvpods/DeFCN
+    # (min ltrb > 0), outside for the official ATSS code's > 0.01
+    idx = assign_atss(inp([[3.995, 3.995, 12.5, 12.5]]), topk=9, anchor_scale=8.0)
+    assert idx[0] == 0
+    assert positives(idx) == {0: 0, 1: 0, 8: 0, 9: 0}
+
+
 def test_anchor_one_best_anchor_per_gt_even_iou_zero():
     idx = assign_anchor(inp([[0, 0, 30, 30], [100, 100, 101, 101]]), anchor_scale=4.0)
     pos = positives(idx)
@@ -116,6 +124,14 @@ def test_center_nearest_location_per_level_in_range():
     # center (12, 12): nearest P3 location is (12, 12) = index 9 (max delta 12, in range);
     # nearest P4 (8, 8) has max delta 16, not in [64, 128]; higher levels not either
     assert positives(idx) == {9: 0}
+
+
+def test_center_exact_distance_tie_goes_as_cvpods():
+    # centre (40, 10.6) is exactly between the P3 locations (36, 12) = 12 and (44, 12) = 13;
+    # cvpods' cdist(centres, level locations) + top-1 along the locations picks 12 (a single
+    # cdist over all locations and a top-k along them rounds differently and picks 13)
+    idx = assign_center(inp([[38.5, 7.1, 41.5, 14.1]]), scale_ranges=FCOS_RANGES)
+    assert positives(idx) == {12: 0}
 
 
 # --------------------------------------------------------------------------- POTO

@@ -48,8 +48,9 @@ def assign_fcos(inp: AssignInput, *, center_radius: float | None = 1.5, scale_ra
 @torch.no_grad()
 def assign_atss(inp: AssignInput, *, topk: int = 9, anchor_scale: float = 8.0) -> torch.Tensor:
     """ATSS: per level the top-k locations nearest the GT centre; IoU of their square anchors
-    (side anchor_scale * stride) >= mean + std over the candidates, centre inside the GT
-    (> 0.01); a location with several GTs -> the GT of max IoU. -> [R]."""
+    (side anchor_scale * stride) >= mean + std over the candidates, location strictly inside the
+    GT (smallest ltrb distance > 0, as cvpods/DeFCN; the official ATSS code uses > 0.01); a
+    location with several GTs -> the GT of max IoU. -> [R]."""
     if inp.num_gt == 0:
         return inp.background()
     g = inp.grid
@@ -71,7 +72,7 @@ def assign_atss(inp: AssignInput, *, topk: int = 9, anchor_scale: float = 8.0) -
     cx, cy = g.points[cand, 0], g.points[cand, 1]
     lt_rb = torch.stack([cx - boxes[None, :, 0], cy - boxes[None, :, 1],
                          boxes[None, :, 2] - cx, boxes[None, :, 3] - cy], dim=-1)
-    is_pos &= lt_rb.min(dim=-1).values > 0.01
+    is_pos &= lt_rb.min(dim=-1).values > 0
     ious_inf = torch.full_like(ious, -INF)
     cols = torch.arange(inp.num_gt, device=ious.device)[None].expand_as(cand)
     ious_inf[cand[is_pos], cols[is_pos]] = ious[cand[is_pos], cols[is_pos]]
@@ -98,20 +99,22 @@ def assign_anchor(inp: AssignInput, *, anchor_scale: float = 4.0) -> torch.Tenso
 
 @torch.no_grad()
 def assign_center(inp: AssignInput, *, scale_ranges) -> torch.Tensor:
-    """Center: per level the location nearest the GT centre (torch.cdist; lower index on ties),
-    kept if its max(l, t, r, b) is in the level's range; ambiguity -> minimal area. -> [R]."""
+    """Center: per level the location nearest the GT centre, kept if its max(l, t, r, b) is in
+    the level's range; ambiguity -> minimal area. -> [R]. The distances are cvpods/DeFCN's
+    `torch.cdist(centres, level locations)` with top-1 along the locations: cdist's rounding
+    depends on the operand order and sizes, and it decides near and exact ties."""
     if inp.num_gt == 0:
         return inp.background()
     g = inp.grid
     boxes = inp.gt_boxes
     centers = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], -1)
-    dist = torch.cdist(g.points, centers)  # [R, G]
     chosen = torch.zeros(inp.num_gt, g.points.shape[0], dtype=torch.bool, device=boxes.device)
     start = 0
     rows = torch.arange(inp.num_gt, device=boxes.device)
     for n in g.counts:
-        _, idx = dist[start:start + n].topk(1, dim=0, largest=False)
-        chosen[rows, idx[0] + start] = True
+        dist = torch.cdist(centers, g.points[start:start + n])  # [G, n]
+        _, idx = dist.topk(1, dim=1, largest=False)
+        chosen[rows, idx[:, 0] + start] = True
         start += n
     max_delta = ltrb_deltas(g.points, boxes).max(dim=-1).values
     return _min_area(chosen & _in_ranges(max_delta, g.level, scale_ranges), boxes)
