@@ -40,7 +40,7 @@ def _split(cfg: DataConfig, root: Path, which: str):
     images = images if images.is_absolute() else root / images
     if not ann.exists():
         raise DataError(Problem(str(ann), None, f"data.{which}.annotations", "annotation file not found"))
-    return LOADERS[cfg.name](ann, images)
+    return LOADERS[cfg.name](ann, images, gt_filter=cfg.gt_filter if which == "train" else "positive")
 
 
 def load_datasets(cfg: DataConfig, cache_dir: str | Path, *, check_files: bool = True) -> Datasets:
@@ -51,7 +51,7 @@ def load_datasets(cfg: DataConfig, cache_dir: str | Path, *, check_files: bool =
                                 crowd=s.crowd, fmt=s.format, min_size=s.min_size,
                                 max_size=s.max_size, ignore_regions=s.ignore_regions)
         ext, loader = (".json", load_coco) if s.format == "coco" else (".odgt", load_crowdhuman)
-        train, _ = loader(folder / f"train{ext}", folder / "train")
+        train, _ = loader(folder / f"train{ext}", folder / "train", gt_filter=cfg.gt_filter)
         val, info = loader(folder / f"val{ext}", folder / "val")
     else:
         root = Path(expand_path(cfg.root)) if cfg.root else Path(".")

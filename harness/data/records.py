@@ -59,7 +59,24 @@ def _arr(boxes) -> np.ndarray:
     return np.array(boxes, dtype=np.float32).reshape(-1, 4)
 
 
-def load_coco(annotations: str | Path, image_dir: str | Path) -> tuple[list[ImageRecord], DatasetInfo]:
+def mmdet_keeps(x1: float, y1: float, w: float, h: float, width: float | None, height: float | None,
+                area: float | None = None) -> bool:
+    """mmdet 2.25's CocoDataset rule for a GT box (DATE's loader): dropped when it does not
+    overlap the image, when its area is <= 0, or when w < 1 or h < 1 (crowd boxes too)."""
+    if width is not None and height is not None:
+        inter_w = max(0.0, min(x1 + w, width) - max(x1, 0.0))
+        inter_h = max(0.0, min(y1 + h, height) - max(y1, 0.0))
+        if inter_w * inter_h == 0:
+            return False
+    if area is not None and area <= 0:
+        return False
+    return not (w < 1 or h < 1)
+
+
+def load_coco(annotations: str | Path, image_dir: str | Path, *,
+              gt_filter: str = "positive") -> tuple[list[ImageRecord], DatasetInfo]:
+    """COCO instances -> records. gt_filter 'positive' (detectron2/cvpods): non-crowd boxes
+    with w, h > 0; 'mmdet' (DATE): `mmdet_keeps` on every box, `ignore` annotations skipped."""
     from pycocotools.coco import COCO
 
     annotations = str(annotations)
@@ -74,7 +91,12 @@ def load_coco(annotations: str | Path, image_dir: str | Path) -> tuple[list[Imag
     for img_id in sorted(coco.getImgIds()):
         info = coco.imgs[img_id]
         anns = coco.imgToAnns.get(img_id, [])
-        keep = [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        if gt_filter == "mmdet":
+            anns = [a for a in anns if not a.get("ignore", False)
+                    and mmdet_keeps(*a["bbox"], info["width"], info["height"], a.get("area"))]
+            keep = [a for a in anns if not a.get("iscrowd", 0)]
+        else:
+            keep = [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
         crowd = [a for a in anns if a.get("iscrowd", 0)]
         records.append(ImageRecord(
             image_id=img_id,
@@ -88,13 +110,18 @@ def load_coco(annotations: str | Path, image_dir: str | Path) -> tuple[list[Imag
     return records, DatasetInfo("coco", annotations, names, cat_ids, data)
 
 
-def load_crowdhuman(annotations: str | Path, image_dir: str | Path) -> tuple[list[ImageRecord], DatasetInfo]:
+def load_crowdhuman(annotations: str | Path, image_dir: str | Path, *,
+                    gt_filter: str = "positive") -> tuple[list[ImageRecord], DatasetInfo]:
+    """odgt -> records (full-body boxes). gt_filter 'positive': valid boxes with w, h > 0;
+    'mmdet' (DATE, which trains on the odgt converted to COCO): `mmdet_keeps` on every box."""
     annotations = str(annotations)
     gt = odgt.read_gt(annotations)
     records = []
     for rec in gt:
         keep, ignore = [], []
         for b in rec["gtboxes"]:
+            if gt_filter == "mmdet" and not mmdet_keeps(*b["fbox"], rec.get("width"), rec.get("height")):
+                continue
             extra = b.get("extra", {})
             valid = b["tag"] == "person" and extra.get("ignore", 0) == 0
             (keep if valid else ignore).append(_xywh_to_xyxy(b["fbox"]))

@@ -68,6 +68,16 @@ def box_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
 
 
+def mmdet_roundtrip(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """xyxy pixels -> normalised (cx, cy, w, h) -> xyxy pixels, in mmdet's order of operations
+    (DATE's predictors hand normalised cxcywh boxes to their assigners, which convert back):
+    rounding then decides near-ties of the matching costs as in the original."""
+    h, w = image_size
+    factor = boxes.new_tensor([w, h, w, h])
+    cx, cy, bw, bh = box_cxcywh(boxes / factor).unbind(-1)
+    return torch.stack([cx - 0.5 * bw, cy - 0.5 * bh, cx + 0.5 * bw, cy + 0.5 * bh], -1) * factor
+
+
 # ------------------------------------------------------------------- anchor deltas
 
 #: detectron2 Box2BoxTransform clamp of dw/dh: log(1000 / 16)

@@ -46,9 +46,10 @@ def build_predictor(pc: PredictorConfig, *, num_classes: int, channels: int, gn_
     return Predictor(
         num_classes=num_classes, channels=channels, assign=build_assigner(pc),
         box_coder=pc.box_coder, centerness=pc.centerness, filter=pc.filter, filter_kernel=pc.filter_kernel,
-        filter_tau=pc.filter_tau, gn_groups=gn_groups, use_scales=pc.scales, prior_prob=prior_prob,
+        filter_tau=pc.filter_tau, filter_score=pc.filter_score, gn_groups=gn_groups, use_scales=pc.scales, prior_prob=prior_prob,
         square_anchor_scale=pc.assigner.anchor_scale if pc.assigner.name == "anchor" else None,
-        retina_anchors=pc.anchors.model_dump() if pc.anchors is not None else None,
+        retina_anchors=pc.anchors.model_dump(exclude={"valid_pad"}) if pc.anchors is not None else None,
+        anchor_valid_pad=pc.anchors.valid_pad if pc.anchors is not None else None,
         focal_alpha=pc.loss.focal_alpha, focal_gamma=pc.loss.focal_gamma, cls_weight=pc.loss.cls_weight,
         box_loss=pc.loss.box, box_weight=pc.loss.box_weight, box_weighting=pc.loss.box_weighting,
         l1_weight=pc.loss.l1_weight, ctr_weight=pc.loss.ctr_weight,

@@ -88,17 +88,20 @@ class Predictor(nn.Module):
 
     def __init__(self, *, num_classes: int, channels: int, assign: Callable[[AssignInput], torch.Tensor],
                  box_coder: str = "ltrb_relu", centerness: str = "none", filter: str = "none",
-                 filter_kernel: int = 3, filter_tau: int = 2, gn_groups: int = 32, use_scales: bool = True,
+                 filter_kernel: int = 3, filter_tau: int = 2, filter_score: str = "product", gn_groups: int = 32,
+                 use_scales: bool = True,
                  prior_prob: float = 0.01, square_anchor_scale: float | None = None,
-                 retina_anchors: dict | None = None, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 retina_anchors: dict | None = None, anchor_valid_pad: int | None = None, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  cls_weight: float = 1.0, box_loss: str = "giou", box_weight: float = 1.0,
                  box_weighting: str = "none", l1_weight: float = 0.0, ctr_weight: float = 1.0):
         super().__init__()
         self.num_classes = num_classes
         self.assign = assign
         self.box_coder, self.centerness, self.filter_kind = box_coder, centerness, filter
+        self.filter_score = filter_score
         self.use_scales = use_scales
         self.square_anchor_scale, self.retina = square_anchor_scale, retina_anchors
+        self.anchor_valid_pad = anchor_valid_pad
         self.num_anchors = len(retina_anchors["ratios"]) * retina_anchors["scales_per_octave"] if retina_anchors else 1
         a = self.num_anchors
         self.cls_score = nn.Conv2d(channels, num_classes * a, 3, padding=1)
@@ -147,14 +150,40 @@ class Predictor(nn.Module):
             return torch.cat([grid.points - half, grid.points + half], dim=-1)
         return None
 
+    def valid_anchors(self, grid: Grid, image_size: tuple[int, int]) -> torch.Tensor | None:
+        """mmdet's valid flags [R * A]: per level, the locations within ceil(pad / stride) rows
+        and columns, pad = the image's own size rounded up to `anchor_valid_pad`; None = all."""
+        if self.retina is None or self.anchor_valid_pad is None:
+            return None
+        d = self.anchor_valid_pad
+        pad_h, pad_w = (-(-int(image_size[0]) // d) * d, -(-int(image_size[1]) // d) * d)
+        flags = []
+        for (h, w), s in zip(grid.sizes, grid.strides.unique_consecutive().tolist(), strict=True):
+            s = int(s)
+            rows = torch.arange(h, device=grid.points.device) < min(-(-pad_h // s), h)
+            cols = torch.arange(w, device=grid.points.device) < min(-(-pad_w // s), w)
+            flags.append((rows[:, None] & cols[None, :]).reshape(-1))
+        return torch.cat(flags).repeat_interleave(self.num_anchors)
+
     def decode(self, reg: torch.Tensor, grid: Grid, anchors: torch.Tensor | None) -> torch.Tensor:
         """[N, 4] regression output of one image -> boxes."""
         if self.box_coder == "anchor_delta":
             return decode_deltas(anchors, reg)
         return ltrb_to_boxes(grid.points, reg)
 
+    def score_logits(self, out: dict, i: int | None = None) -> torch.Tensor:
+        """DATE's 3DMF (filter_score 'logit'): inverse_sigmoid(sigmoid(cls) * sigmoid(filter),
+        eps=1e-5), the logits its loss, assignment and inference use; else the cls logits."""
+        cls = out["cls"] if i is None else out["cls"][i]
+        if out["filter"] is None or self.filter_score != "logit":
+            return cls
+        filt = out["filter"] if i is None else out["filter"][i]
+        return L.inverse_sigmoid(cls.sigmoid() * filt.sigmoid()[..., None], eps=1e-5)
+
     def scores(self, out: dict, i: int) -> torch.Tensor:
         """Probabilities used by matching and inference (before centerness): [N, K]."""
+        if out["filter"] is not None and self.filter_score == "logit":
+            return self.score_logits(out, i).sigmoid()
         prob = out["cls"][i].sigmoid()
         if out["filter"] is not None:
             prob = prob * out["filter"][i].sigmoid()[:, None]
@@ -169,11 +198,19 @@ class Predictor(nn.Module):
         for i, tgt in enumerate(targets):
             pred_boxes = self.decode(out["reg"][i].detach(), grid, anchors)
             inp = AssignInput(grid=grid, gt_boxes=tgt["boxes"], gt_labels=tgt["labels"],
-                              scores=self.scores(out, i).detach(), cls_logits=out["cls"][i].detach(),
+                              scores=self.scores(out, i).detach(), cls_logits=self.score_logits(out, i).detach(),
                               pred_boxes=pred_boxes,
                               pred_ltrb=out["reg"][i].detach() if self.box_coder != "anchor_delta" else None,
                               anchors=anchors, image_size=tuple(image_sizes[i]))
-            assigned.append(self.assign(inp))
+            valid = self.valid_anchors(grid, image_sizes[i])
+            if valid is None or bool(valid.all()):
+                assigned.append(self.assign(inp))
+            else:  # mmdet: invalid anchors take no part in the assignment and get weight 0
+                inp.scores, inp.cls_logits, inp.pred_boxes = inp.scores[valid], inp.cls_logits[valid], pred_boxes[valid]
+                inp.anchors = anchors[valid]
+                idx = torch.full((valid.shape[0],), IGNORE, dtype=torch.long, device=valid.device)
+                idx[valid] = self.assign(inp)
+                assigned.append(idx)
             boxes.append(self.decode(out["reg"][i], grid, anchors))
         gt_idx = torch.stack(assigned)  # [B, N]
         pos = gt_idx >= 0
@@ -185,11 +222,11 @@ class Predictor(nn.Module):
             p = pos[i]
             cls_t[i, p, tgt["labels"][gt_idx[i, p]]] = 1.0
         valid = gt_idx != IGNORE
-        if out["filter"] is not None:
+        if out["filter"] is not None and self.filter_score == "product":
             probs = out["cls"].sigmoid() * out["filter"].sigmoid()[..., None]
             focal = L.sigmoid_focal_on_probs(probs[valid], cls_t[valid], self.focal_alpha, self.focal_gamma)
         else:
-            focal = L.sigmoid_focal(out["cls"][valid], cls_t[valid], self.focal_alpha, self.focal_gamma)
+            focal = L.sigmoid_focal(self.score_logits(out)[valid], cls_t[valid], self.focal_alpha, self.focal_gamma)
         result = {"loss_cls": self.cls_weight * focal.sum() / num_pos}
 
         # regression on positives

@@ -28,6 +28,12 @@ def sigmoid_focal_on_probs(probs: torch.Tensor, targets: torch.Tensor, alpha: fl
     return _focal(F.binary_cross_entropy(probs, targets, reduction="none"), probs, targets, alpha, gamma)
 
 
+def inverse_sigmoid(p: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """mmdet's inverse_sigmoid: log(max(p, eps) / max(1 - p, eps)) with p clamped to [0, 1]."""
+    p = p.clamp(min=0, max=1)
+    return torch.log(p.clamp(min=eps) / (1 - p).clamp(min=eps))
+
+
 def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - GIoU of aligned boxes [N, 4] -> [N]."""
     return 1 - aligned_iou_giou(pred, target)[1]

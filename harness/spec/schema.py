@@ -117,6 +117,8 @@ class POTOAssigner(Strict):
     empty_prior: Literal["keep", "drop"] = "keep"
     #: restricted: the exactly equivalent solve on prior columns + G dummies; full: all R columns.
     solver: Literal["restricted", "full"] = "restricted"
+    #: DATE (mmdet): the predicted boxes reach the IoU through normalised (cx, cy, w, h) and back.
+    box_roundtrip: bool = False
 
 
 class POTOArgmaxAssigner(Strict):
@@ -167,6 +169,10 @@ class AnchorGenConfig(Strict):
     octave_base_scale: float = 4.0
     scales_per_octave: int = Field(3, ge=1)
     ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    #: mmdet's anchor valid flags: an anchor whose location lies beyond the image's own size,
+    #: padded to a multiple of this (mmdet's Pad size_divisor), is left out of the assignment
+    #: and of the loss; null: every anchor of the padded batch counts.
+    valid_pad: int | None = Field(32, ge=1)
 
 
 class LossConfig(Strict):
@@ -196,6 +202,10 @@ class PredictorConfig(Strict):
     filter: Literal["none", "3dmf", "3dmf_wo_gn"] = "none"
     filter_kernel: int = Field(3, ge=1)
     filter_tau: int = Field(2, ge=0)
+    #: How the 3DMF score trains. product (DeFCN): focal loss on p = sigmoid(cls) * sigmoid(filter);
+    #: logit (DATE): the cls logit becomes inverse_sigmoid(p, eps=1e-5) (p clamped to
+    #: [1e-5, 1 - 1e-5]) for the loss, the assignment and inference.
+    filter_score: Literal["product", "logit"] = "product"
     #: Learnable per-level scale on the regression output.
     scales: bool = True
     anchors: AnchorGenConfig | None = None
@@ -277,6 +287,10 @@ class DataConfig(Strict):
     num_workers: int = Field(2, ge=0)
     #: Drop images without (non-ignored) boxes from training.
     filter_empty: bool = True
+    #: Which training GT boxes are kept: positive (detectron2/cvpods: w, h > 0) or mmdet
+    #: (DATE's mmdet 2.25 loader: boxes with w < 1, h < 1, area <= 0 or outside the image
+    #: are dropped). The val split is always scored against the full annotation file.
+    gt_filter: Literal["positive", "mmdet"] = "positive"
 
     @model_validator(mode="after")
     def _sources(self) -> DataConfig:

@@ -46,6 +46,30 @@ def test_coco_records(tmp_path):
     assert a.size == (64, 48)
 
 
+def test_mmdet_gt_filter_drops_sub_pixel_and_outside_boxes(tmp_path):
+    # DATE's mmdet CocoDataset: a 0.5 px wide box, a box outside the image and one with
+    # area 0 are dropped (crowd boxes too); detectron2/cvpods keep any w, h > 0
+    make_images(tmp_path / "img", ["a.png"])
+    gt = {"images": [{"id": 7, "file_name": "a.png", "width": 64, "height": 48}],
+          "categories": [{"id": 1, "name": "one"}],
+          "annotations": [
+              {"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 2, 10, 20], "iscrowd": 0, "area": 200},
+              {"id": 2, "image_id": 7, "category_id": 1, "bbox": [3, 3, 0.5, 8], "iscrowd": 0, "area": 4},
+              {"id": 3, "image_id": 7, "category_id": 1, "bbox": [70, 3, 5, 8], "iscrowd": 0, "area": 40},
+              {"id": 4, "image_id": 7, "category_id": 1, "bbox": [3, 3, 5, 8], "iscrowd": 0, "area": 0},
+              {"id": 5, "image_id": 7, "category_id": 1, "bbox": [9, 9, 5, 0.9], "iscrowd": 1, "area": 4}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (kept,), _ = load_coco(tmp_path / "gt.json", tmp_path / "img")
+    assert len(kept.boxes) == 4 and len(kept.ignore) == 1
+    (mm,), _ = load_coco(tmp_path / "gt.json", tmp_path / "img", gt_filter="mmdet")
+    assert mm.boxes.tolist() == [[1, 2, 11, 22]] and len(mm.ignore) == 0
+    lines = [{"ID": "x", "width": 64, "height": 48, "gtboxes": [
+        {"tag": "person", "fbox": [1, 1, 10, 30]}, {"tag": "person", "fbox": [20, 20, 0.5, 10]}]}]
+    (tmp_path / "a.odgt").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert len(load_crowdhuman(tmp_path / "a.odgt", tmp_path)[0][0].boxes) == 2
+    assert load_crowdhuman(tmp_path / "a.odgt", tmp_path, gt_filter="mmdet")[0][0].boxes.tolist() == [[1, 1, 11, 31]]
+
+
 def test_crowdhuman_records_and_lazy_sizes(tmp_path):
     make_images(tmp_path / "Images", ["x.jpg"], size=(80, 60))
     lines = [{"ID": "x", "gtboxes": [

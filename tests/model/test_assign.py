@@ -303,3 +303,16 @@ def test_assigners_never_track_gradients():
     i.scores, i.pred_boxes = scores, preds
     out = assign_poto(i)
     assert not out.requires_grad and out.dtype == torch.long
+
+
+def test_date_poto_near_tie_goes_through_the_mmdet_box_roundtrip():
+    # two predictions 2e-5 px apart: the IoU of the boxes as DATE's assigner sees them (back
+    # from normalised cxcywh) ranks them the other way round than the raw xyxy boxes
+    g = grid64()
+    r = g.points.shape[0]
+    pred = torch.tensor([[0.0, 0, 1, 1]]).repeat(r, 1)
+    pred[18] = torch.tensor([9.287493705749512, 9.971630096435547, 40.41671371459961, 44.02312088012695])
+    pred[19] = torch.tensor([9.287513732910156, 9.971622467041016, 40.416717529296875, 44.02313232421875])
+    i = inp([[10.0, 10.0, 40.0, 44.0]], scores=torch.full((r, 1), 0.5), pred_boxes=pred, image_size=(61, 77))
+    assert positives(assign_poto(i, outside_value=0.0, box_roundtrip=True)) == {19: 0}
+    assert positives(assign_poto(i, outside_value=0.0)) == {18: 0}  # DeFCN: the raw boxes

@@ -206,3 +206,58 @@ def test_resnet_freeze_and_stride_in_1x1(tmp_path):
     loaded = ResNetBackbone(name="resnet18", weights=str(tv))
     assert torch.equal(loaded.stages[1][0].conv1.weight, ref["layer2.0.conv1.weight"])
     assert torch.equal(loaded.stem[0].weight, ref["conv1.weight"])
+
+
+def test_date_3dmf_logit_clamps_the_product_below_1e5():
+    # DATE's 3DMF trains focal on inverse_sigmoid(sigmoid(cls) * sigmoid(filter), eps=1e-5):
+    # a product below 1e-5 counts as 1e-5 in the loss and the scores; DeFCN's focal on the
+    # product uses the product itself
+    grid = make_grid(SIZES, [8, 16, 32, 64, 128])
+    r = grid.points.shape[0]
+    tgt = [{"boxes": torch.zeros(0, 4, dtype=torch.float64), "labels": torch.zeros(0, dtype=torch.long)}]
+    results = {}
+    for kind in ("logit", "product"):
+        pred = point_predictor(fixed_assign({}), filter="3dmf", filter_score=kind).double()
+        cls = torch.full((1, r, 2), -30.0, dtype=torch.float64)
+        out = {"cls": cls, "filter": torch.zeros(1, r, dtype=torch.float64),
+               "reg": torch.ones(1, r, 4, dtype=torch.float64), "ctr": None}
+        losses, _ = pred.losses(out, grid, tgt, [(64, 64)])
+        results[kind] = (losses["loss_cls"].item(), pred.scores(out, 0).min().item())
+    p = torch.tensor(1e-5, dtype=torch.float64)
+    per = 0.75 * p ** 2 * -torch.log1p(-p)  # focal of a negative at probability 1e-5
+    loss, score = results["logit"]
+    assert loss == pytest.approx(r * 2 * per.item(), rel=1e-4)
+    assert score == pytest.approx(1e-5, rel=1e-4)
+    loss, score = results["product"]
+    assert loss < 1e-30 and score < 1e-12
+
+
+def test_date_r_anchors_beyond_the_images_own_padded_size_are_left_out():
+    # a 64 x 64 batch holding a 24 x 24 image: mmdet pads that image to 32 x 32 only, so its
+    # anchors at P3 rows/columns >= 4 (P4 >= 2, P5 >= 1) are invalid: no assignment, no loss
+    import functools
+
+    from harness.model.assign.aware import assign_max_iou
+    from harness.model.assign.common import IGNORE
+    retina = {"octave_base_scale": 4.0, "scales_per_octave": 3, "ratios": [0.5, 1.0, 2.0]}
+    tgt = [{"boxes": torch.tensor([[0.0, 0, 24, 24]]), "labels": torch.tensor([0])}] * 2
+    results = {}
+    for pad in (32, None):
+        pred = point_predictor(functools.partial(assign_max_iou, pos_iou=0.5, neg_iou=0.4),
+                               box_coder="anchor_delta", retina_anchors=retina, anchor_valid_pad=pad)
+        torch.manual_seed(0)
+        towers = Towers(channels=8, num_convs=1, gn_groups=4)
+        cls_f, reg_f = towers([f.expand(2, *f.shape[1:]) for f in feats()])
+        out = pred(cls_f, reg_f, towers.scales, [8, 16, 32, 64, 128])
+        grid = make_grid(SIZES, [8, 16, 32, 64, 128])
+        losses, assigned = pred.losses(out, grid, tgt, [(64, 64), (24, 24)])
+        results[pad] = (losses["loss_cls"].item(), assigned)
+    _, (big, small) = results[32]
+    a = 9
+    p3 = small[:64 * a].reshape(8, 8, a)
+    assert (p3[4:] == IGNORE).all() and (p3[:, 4:] == IGNORE).all() and (p3[:4, :4] != IGNORE).any()
+    p4 = small[64 * a:80 * a].reshape(4, 4, a)
+    assert (p4[2:] == IGNORE).all() and (p4[:2, :2] != IGNORE).any()
+    assert not (big == IGNORE).all() and torch.equal(big, results[None][1][0])  # full-size image: unchanged
+    assert int((small == IGNORE).sum()) > int((results[None][1][1] == IGNORE).sum())
+    assert results[32][0] != pytest.approx(results[None][0], rel=1e-6)

@@ -15,7 +15,13 @@ from harness.model.assign.common import (
     ltrb_deltas,
 )
 from harness.model.assign.hungarian import solve_full, solve_restricted
-from harness.model.box_ops import aligned_iou_giou, box_cxcywh, pairwise_giou, pairwise_iou
+from harness.model.box_ops import (
+    aligned_iou_giou,
+    box_cxcywh,
+    mmdet_roundtrip,
+    pairwise_giou,
+    pairwise_iou,
+)
 
 
 def _prior(inp: AssignInput, prior: str, center_radius: float) -> torch.Tensor:
@@ -25,10 +31,13 @@ def _prior(inp: AssignInput, prior: str, center_radius: float) -> torch.Tensor:
     return inside_box(g.points, inp.gt_boxes)
 
 
-def poto_quality(inp: AssignInput, alpha: float, in_prior: torch.Tensor, outside_value: float) -> torch.Tensor:
-    """Q[g, i] = p^(1 - alpha) * IoU^alpha inside the prior, `outside_value` outside: [G, R]."""
+def poto_quality(inp: AssignInput, alpha: float, in_prior: torch.Tensor, outside_value: float,
+                 box_roundtrip: bool = False) -> torch.Tensor:
+    """Q[g, i] = p^(1 - alpha) * IoU^alpha inside the prior, `outside_value` outside: [G, R].
+    box_roundtrip (DATE): the predicted boxes go through mmdet's normalised cxcywh first."""
     prob = inp.scores[:, inp.gt_labels].t()  # [G, R]
-    iou = pairwise_iou(inp.gt_boxes, inp.pred_boxes)
+    pred = mmdet_roundtrip(inp.pred_boxes, inp.image_size) if box_roundtrip else inp.pred_boxes
+    iou = pairwise_iou(inp.gt_boxes, pred)
     quality = prob ** (1 - alpha) * iou ** alpha
     return torch.where(in_prior, quality, torch.full_like(quality, outside_value))
 
@@ -42,14 +51,15 @@ def _to_locations(inp: AssignInput, rows, cols) -> torch.Tensor:
 
 @torch.no_grad()
 def assign_poto(inp: AssignInput, *, alpha: float = 0.8, prior: str = "center", center_radius: float = 1.5,
-                outside_value: float = -1.0, empty_prior: str = "keep", solver: str = "restricted") -> torch.Tensor:
+                outside_value: float = -1.0, empty_prior: str = "keep", solver: str = "restricted",
+                box_roundtrip: bool = False) -> torch.Tensor:
     """POTO: Hungarian (maximise) on Q over all levels jointly. Every GT gets exactly one
     location, even one with an empty prior (reference behaviour, `empty_prior: keep`); with
     `drop` such GTs get none. -> [R]."""
     if inp.num_gt == 0:
         return inp.background()
     in_prior = _prior(inp, prior, center_radius)
-    quality = poto_quality(inp, alpha, in_prior, outside_value)
+    quality = poto_quality(inp, alpha, in_prior, outside_value, box_roundtrip)
     gts = torch.arange(inp.num_gt, device=quality.device)
     if empty_prior == "drop":
         keep = in_prior.any(dim=1)
@@ -146,7 +156,8 @@ def assign_aux(inp: AssignInput, *, topk: int = 9, alpha: float = 0.8) -> torch.
 def assign_detr_hungarian(inp: AssignInput, *, cls_weight: float = 2.0, l1_weight: float = 5.0,
                           giou_weight: float = 2.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> torch.Tensor:
     """mmdet HungarianAssigner: minimise cls_weight * FocalCost + l1_weight * L1 of (cx, cy, w, h)
-    normalised by the image size + giou_weight * (-GIoU). No spatial prior. -> [R]."""
+    normalised by the image size + giou_weight * (-GIoU) of the boxes back from the normalised
+    cxcywh (mmdet's round trip). No spatial prior. -> [R]."""
     if inp.num_gt == 0:
         return inp.background()
     eps = 1e-12
@@ -157,7 +168,7 @@ def assign_detr_hungarian(inp: AssignInput, *, cls_weight: float = 2.0, l1_weigh
     h, w = inp.image_size
     factor = inp.gt_boxes.new_tensor([w, h, w, h])
     l1 = torch.cdist(box_cxcywh(inp.pred_boxes / factor), box_cxcywh(inp.gt_boxes / factor), p=1) * l1_weight
-    giou = -pairwise_giou(inp.pred_boxes, inp.gt_boxes) * giou_weight
+    giou = -pairwise_giou(mmdet_roundtrip(inp.pred_boxes, inp.image_size), inp.gt_boxes) * giou_weight
     cost = cls_cost + l1 + giou  # [R, G]
     cols, rows = solve_full(cost, maximize=False)
     return _to_locations(inp, rows, cols)
