@@ -1,4 +1,4 @@
 """Evaluators identical to the official tools: COCO (pycocotools) and CrowdHuman (body mode).
 
-Math only: evaluators return dicts; they never log (design.md rule 7).
+Math only: evaluators return dicts; they never log (docs/architecture.md rule 7).
 """

@@ -20,7 +20,7 @@ from harness.model.fpn import FPN
 from harness.model.head import Predictor, Towers
 from harness.spec.schema import ModelConfig, PredictorConfig
 
-#: assigner name -> function (design.md rule 3: one plain dict, no registry)
+#: assigner name -> function (docs/architecture.md rule 3: one plain dict, no registry)
 ASSIGNERS = {
     "fcos": assign_fcos,
     "atss": assign_atss,

@@ -1,4 +1,4 @@
-"""Losses: sums over the batch; the predictor divides by the normaliser (design.md rule 7:
+"""Losses: sums over the batch; the predictor divides by the normaliser (docs/architecture.md rule 7:
 math only, returns tensors)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Experiment specs: strict YAML schema, overrides and the matrix of cells.
 
-Imports nothing from the rest of the package (design.md layers).
+Imports nothing from the rest of the package (docs/architecture.md, layers).
 """
 
 from harness.spec.errors import DataError, Problem, SpecError, UserError

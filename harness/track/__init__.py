@@ -1,6 +1,6 @@
 """Tracking: the Tracker protocol and its MLflow implementation.
 
-The only package that writes to MLflow (design.md). `harness.train.run` is its only user.
+The only package that writes to MLflow (docs/architecture.md). `harness.train.run` is its only user.
 """
 
 from harness.track.mlflow_tracker import (

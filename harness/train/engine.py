@@ -1,4 +1,4 @@
-"""The training loop and evaluation, as free functions read top to bottom (design.md rule 6)."""
+"""The training loop and evaluation, as free functions read top to bottom (docs/architecture.md rule 6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`harness train`: one cell end to end. The only place that reads a config and talks to the
-tracker (design.md rules 2 and 7).
+tracker (docs/architecture.md rules 2 and 7).
 
 Order matters: everything a user can get wrong (data, weights, class count, tracking store) is
 checked before an MLflow run exists, so bad input leaves nothing half-written. Once the run
