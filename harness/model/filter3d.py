@@ -35,7 +35,7 @@ class MaxFilter3D(nn.Module):
             # The kept depth slice of the (tau + 1, k, k) pool sees every stacked level, so the
             # 3-D max is the element-wise max over levels followed by a k x k 2-D max pool: the
             # same values and, away from exact ties, the same gradients as max_pool3d on the
-            # stack, at about 60 % of its cost on CPUs (tests/model/test_filter3d.py).
+            # stack, at about 60 % of its cost on CPUs (tests/model/test_modules.py).
             x = f
             for k in range(lo, hi + 1):
                 if k != lvl:
