@@ -121,7 +121,8 @@ def pad_batch(images: list[torch.Tensor], divisibility: int) -> torch.Tensor:
 
 
 def to_original(boxes: torch.Tensor, input_hw: tuple[int, int], original_wh: tuple[int, int]) -> torch.Tensor:
-    """Boxes predicted on the resized image -> original pixels, clipped to the image."""
+    """Boxes predicted on the resized image -> original pixels, clipped to the image (use
+    `nonempty` afterwards to drop the boxes clipping left empty, as detector_postprocess does)."""
     in_h, in_w = input_hw
     out_w, out_h = original_wh
     scale = boxes.new_tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h])
@@ -129,3 +130,8 @@ def to_original(boxes: torch.Tensor, input_hw: tuple[int, int], original_wh: tup
     out[:, 0::2] = out[:, 0::2].clamp(0, out_w)
     out[:, 1::2] = out[:, 1::2].clamp(0, out_h)
     return out
+
+
+def nonempty(boxes: torch.Tensor) -> torch.Tensor:
+    """detectron2's Boxes.nonempty(): width > 0 and height > 0 -> [N] bool."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])

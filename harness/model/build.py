@@ -52,11 +52,12 @@ def build_predictor(pc: PredictorConfig, *, num_classes: int, channels: int, gn_
         anchor_valid_pad=pc.anchors.valid_pad if pc.anchors is not None else None,
         focal_alpha=pc.loss.focal_alpha, focal_gamma=pc.loss.focal_gamma, cls_weight=pc.loss.cls_weight,
         box_loss=pc.loss.box, box_weight=pc.loss.box_weight, box_weighting=pc.loss.box_weighting,
-        l1_weight=pc.loss.l1_weight, ctr_weight=pc.loss.ctr_weight,
+        l1_weight=pc.loss.l1_weight, ctr_weight=pc.loss.ctr_weight, ctr_norm_min=pc.loss.ctr_norm_min,
     )
 
 
 def build_detector(model: ModelConfig, *, score_thresh: float = 0.05, topk_per_level: int = 1000,
+                   topk_cap: str = "locations",
                    nms_thresh: float = 0.6, max_dets: int = 100) -> FCNDetector:
     bb = model.backbone
     if bb.name == "tiny":
@@ -74,11 +75,12 @@ def build_detector(model: ModelConfig, *, score_thresh: float = 0.05, topk_per_l
     aux = functools.partial(assign_aux, topk=model.aux.topk, alpha=model.aux.alpha) if model.aux else None
     return FCNDetector(backbone=backbone, fpn=fpn, towers=towers, predictor=predictor, o2m=o2m, aux_assign=aux,
                        aux_weight=model.aux.weight if model.aux else 1.0, score_thresh=score_thresh,
-                       topk_per_level=topk_per_level, nms_thresh=nms_thresh, max_dets=max_dets)
+                       topk_per_level=topk_per_level, topk_cap=topk_cap, nms_thresh=nms_thresh, max_dets=max_dets)
 
 
 def build_from_config(config) -> FCNDetector:
     """A resolved cell config -> its detector (inference settings from `eval`)."""
     ev = config.eval
     return build_detector(config.model, score_thresh=ev.score_thresh, topk_per_level=ev.topk_per_level,
+                          topk_cap=ev.topk_cap,
                           nms_thresh=ev.nms_thresh, max_dets=ev.max_dets)

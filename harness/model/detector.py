@@ -19,13 +19,14 @@ class FCNDetector(nn.Module):
 
     def __init__(self, *, backbone: nn.Module, fpn: nn.Module, towers: Towers, predictor: Predictor,
                  o2m: Predictor | None = None, aux_assign: Callable | None = None, aux_weight: float = 1.0,
-                 score_thresh: float = 0.05, topk_per_level: int = 1000, nms_thresh: float = 0.6,
+                 score_thresh: float = 0.05, topk_per_level: int = 1000, topk_cap: str = "locations",
+                 nms_thresh: float = 0.6,
                  max_dets: int = 100):
         super().__init__()
         self.backbone, self.fpn, self.towers = backbone, fpn, towers
         self.predictor, self.o2m = predictor, o2m
         self.aux_assign, self.aux_weight = aux_assign, aux_weight
-        self.score_thresh, self.topk_per_level = score_thresh, topk_per_level
+        self.score_thresh, self.topk_per_level, self.topk_cap = score_thresh, topk_per_level, topk_cap
         self.nms_thresh, self.max_dets = nms_thresh, max_dets
         self.strides = list(fpn.strides)
 
@@ -57,6 +58,7 @@ class FCNDetector(nn.Module):
         results = []
         for i in range(images.shape[0]):
             # boxes are clipped once mapped back to the original image (detector_postprocess)
-            boxes, scores, labels = self.predictor.candidates(out, grid, i, self.score_thresh, self.topk_per_level)
+            boxes, scores, labels = self.predictor.candidates(out, grid, i, self.score_thresh, self.topk_per_level,
+                                                                self.topk_cap)
             results.append(both(boxes, scores, labels, nms_thresh=self.nms_thresh, max_dets=self.max_dets))
         return results

@@ -93,7 +93,8 @@ class Predictor(nn.Module):
                  prior_prob: float = 0.01, square_anchor_scale: float | None = None,
                  retina_anchors: dict | None = None, anchor_valid_pad: int | None = None, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  cls_weight: float = 1.0, box_loss: str = "giou", box_weight: float = 1.0,
-                 box_weighting: str = "none", l1_weight: float = 0.0, ctr_weight: float = 1.0):
+                 box_weighting: str = "none", l1_weight: float = 0.0, ctr_weight: float = 1.0,
+                 ctr_norm_min: float = 1.0):
         super().__init__()
         self.num_classes = num_classes
         self.assign = assign
@@ -119,6 +120,7 @@ class Predictor(nn.Module):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.cls_weight, self.box_loss, self.box_weight = cls_weight, box_loss, box_weight
         self.box_weighting, self.l1_weight, self.ctr_weight = box_weighting, l1_weight, ctr_weight
+        self.ctr_norm_min = ctr_norm_min
 
     # ------------------------------------------------------------------ forward
 
@@ -246,7 +248,7 @@ class Predictor(nn.Module):
             ltrb = torch.cat([pts - gt_b[:, :2], gt_b[:, 2:] - pts], dim=-1)
             ctr_t = L.centerness_target(ltrb)
         if self.box_weighting == "centerness":
-            norm = mean_across_processes(ctr_t.sum().detach()).clamp(min=1e-6)
+            norm = mean_across_processes(ctr_t.sum().detach()).clamp(min=self.ctr_norm_min)
             result["loss_box"] = self.box_weight * (per * ctr_t).sum() / norm
         else:
             result["loss_box"] = self.box_weight * per.sum() / num_pos
@@ -264,9 +266,12 @@ class Predictor(nn.Module):
     # ----------------------------------------------------------------- inference
 
     @torch.no_grad()
-    def candidates(self, out: dict, grid: Grid, i: int, score_thresh: float, topk: int):
+    def candidates(self, out: dict, grid: Grid, i: int, score_thresh: float, topk: int,
+                   topk_cap: str = "locations"):
         """Per level: threshold the scores, keep the top-k; final score sqrt(p * ctr) with
-        centerness. Returns boxes [M, 4], scores [M], labels [M] (all levels)."""
+        centerness. Returns boxes [M, 4], scores [M], labels [M] (all levels). The cap is
+        min(topk, locations of the level) with topk_cap 'locations' (cvpods, although the scores
+        are flattened over locations x classes), topk with 'candidates' (mmdet's nms_pre)."""
         anchors = self.anchors(grid)
         prob = self.scores(out, i)
         boxes_all, scores_all, labels_all = [], [], []
@@ -276,7 +281,8 @@ class Predictor(nn.Module):
             p = prob[start:start + n_a].flatten()
             keep = torch.nonzero(p > score_thresh).flatten()
             vals, order = p[keep].sort(descending=True)
-            keep, vals = keep[order[:topk]], vals[:topk]
+            cap = min(topk, n) if topk_cap == "locations" else topk
+            keep, vals = keep[order[:cap]], vals[:cap]
             loc = keep // self.num_classes + start
             labels = keep % self.num_classes
             reg = out["reg"][i][loc]

@@ -178,6 +178,9 @@ class AnchorGenConfig(Strict):
 class LossConfig(Strict):
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    #: Floor of the centerness-weighted box loss's normaliser (the sum of the positives'
+    #: centerness targets, averaged over processes): 1.0 in cvpods' FCOS, 1e-6 in mmdet's.
+    ctr_norm_min: float = Field(1.0, gt=0.0)
     cls_weight: float = Field(1.0, ge=0.0)
     #: giou: 1 - GIoU; neg_log_iou: -log IoU (DATE-F); l1_delta: L1 on anchor deltas (DATE-R).
     box: Literal["giou", "neg_log_iou", "l1_delta"] = "giou"
@@ -406,7 +409,13 @@ class EvalConfig(Strict):
     nms_thresh: float = Field(0.6, gt=0.0, le=1.0)
     score_thresh: float = Field(0.05, ge=0.0, lt=1.0)
     topk_per_level: int = Field(1000, ge=1)
+    #: locations (cvpods): a level keeps min(topk_per_level, its H x W) candidates, although
+    #: its scores are flattened over H x W x classes; candidates (mmdet): topk_per_level.
+    topk_cap: Literal["locations", "candidates"] = "locations"
     max_dets: int = Field(100, ge=1)
+    #: Drop detections that are empty (zero width or height) once mapped back to the original
+    #: image and clipped (detectron2/cvpods' detector_postprocess); mmdet keeps them.
+    drop_empty: bool = True
     metrics: Literal["coco", "crowdhuman"] = "coco"
     backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
 

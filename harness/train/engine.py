@@ -11,7 +11,7 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-from harness.data.transforms import to_original
+from harness.data.transforms import nonempty, to_original
 from harness.evaluation.coco import evaluate_coco
 from harness.evaluation.crowdhuman import evaluate_images, images_from_records
 
@@ -129,8 +129,9 @@ class WindowMeter:
 
 
 @torch.no_grad()
-def predict(model, loader, device) -> dict[str, list[dict]]:
-    """Detections of this process's images, in original coordinates, for both postprocesses."""
+def predict(model, loader, device, *, drop_empty: bool = True) -> dict[str, list[dict]]:
+    """Detections of this process's images, in original coordinates, for both postprocesses;
+    drop_empty (detectron2/cvpods) drops the boxes left empty by clipping."""
     net = unwrap(model)
     was_training = net.training
     net.eval()
@@ -141,8 +142,12 @@ def predict(model, loader, device) -> dict[str, list[dict]]:
             for key in out:
                 boxes, scores, labels = d[key]
                 boxes = to_original(boxes.float().cpu(), batch["image_sizes"][i], batch["orig_sizes"][i])
+                scores, labels = scores.float().cpu(), labels.cpu()
+                if drop_empty:
+                    keep = nonempty(boxes)
+                    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
                 out[key].append({"image_id": batch["image_ids"][i], "boxes": boxes.tolist(),
-                                 "scores": scores.float().cpu().tolist(), "labels": labels.cpu().tolist()})
+                                 "scores": scores.tolist(), "labels": labels.tolist()})
     net.train(was_training)
     return out
 

@@ -3,8 +3,9 @@
 - SGD, momentum 0.9, weight decay 1e-4 except on norm layers (weight_decay_norm, 0 by default).
 - AdamW with the backbone's lr multiplied by backbone_lr_mult (DATE: 0.1), grad clipping.
 - LR: linear warmup from warmup_factor over warmup_iters, then x gamma at each step.
-- Linear scaling rule: a total batch B != reference_batch scales lr by B / ref and the
-  iteration counts (max_iter, steps, warmup, checkpoint and eval periods) by ref / B.
+- Linear scaling rule (cvpods): a total batch B != reference_batch scales lr by B / ref and the
+  iteration counts (max_iter, steps, checkpoint and eval periods) by ref / B; the warm-up keeps
+  its length in iterations, as in cvpods.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def scaled_schedule(train, eval_period: int) -> Schedule:
 
     max_iter = it(train.max_iter)
     return Schedule(train.base_lr * f, max_iter, tuple(min(it(s), max_iter - 1) for s in train.steps),
-                    int(round(train.warmup_iters / f)), it(train.checkpoint_period),
+                    train.warmup_iters, it(train.checkpoint_period),
                     it(eval_period) if eval_period else 0, f)
 
 

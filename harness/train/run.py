@@ -298,7 +298,8 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                       iteration=iteration, run_id=run_id, run_key=cell.run_key, health=health.state_dict())
 
     def evaluate(iteration: int, final: bool) -> None:
-        preds = gather(predict(model, val, device))  # every rank holds every image's detections
+        # every rank holds every image's detections
+        preds = gather(predict(model, val, device, drop_empty=cfg.eval.drop_empty))
         n_dets = sum(len(p["scores"]) for p in preds[headline])
         flag = health.check_eval(iteration, n_dets)
         if rank != 0:
