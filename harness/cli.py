@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.spec import UserError
+from harness.train.exit_codes import ExitCode
 
-EXIT_USAGE = 2
+EXIT_USAGE = ExitCode.BAD_INPUT
 
 #: Commands whose issue has not landed yet: name -> issue number.
 NOT_YET: dict[str, int] = {}

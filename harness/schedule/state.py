@@ -1,6 +1,7 @@
 """What MLflow says about each cell, and what to do with it.
 
-Per run key the latest run decides: FINISHED -> skip; FAILED / KILLED -> run again (resuming
+Per run key the run that counts (`harness.track.runs.runs_by_key`: the latest FINISHED, else
+the latest) decides: FINISHED -> skip; FAILED / KILLED -> run again (resuming
 from the cell's checkpoint, in the same MLflow run); RUNNING with its lock held -> busy (another
 worker trains it); RUNNING with the lock free and no recent heartbeat -> stale: the worker died
 without ending its run, which is ended KILLED here and run again.
@@ -14,21 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.spec.matrix import Cell
+from harness.track.runs import RunInfo, end_killed, runs_by_key
 from harness.train.lock import is_locked
+
+__all__ = ["STALE_AFTER_S", "Decision", "RunInfo", "decide", "end_stale", "latest_runs", "prepare_store"]
+
+#: run key -> the run that counts for it (one rule, in harness.track.runs)
+latest_runs = runs_by_key
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlalchemy.*")
 
 STALE_AFTER_S = 120.0
-
-
-@dataclass
-class RunInfo:
-    run_id: str
-    status: str
-    start_time: int
-    failure: str | None
-    heartbeat: float | None
-    attempt: int
 
 
 @dataclass
@@ -37,27 +34,6 @@ class Decision:
     action: str  # "skip" | "run" | "busy"
     run: RunInfo | None
     note: str = ""
-
-
-def latest_runs(uri: str, experiment: str) -> dict[str, RunInfo]:
-    """run key -> its latest run (by start time), read with one paginated search."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    if mlflow.MlflowClient(uri).get_experiment_by_name(experiment) is None:
-        return {}
-    out: dict[str, RunInfo] = {}
-    for run in mlflow.search_runs(experiment_names=[experiment], output_format="list"):
-        tags = run.data.tags
-        key = tags.get("harness.run_key")
-        if not key:
-            continue
-        hb = tags.get("harness.heartbeat")
-        info = RunInfo(run.info.run_id, run.info.status, run.info.start_time or 0, tags.get("harness.failure"),
-                       float(hb) if hb else None, int(tags.get("harness.attempt", "1")))
-        if key not in out or info.start_time > out[key].start_time:
-            out[key] = info
-    return out
 
 
 def decide(cells: list[Cell], runs: dict[str, RunInfo], workspace: str | Path, *, rerun: bool = False,
@@ -88,15 +64,10 @@ def decide(cells: list[Cell], runs: dict[str, RunInfo], workspace: str | Path, *
 
 def end_stale(uri: str, decisions: list[Decision]) -> None:
     """End runs left RUNNING by a dead worker as KILLED, with the reason."""
-    from mlflow import MlflowClient
-    from mlflow.entities import RunTag
-
-    client = MlflowClient(uri)
     for d in decisions:
         if d.action == "run" and d.run is not None and d.run.status == "RUNNING":
-            client.log_batch(d.run.run_id, tags=[RunTag("harness.failure", "worker lost: run left RUNNING "
-                                                        "without a live worker (reconciled by harness run)")])
-            client.set_terminated(d.run.run_id, status="KILLED")
+            end_killed(uri, d.run.run_id, "worker lost: run left RUNNING without a live worker "
+                                          "(reconciled by harness run)")
 
 
 def prepare_store(uri: str, experiment: str, workspace: str | Path) -> None:

@@ -20,26 +20,48 @@ from pydantic import ValidationError
 from harness.spec.errors import Problem, SpecError
 from harness.spec.load import LoadedSpec, Source, pydantic_problems
 from harness.spec.overrides import Override, Provenance, apply, apply_mapping, origin
-from harness.spec.schema import HASHED_SECTIONS, SCHEMA_VERSION, Config, Row
+from harness.spec.schema import HASHED_SECTIONS, KEYLESS_DEFAULTS, SCHEMA_VERSION, Config, Row
 
 DATASET_AXIS = "dataset"
 
 
-def hashed_config(config: Config) -> dict[str, Any]:
+def _drop_at_default(tree: Any, path: list[str], default: Any) -> None:
+    """Remove the leaf at `path` (`*` = every key) from nested dicts where it equals `default`."""
+    if not isinstance(tree, dict) or not path:
+        return
+    head, rest = path[0], path[1:]
+    for key in (list(tree) if head == "*" else [head]):
+        if key not in tree:
+            continue
+        if rest:
+            _drop_at_default(tree[key], rest, default)
+        elif tree[key] == default:
+            del tree[key]
+
+
+def hashed_config(config: Config, keyless: dict[str, Any] | None = None) -> dict[str, Any]:
     """The part of a config that determines the result.
 
     `train.health` is left out: its rules only decide whether a run is called diverged, they
-    never change what is trained, so tightening them does not make finished cells new.
+    never change what is trained, so tightening them does not make finished cells new. Fields
+    of `KEYLESS_DEFAULTS` (schema growth) are left out at their behaviour-preserving value.
     """
     full = config.model_dump(mode="json")
     out = {k: full[k] for k in HASHED_SECTIONS}
     out["train"] = {k: v for k, v in out["train"].items() if k != "health"}
+    for path, default in (KEYLESS_DEFAULTS if keyless is None else keyless).items():
+        _drop_at_default(out, path.split("."), default)
     return out
 
 
-def run_key(config: Config) -> str:
+def run_key(config: Config, keyless: dict[str, Any] | None = None) -> str:
     """sha256 of the canonical JSON of the hashed config plus the schema version."""
-    payload = {"schema_version": SCHEMA_VERSION, "config": hashed_config(config)}
+    return digest(hashed_config(config, keyless))
+
+
+def digest(hashed: dict[str, Any]) -> str:
+    """The run key of a hashed config (see `run_key`)."""
+    payload = {"schema_version": SCHEMA_VERSION, "config": hashed}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                       allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -16,6 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
+#: Fields added to the schema after run keys were first handed out, each with the value that
+#: keeps the behaviour from before it existed (dotted path; `*` matches any key at that level).
+#: At that value the field is left out of the hashed config, so every run finished before the
+#: field existed keeps its run key; any other value makes a new key. A field whose default
+#: changes what is trained must not be listed: it needs a new key (bump SCHEMA_VERSION).
+#: Fields added up to 2026-11-24 (gt_filter, filter_score, box_roundtrip, valid_pad,
+#: ctr_norm_min, topk_cap, drop_empty) came with SCHEMA_VERSION 1 and are hashed as usual.
+KEYLESS_DEFAULTS: dict[str, Any] = {}
+
 #: Sections of the resolved config that determine the result (hashed into the run key).
 HASHED_SECTIONS = ("seed", "model", "data", "train", "eval")
 

@@ -29,6 +29,7 @@ from harness.schedule.state import latest_runs, prepare_store
 from harness.spec.matrix import Cell
 from harness.sweep.space import Sweep, current_value, set_item
 from harness.track.mlflow_tracker import check_tracking_uri, client_for, default_tracking_uri
+from harness.track.runs import metric_history, write
 from harness.train.lock import is_locked
 
 
@@ -75,8 +76,6 @@ class Driver:
                                    direction=self.spec.objective.direction, load_if_exists=True)
 
     def parent_run(self) -> str:
-        from mlflow.entities import Param
-
         client = client_for(self.uri)
         exp = client.get_experiment_by_name(self.experiment)
         found = client.search_runs([exp.experiment_id], f"tags.`harness.sweep_parent` = '{self.spec.name}'")
@@ -85,11 +84,11 @@ class Driver:
             return found[0].info.run_id
         run = client.create_run(exp.experiment_id, run_name=f"sweep:{self.spec.name}",
                                 tags={"harness.sweep_parent": self.spec.name, "harness.spec": self.sweep.file})
-        client.log_batch(run.info.run_id, params=[
-            Param("study", self.spec.name), Param("row", self.spec.row),
-            Param("objective", f"{self.spec.objective.direction} {self.spec.objective.metric}"),
-            Param("n_trials", str(self.spec.n_trials)),
-            Param("space", json.dumps({k: v.model_dump(exclude_none=True) for k, v in self.spec.space.items()})[:6000])])
+        write(client, run.info.run_id, params={
+            "study": self.spec.name, "row": self.spec.row,
+            "objective": f"{self.spec.objective.direction} {self.spec.objective.metric}",
+            "n_trials": self.spec.n_trials,
+            "space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in self.spec.space.items()})[:6000]})
         return run.info.run_id
 
     # ------------------------------------------------------------------ trials
@@ -128,8 +127,7 @@ class Driver:
         info = runs.get(cell.run_key)
         if info is None:
             return []
-        client = client_for(self.uri)
-        return sorted((m.step, m.value) for m in client.get_metric_history(info.run_id, self.spec.objective.metric))
+        return metric_history(self.uri, info.run_id, self.spec.objective.metric)
 
     def poll(self, r: Running) -> str | None:
         """Report intermediate values, prune; returns 'done' when the workers exited."""
@@ -150,7 +148,6 @@ class Driver:
 
     def finish(self, study, r: Running, parent: str) -> None:
         import optuna
-        from mlflow.entities import RunTag
 
         client = client_for(self.uri)
         runs = latest_runs(self.uri, self.experiment)
@@ -161,8 +158,8 @@ class Driver:
             for cell in r.cells:
                 info = runs.get(cell.run_key)
                 if info is not None:
-                    client.log_batch(info.run_id, tags=[RunTag(
-                        "harness.failure", f"pruned by Optuna (trial {r.trial.number}) at iteration {r.pruned_at}")])
+                    write(client, info.run_id, tags={
+                        "harness.failure": f"pruned by Optuna (trial {r.trial.number}) at iteration {r.pruned_at}"})
             study.tell(r.trial, state=optuna.trial.TrialState.PRUNED)
             print(f"trial {r.trial.number}: pruned at iteration {r.pruned_at}", flush=True)
             return
@@ -179,12 +176,8 @@ class Driver:
         study.tell(r.trial, value)
         print(f"trial {r.trial.number}: {self.spec.objective.metric} = {value:.4f}", flush=True)
         best = study.best_trial
-        client.log_batch(parent, tags=[RunTag("best.trial", str(best.number)),
-                                       *[RunTag(f"best.{k}", str(v)) for k, v in best.params.items()]])
-        from mlflow.entities import Metric
-
-        client.log_batch(parent, metrics=[Metric("best_value", float(best.value), int(time.time() * 1000),
-                                                 r.trial.number)])
+        write(client, parent, tags={"best.trial": best.number, **{f"best.{k}": v for k, v in best.params.items()}},
+              metrics={"best_value": best.value}, step=r.trial.number)
 
     def _signal(self, signum, frame):
         self.stopping = signum

@@ -3,12 +3,23 @@ them to decide what to retry. Light on purpose (no torch): harness.schedule impo
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # an exception: a crash worth retrying from the last checkpoint
-EXIT_BAD_INPUT = 2  # a user error (spec, data, weights): not retried
-EXIT_DIVERGED = 3  # a non-finite loss: retrying from the last checkpoint would diverge again
-EXIT_UNHEALTHY = 4  # a health rule (train.health) flagged divergence: not retried either
-EXIT_BUSY = 75  # the cell is being trained by another process (its lock is held)
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The exit status of every harness command; `harness train`'s decide the retries."""
+
+    OK = 0
+    FAILED = 1  # an exception: a crash worth retrying from the last checkpoint
+    BAD_INPUT = 2  # a user error (spec, data, weights, arguments): not retried
+    DIVERGED = 3  # a non-finite loss: retrying from the last checkpoint would diverge again
+    UNHEALTHY = 4  # a health rule (train.health) flagged divergence: not retried either
+    BUSY = 75  # the cell is being trained by another process (its lock is held; EX_TEMPFAIL)
+
+
+# the members under the names the schedulers use
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT
+EXIT_DIVERGED, EXIT_UNHEALTHY, EXIT_BUSY = ExitCode.DIVERGED, ExitCode.UNHEALTHY, ExitCode.BUSY
 
 #: A retry resumes from the last checkpoint and would end the same way.
 NOT_RETRIED = (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_UNHEALTHY)
