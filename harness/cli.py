@@ -282,12 +282,14 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     loaded, cells = _cells(args)
     from harness.report.build import report
-    from harness.track.mlflow_tracker import check_tracking_uri, default_tracking_uri
+    from harness.track.mlflow_tracker import check_store_exists, check_tracking_uri, default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(args.workspace)
     check_tracking_uri(uri)
+    check_store_exists(uri)
     for other in args.against:
         check_tracking_uri(other)
+        check_store_exists(other, "--against")
     return report(loaded, cells, uri=uri, out=args.out, readme=args.readme, check=args.check,
                   against=tuple(args.against))
 

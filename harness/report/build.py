@@ -227,6 +227,10 @@ def _nms(cells: list[Cell], row: str) -> bool:
     return next((c.config.eval.nms for c in cells if c.row == row), False)
 
 
+def _any_finished(loaded: LoadedSpec, cells: list[Cell], uri: str) -> bool:
+    return bool((collect(cells, uri, loaded.spec.name)["status"] == "finished").any())
+
+
 def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, readme: str | None,
            check: bool, against: tuple[str, ...] = ()) -> int:
     out_path = Path(out) if out else None
@@ -242,6 +246,9 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
         if not regions(original):
             raise UserError(Problem(readme, None, "", "no <!-- harness:table NAME --> regions to rewrite"))
         new, changed = rewrite(original, tables)
+        if changed and not check and not _any_finished(loaded, cells, uri):
+            raise UserError(Problem(readme, None, "", f"no finished run of {loaded.spec.name} in {redact(uri)}: "
+                                    "refusing to replace the README's tables with empty ones"))
         if check:
             if changed:
                 print(f"{readme}: stale tables: {', '.join(changed)} (run harness report without --check)")

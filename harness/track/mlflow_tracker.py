@@ -72,6 +72,17 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                                 f"{uri}: MLflow 3 refuses the file store; use sqlite:///PATH or http://HOST:PORT"))
 
 
+def check_store_exists(uri: str, what: str = "--tracking-uri") -> None:
+    """For commands that only read (status, report): a SQLite store that does not exist is a
+    wrong path, not an empty store; opening it would create it and report nothing."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise UserError(Problem(str(path), None, what,
+                                    "no tracking store here (wrong --workspace or --tracking-uri?); "
+                                    "nothing was created"))
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():

@@ -110,3 +110,30 @@ def test_readme_without_regions_is_an_error(store, run_cli, tmp_path):
     readme.write_text("no regions\n")
     code, _, err = run_cli("report", spec, "--workspace", ws, "--readme", readme)
     assert code == 2 and "no <!-- harness:table NAME --> regions" in err
+
+
+def test_a_wrong_workspace_is_an_error_and_creates_nothing(store, run_cli, tmp_path):
+    spec, ws = store
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- harness:table main -->\nfilled\n<!-- /harness:table -->\n")
+    wrong = tmp_path / "typo"
+    code, _, err = run_cli("report", spec, "--workspace", wrong, "--readme", readme)
+    assert code == 2 and "no tracking store here" in err and str(wrong) in err
+    assert not wrong.exists() and "filled" in readme.read_text()
+    code, _, err = run_cli("report", spec, "--tracking-uri", f"sqlite:///{tmp_path}/nope/x.db")
+    assert code == 2 and not (tmp_path / "nope").exists()
+
+
+def test_a_store_without_finished_runs_never_blanks_the_readme(run_cli, tmp_path):
+    from harness.track.mlflow_tracker import client_for, ensure_experiment
+
+    spec = tmp_path / "rep.yaml"
+    spec.write_text(SPEC)
+    ws = tmp_path / "empty"
+    ws.mkdir()
+    ensure_experiment(client_for(f"sqlite:///{ws}/mlflow.db"), "rep", f"sqlite:///{ws}/mlflow.db", ws)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- harness:table main -->\nfilled\n<!-- /harness:table -->\n")
+    code, _, err = run_cli("report", spec, "--workspace", ws, "--readme", readme)
+    assert code == 2 and "refusing to replace the README's tables" in err
+    assert "filled" in readme.read_text()
