@@ -282,7 +282,11 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     loaded, cells = _cells(args)
     from harness.report.build import report
-    from harness.track.mlflow_tracker import check_store_exists, check_tracking_uri, default_tracking_uri
+    from harness.track.mlflow_tracker import (
+        check_store_exists,
+        check_tracking_uri,
+        default_tracking_uri,
+    )
 
     uri = args.tracking_uri or default_tracking_uri(args.workspace)
     check_tracking_uri(uri)
