@@ -521,7 +521,8 @@ class Spec(Strict):
     #: axis name -> value name -> overrides (nested mappings or dotted keys).
     axes: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     rows: list[Row] = Field(default_factory=list)
-    tables: dict[str, Table] = Field(default_factory=dict)
+    #: Table names become file names of plots: letters, digits, `_`, `-` only.
+    tables: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")], Table] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     #: Without rows: extra axis combinations to add / combinations to drop.
     include: list[dict[str, str]] = Field(default_factory=list)

@@ -152,3 +152,13 @@ seeds: [0]
     assert [c.row for c in cells] == ["fcos-none", "poto-none", "poto-3dmf"]
     assert cells[2].config.model.predictor.filter == "3dmf"
 
+
+
+def test_table_names_cannot_leave_the_output_folder(tmp_path):
+    # table names become plot file names: a path in one is rejected with its line
+    p = tmp_path / "t.yaml"
+    p.write_text("name: t\nbase: {model: {num_classes: 1}}\ntables:\n"
+                 "  x/../../../../elsewhere/y: {title: a, layout: quickstart}\n")
+    with pytest.raises(SpecError) as exc:
+        load_spec(p)
+    assert f"{p}:4" in str(exc.value) and "tables.x/../../../../elsewhere/y" in str(exc.value)
