@@ -39,7 +39,12 @@ FCOS_RANGES: list[tuple[float, float]] = [
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    #: inf and nan are never valid settings (and could not be hashed into a run key)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+#: A seed torch, numpy and Python's random all accept.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 # ----------------------------------------------------------------------------- model
@@ -464,7 +469,7 @@ class ResourcesConfig(Strict):
 class Config(Strict):
     """The fully resolved configuration of one cell."""
 
-    seed: int = 0
+    seed: Seed = 0
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
@@ -523,7 +528,7 @@ class Spec(Strict):
     rows: list[Row] = Field(default_factory=list)
     #: Table names become file names of plots: letters, digits, `_`, `-` only.
     tables: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")], Table] = Field(default_factory=dict)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     #: Without rows: extra axis combinations to add / combinations to drop.
     include: list[dict[str, str]] = Field(default_factory=list)
     exclude: list[dict[str, str]] = Field(default_factory=list)

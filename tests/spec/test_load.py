@@ -162,3 +162,23 @@ def test_table_names_cannot_leave_the_output_folder(tmp_path):
     with pytest.raises(SpecError) as exc:
         load_spec(p)
     assert f"{p}:4" in str(exc.value) and "tables.x/../../../../elsewhere/y" in str(exc.value)
+
+
+@pytest.mark.parametrize("change, where", [
+    (("seeds: [0, 1]", "seeds: [-1]"), "seeds[0]"),
+    (("seeds: [0, 1]", "seeds: [1180591620717411303424]"), "seeds[0]"),
+    (("base_lr: 0.01", "base_lr: .inf"), "train.base_lr"),
+    (("base_lr: 0.01", "base_lr: .nan"), "train.base_lr"),
+])
+def test_out_of_range_seeds_and_non_finite_numbers_are_spec_errors(mini_spec, change, where):
+    path = mini_spec(MINI.replace(*change))
+    with pytest.raises(SpecError) as exc:
+        expand(load_spec(path))
+    assert where in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_non_finite_override_is_rejected(mini_spec):
+    from harness.spec import parse_set
+    with pytest.raises(SpecError) as exc:
+        expand(load_spec(mini_spec()), [parse_set("train.momentum=.nan")])
+    assert "train.momentum" in str(exc.value)
