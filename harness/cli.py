@@ -285,11 +285,10 @@ def cmd_report(args) -> int:
     from harness.track.mlflow_tracker import (
         check_store_exists,
         check_tracking_uri,
-        default_tracking_uri,
+        resolve_tracking_uri,
     )
 
-    uri = args.tracking_uri or default_tracking_uri(args.workspace)
-    check_tracking_uri(uri)
+    uri = resolve_tracking_uri(args.tracking_uri, args.workspace)
     check_store_exists(uri)
     for other in args.against:
         check_tracking_uri(other)

@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import Decision, decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
-from harness.track.mlflow_tracker import check_tracking_uri, default_tracking_uri
+from harness.track.mlflow_tracker import resolve_tracking_uri
 from harness.train.exit_codes import DIVERGENCE, describe
 
 PROGRESS = re.compile(r"iter (\d+)/(\d+) .* eta (\S+)s")
@@ -89,8 +89,7 @@ class Display:
 def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, override_args: list[str], workspace: str,
              tracking_uri: str | None, jobs: int | None, rerun: bool, backend: str = "local",
              detach: bool = False) -> int:
-    uri = tracking_uri or default_tracking_uri(workspace)
-    check_tracking_uri(uri)
+    uri = resolve_tracking_uri(tracking_uri, workspace)
     prepare_store(uri, spec_name, workspace)  # before any worker: parallel first migrations corrupt SQLite
     decisions = decide(cells, latest_runs(uri, spec_name), workspace, rerun=rerun)
     end_stale(uri, decisions)
@@ -156,8 +155,7 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
     from rich.console import Console
     from rich.table import Table
 
-    uri = tracking_uri or default_tracking_uri(workspace)
-    check_tracking_uri(uri)
+    uri = resolve_tracking_uri(tracking_uri, workspace)
     runs = latest_runs(uri, spec_name) if Path(workspace).exists() or not uri.startswith("sqlite") else {}
     decisions = decide(cells, runs, workspace)
     table = Table(title=f"{spec_name}: {len(cells)} cells")

@@ -28,7 +28,7 @@ from harness.schedule.local import discover_gpus, job_env, train_command
 from harness.schedule.state import latest_runs, prepare_store
 from harness.spec.matrix import Cell
 from harness.sweep.space import Sweep, current_value, set_item
-from harness.track.mlflow_tracker import check_tracking_uri, client_for, default_tracking_uri
+from harness.track.mlflow_tracker import check_tracking_uri, client_for, resolve_tracking_uri
 from harness.track.runs import metric_history, write
 from harness.train.lock import is_locked
 
@@ -47,7 +47,7 @@ class Driver:
                  jobs: int | None, out_dir: str):
         self.sweep, self.spec = sweep, sweep.spec
         self.workspace, self.out_dir = workspace, Path(out_dir)
-        self.uri = tracking_uri or default_tracking_uri(workspace)
+        self.uri = resolve_tracking_uri(tracking_uri, workspace, check=False)  # checked in run()
         self.jobs = jobs or 1
         self.storage_url = storage
         self.experiment = sweep.base_cells[0].spec_name

@@ -72,6 +72,14 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                                 f"{uri}: MLflow 3 refuses the file store; use sqlite:///PATH or http://HOST:PORT"))
 
 
+def resolve_tracking_uri(tracking_uri: str | None, workspace: str | Path, *, check: bool = True) -> str:
+    """The one place that defaults the tracking URI (the workspace's SQLite store) and checks it."""
+    uri = tracking_uri or default_tracking_uri(workspace)
+    if check:
+        check_tracking_uri(uri)
+    return uri
+
+
 def check_store_exists(uri: str, what: str = "--tracking-uri") -> None:
     """For commands that only read (status, report): a SQLite store that does not exist is a
     wrong path, not an empty store; opening it would create it and report nothing."""

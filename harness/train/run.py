@@ -32,11 +32,10 @@ from harness.spec.matrix import Cell
 from harness.track.mlflow_tracker import (
     MLflowTracker,
     NullTracker,
-    check_tracking_uri,
     client_for,
-    default_tracking_uri,
     flatten,
     git_commit,
+    resolve_tracking_uri,
 )
 from harness.train import checkpoint as ckpt
 from harness.train.engine import (
@@ -119,7 +118,7 @@ def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | 
     if rank != 0:
         return _run_cell(cell, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
                          spec_file=spec_file, attempt=attempt, progress=progress)
-    check_tracking_uri(tracking_uri or default_tracking_uri(workspace))
+    resolve_tracking_uri(tracking_uri, workspace)
     lock = CellLock(cell_dir(workspace, cell) / "lock")
     if not lock.acquire():
         print(f"{cell.id}: being trained by another process (lock {lock.path}); not starting it twice",
@@ -165,7 +164,7 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     workspace = Path(workspace)
-    uri = tracking_uri or default_tracking_uri(workspace)  # checked by run_cell before the lock
+    uri = resolve_tracking_uri(tracking_uri, workspace, check=False)  # checked by run_cell before the lock
     workspace.mkdir(parents=True, exist_ok=True)
     cdir = cell_dir(workspace, cell)
     ckpt_path = cdir / "checkpoint.pt"
