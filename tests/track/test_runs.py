@@ -1,0 +1,48 @@
+"""harness.track.runs on a real SQLite MLflow store: the one rule for the run that counts per
+key, histories, and ending a lost run KILLED with its reason."""
+
+import warnings
+
+from harness.track.mlflow_tracker import client_for, ensure_experiment, resolve_tracking_uri
+from harness.track.runs import end_killed, metric_history, runs_by_key, write
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def make_run(client, exp, key, status, start, metrics=None):
+    run = client.create_run(exp, start_time=start, tags={"harness.run_key": key})
+    if metrics:
+        write(client, run.info.run_id, metrics=metrics, step=10)
+    if status != "RUNNING":
+        client.set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+def test_the_run_that_counts_is_the_latest_finished_else_the_latest(tmp_path):
+    uri = resolve_tracking_uri(None, tmp_path)
+    client = client_for(uri)
+    exp = ensure_experiment(client, "e", uri, tmp_path)
+    done = make_run(client, exp, "a", "FINISHED", 1000, {"eval.ap": 0.4})
+    make_run(client, exp, "a", "FAILED", 2000)  # a later failed attempt does not undo it
+    make_run(client, exp, "b", "FAILED", 1000)
+    latest_b = make_run(client, exp, "b", "KILLED", 3000)
+    older = make_run(client, exp, "c", "FINISHED", 1000)
+    newer = make_run(client, exp, "c", "FINISHED", 5000, {"eval.ap": 0.5})
+    client.create_run(exp, start_time=9000)  # no harness tags: ignored, no error
+    runs = runs_by_key(uri, "e")
+    assert set(runs) == {"a", "b", "c"}
+    assert runs["a"].run_id == done and runs["a"].metrics == {"eval.ap": 0.4}
+    assert runs["b"].run_id == latest_b and runs["b"].status == "KILLED"
+    assert runs["c"].run_id == newer != older
+    assert metric_history(uri, newer, "eval.ap") == [(10, 0.5)]
+    assert runs_by_key(uri, "no such experiment") == {}
+
+
+def test_end_killed_keeps_the_reason(tmp_path):
+    uri = resolve_tracking_uri(None, tmp_path)
+    client = client_for(uri)
+    exp = ensure_experiment(client, "e", uri, tmp_path)
+    rid = make_run(client, exp, "k", "RUNNING", 1000)
+    end_killed(uri, rid, "worker lost")
+    run = client.get_run(rid)
+    assert run.info.status == "KILLED" and run.data.tags["harness.failure"] == "worker lost"
