@@ -12,13 +12,14 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harness.model import losses as L
+from harness.model.anchors import RetinaAnchors, SquareAnchors
 from harness.model.assign.common import BACKGROUND, IGNORE, AssignInput
-from harness.model.box_ops import box_cxcywh, decode_deltas, encode_deltas, ltrb_to_boxes
+from harness.model.coders import BOX_CODERS
 from harness.model.comm import mean_across_processes
+from harness.model.criterion import Criterion, Matched
 from harness.model.filter3d import MaxFilter3D
 from harness.model.points import Grid
 
@@ -68,48 +69,39 @@ def _flatten(maps: list[torch.Tensor], per_loc: int) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
-def retina_anchors(grid: Grid, octave_base_scale: float, scales_per_octave: int, ratios: list[float]) -> torch.Tensor:
-    """mmdet AnchorGenerator (center_offset 0): anchors centred at (j * s, i * s), [R * A, 4]."""
-    scales = torch.tensor([octave_base_scale * 2 ** (i / scales_per_octave) for i in range(scales_per_octave)])
-    ratios_t = torch.tensor(ratios)
-    h_ratios = ratios_t.sqrt()
-    w_ratios = 1 / h_ratios
-    base = grid.strides[:, None]  # [R, 1]
-    ws = (w_ratios[:, None] * scales[None, :]).reshape(-1)[None] * base  # [R, A]
-    hs = (h_ratios[:, None] * scales[None, :]).reshape(-1)[None] * base
-    centers = grid.points - grid.strides[:, None] * 0.5
-    cx, cy = centers[:, :1], centers[:, 1:]
-    anchors = torch.stack([cx - 0.5 * ws, cy - 0.5 * hs, cx + 0.5 * ws, cy + 0.5 * hs], dim=-1)
-    return anchors.reshape(-1, 4)
-
-
 class Predictor(nn.Module):
-    """Output convs on the shared towers plus the rule that trains them."""
+    """Output convs on the shared towers plus the rule that trains them: a box coder, optional
+    anchors, an assigner and a criterion, each chosen once here from the predictor's settings."""
 
     def __init__(self, *, num_classes: int, channels: int, assign: Callable[[AssignInput], torch.Tensor],
                  box_coder: str = "ltrb_relu", centerness: str = "none", filter: str = "none",
                  filter_kernel: int = 3, filter_tau: int = 2, filter_score: str = "product", gn_groups: int = 32,
                  use_scales: bool = True,
                  prior_prob: float = 0.01, square_anchor_scale: float | None = None,
-                 retina_anchors: dict | None = None, anchor_valid_pad: int | None = None, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 retina_anchors: dict | None = None, anchor_valid_pad: int | None = None, focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0,
                  cls_weight: float = 1.0, box_loss: str = "giou", box_weight: float = 1.0,
                  box_weighting: str = "none", l1_weight: float = 0.0, ctr_weight: float = 1.0,
                  ctr_norm_min: float = 1.0):
         super().__init__()
         self.num_classes = num_classes
         self.assign = assign
-        self.box_coder, self.centerness, self.filter_kind = box_coder, centerness, filter
-        self.filter_score = filter_score
+        self.coder = BOX_CODERS[box_coder]
         self.use_scales = use_scales
-        self.square_anchor_scale, self.retina = square_anchor_scale, retina_anchors
-        self.anchor_valid_pad = anchor_valid_pad
-        self.num_anchors = len(retina_anchors["ratios"]) * retina_anchors["scales_per_octave"] if retina_anchors else 1
+        self.anchor_gen: SquareAnchors | RetinaAnchors | None = None
+        if retina_anchors is not None:
+            self.anchor_gen = RetinaAnchors(retina_anchors["octave_base_scale"], retina_anchors["scales_per_octave"],
+                                            tuple(retina_anchors["ratios"]), anchor_valid_pad)
+        elif square_anchor_scale is not None:
+            self.anchor_gen = SquareAnchors(square_anchor_scale)
+        self.num_anchors = self.anchor_gen.per_location if self.anchor_gen is not None else 1
         a = self.num_anchors
         self.cls_score = nn.Conv2d(channels, num_classes * a, 3, padding=1)
         self.box_pred = nn.Conv2d(channels, 4 * a, 3, padding=1)
         _init_conv(self.cls_score, -math.log((1 - prior_prob) / prior_prob))
         _init_conv(self.box_pred)
         self.ctr_pred = None
+        self.ctr_on_reg = centerness == "reg"
         if centerness != "none":
             self.ctr_pred = nn.Conv2d(channels, 1, 3, padding=1)
             _init_conv(self.ctr_pred)
@@ -117,10 +109,13 @@ class Predictor(nn.Module):
         if filter != "none":
             self.filter = MaxFilter3D(channels=channels, kernel=filter_kernel, tau=filter_tau,
                                       norm=filter == "3dmf", gn_groups=gn_groups)
+        self.filter_logit = filter != "none" and filter_score == "logit"  # DATE's 3DMF
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
-        self.cls_weight, self.box_loss, self.box_weight = cls_weight, box_loss, box_weight
-        self.box_weighting, self.l1_weight, self.ctr_weight = box_weighting, l1_weight, ctr_weight
-        self.ctr_norm_min = ctr_norm_min
+        self.criterion = Criterion(
+            product_focal=filter != "none" and filter_score == "product", focal_alpha=focal_alpha,
+            focal_gamma=focal_gamma, cls_weight=cls_weight, box_loss=box_loss, box_weight=box_weight,
+            box_weighting=box_weighting, ctr_norm_min=ctr_norm_min, centerness=centerness != "none",
+            ctr_weight=ctr_weight, l1_weight=l1_weight)
 
     # ------------------------------------------------------------------ forward
 
@@ -131,60 +126,38 @@ class Predictor(nn.Module):
             x = self.box_pred(f)
             if self.use_scales:
                 x = scales[lvl](x)
-            if self.box_coder in ("ltrb_relu", "ltrb_clamp"):
-                x = (F.relu(x) if self.box_coder == "ltrb_relu" else x.clamp(min=0)) * strides[lvl]
-            elif self.box_coder == "ltrb_exp":
-                x = x.float().exp()
-            reg.append(x)
+            reg.append(self.coder.activate(x, strides[lvl]))
         out = {"cls": _flatten(cls, self.num_classes), "reg": _flatten(reg, 4), "ctr": None, "filter": None}
         if self.ctr_pred is not None:
-            src = reg_feats if self.centerness == "reg" else cls_feats
+            src = reg_feats if self.ctr_on_reg else cls_feats
             out["ctr"] = _flatten([self.ctr_pred(f) for f in src], 1)[..., 0]
         if self.filter is not None:
             out["filter"] = _flatten(self.filter(reg_feats), 1)[..., 0]
         return out
 
     def anchors(self, grid: Grid) -> torch.Tensor | None:
-        if self.retina is not None:
-            return retina_anchors(grid, **self.retina)
-        if self.square_anchor_scale is not None:
-            half = grid.strides[:, None] * self.square_anchor_scale / 2
-            return torch.cat([grid.points - half, grid.points + half], dim=-1)
-        return None
+        return self.anchor_gen.boxes(grid) if self.anchor_gen is not None else None
 
     def valid_anchors(self, grid: Grid, image_size: tuple[int, int]) -> torch.Tensor | None:
-        """mmdet's valid flags [R * A]: per level, the locations within ceil(pad / stride) rows
-        and columns, pad = the image's own size rounded up to `anchor_valid_pad`; None = all."""
-        if self.retina is None or self.anchor_valid_pad is None:
-            return None
-        d = self.anchor_valid_pad
-        pad_h, pad_w = (-(-int(image_size[0]) // d) * d, -(-int(image_size[1]) // d) * d)
-        flags = []
-        for (h, w), s in zip(grid.sizes, grid.strides.unique_consecutive().tolist(), strict=True):
-            s = int(s)
-            rows = torch.arange(h, device=grid.points.device) < min(-(-pad_h // s), h)
-            cols = torch.arange(w, device=grid.points.device) < min(-(-pad_w // s), w)
-            flags.append((rows[:, None] & cols[None, :]).reshape(-1))
-        return torch.cat(flags).repeat_interleave(self.num_anchors)
+        """mmdet's anchor valid flags [R * A] for one image (RetinaNet anchors); None = all valid."""
+        return self.anchor_gen.valid(grid, image_size) if self.anchor_gen is not None else None
 
     def decode(self, reg: torch.Tensor, grid: Grid, anchors: torch.Tensor | None) -> torch.Tensor:
         """[N, 4] regression output of one image -> boxes."""
-        if self.box_coder == "anchor_delta":
-            return decode_deltas(anchors, reg)
-        return ltrb_to_boxes(grid.points, reg)
+        return self.coder.decode(reg, grid.points, anchors)
 
     def score_logits(self, out: dict, i: int | None = None) -> torch.Tensor:
         """DATE's 3DMF (filter_score 'logit'): inverse_sigmoid(sigmoid(cls) * sigmoid(filter),
         eps=1e-5), the logits its loss, assignment and inference use; else the cls logits."""
         cls = out["cls"] if i is None else out["cls"][i]
-        if out["filter"] is None or self.filter_score != "logit":
+        if not self.filter_logit:
             return cls
         filt = out["filter"] if i is None else out["filter"][i]
         return L.inverse_sigmoid(cls.sigmoid() * filt.sigmoid()[..., None], eps=1e-5)
 
     def scores(self, out: dict, i: int) -> torch.Tensor:
         """Probabilities used by matching and inference (before centerness): [N, K]."""
-        if out["filter"] is not None and self.filter_score == "logit":
+        if self.filter_logit:
             return self.score_logits(out, i).sigmoid()
         prob = out["cls"][i].sigmoid()
         if out["filter"] is not None:
@@ -193,75 +166,32 @@ class Predictor(nn.Module):
 
     # ------------------------------------------------------------------- losses
 
+    def assign_image(self, out: dict, grid: Grid, tgt: dict, i: int, image_size, anchors) -> torch.Tensor:
+        """The no_grad assignment of image i -> [N] GT index, BACKGROUND or IGNORE."""
+        reg = out["reg"][i].detach()
+        pred_boxes = self.decode(reg, grid, anchors)
+        inp = AssignInput(grid=grid, gt_boxes=tgt["boxes"], gt_labels=tgt["labels"],
+                          scores=self.scores(out, i).detach(), cls_logits=self.score_logits(out, i).detach(),
+                          pred_boxes=pred_boxes, pred_ltrb=self.coder.ltrb(reg),
+                          anchors=anchors, image_size=tuple(image_size))
+        valid = self.valid_anchors(grid, image_size)
+        if valid is None or bool(valid.all()):
+            return self.assign(inp)
+        # mmdet: invalid anchors take no part in the assignment and get weight 0
+        inp.scores, inp.cls_logits, inp.pred_boxes = inp.scores[valid], inp.cls_logits[valid], pred_boxes[valid]
+        inp.anchors = anchors[valid]
+        idx = torch.full((valid.shape[0],), IGNORE, dtype=torch.long, device=valid.device)
+        idx[valid] = self.assign(inp)
+        return idx
+
     def losses(self, out: dict, grid: Grid, targets: list[dict], image_sizes) -> tuple[dict, list[torch.Tensor]]:
         """Assignment (no_grad) and the normalised losses; returns the per-image assignments."""
         anchors = self.anchors(grid)
-        assigned, boxes = [], []
-        for i, tgt in enumerate(targets):
-            pred_boxes = self.decode(out["reg"][i].detach(), grid, anchors)
-            inp = AssignInput(grid=grid, gt_boxes=tgt["boxes"], gt_labels=tgt["labels"],
-                              scores=self.scores(out, i).detach(), cls_logits=self.score_logits(out, i).detach(),
-                              pred_boxes=pred_boxes,
-                              pred_ltrb=out["reg"][i].detach() if self.box_coder != "anchor_delta" else None,
-                              anchors=anchors, image_size=tuple(image_sizes[i]))
-            valid = self.valid_anchors(grid, image_sizes[i])
-            if valid is None or bool(valid.all()):
-                assigned.append(self.assign(inp))
-            else:  # mmdet: invalid anchors take no part in the assignment and get weight 0
-                inp.scores, inp.cls_logits, inp.pred_boxes = inp.scores[valid], inp.cls_logits[valid], pred_boxes[valid]
-                inp.anchors = anchors[valid]
-                idx = torch.full((valid.shape[0],), IGNORE, dtype=torch.long, device=valid.device)
-                idx[valid] = self.assign(inp)
-                assigned.append(idx)
-            boxes.append(self.decode(out["reg"][i], grid, anchors))
-        gt_idx = torch.stack(assigned)  # [B, N]
-        pos = gt_idx >= 0
-        num_pos = mean_across_processes(pos.sum().float()).clamp(min=1.0)
-
-        # classification: focal over every location and class (ignored anchors excluded)
-        cls_t = torch.zeros_like(out["cls"])
-        for i, tgt in enumerate(targets):
-            p = pos[i]
-            cls_t[i, p, tgt["labels"][gt_idx[i, p]]] = 1.0
-        valid = gt_idx != IGNORE
-        if out["filter"] is not None and self.filter_score == "product":
-            probs = out["cls"].sigmoid() * out["filter"].sigmoid()[..., None]
-            focal = L.sigmoid_focal_on_probs(probs[valid], cls_t[valid], self.focal_alpha, self.focal_gamma)
-        else:
-            focal = L.sigmoid_focal(self.score_logits(out)[valid], cls_t[valid], self.focal_alpha, self.focal_gamma)
-        result = {"loss_cls": self.cls_weight * focal.sum() / num_pos}
-
-        # regression on positives
-        pred_b = torch.cat([boxes[i][pos[i]] for i in range(len(targets))])
-        gt_b = torch.cat([t["boxes"][gt_idx[i, pos[i]]] for i, t in enumerate(targets)])
-        if self.box_loss == "l1_delta":
-            anc = torch.cat([anchors[pos[i]] for i in range(len(targets))])
-            reg = torch.cat([out["reg"][i][pos[i]] for i in range(len(targets))])
-            per = (reg - encode_deltas(anc, gt_b)).abs().sum(-1)
-        elif self.box_loss == "giou":
-            per = L.giou_loss(pred_b, gt_b)
-        else:
-            per = L.neg_log_iou_loss(pred_b, gt_b)
-        ctr_t = None
-        if self.ctr_pred is not None or self.box_weighting == "centerness":
-            pts = torch.cat([grid.points[pos[i]] for i in range(len(targets))])
-            ltrb = torch.cat([pts - gt_b[:, :2], gt_b[:, 2:] - pts], dim=-1)
-            ctr_t = L.centerness_target(ltrb)
-        if self.box_weighting == "centerness":
-            norm = mean_across_processes(ctr_t.sum().detach()).clamp(min=self.ctr_norm_min)
-            result["loss_box"] = self.box_weight * (per * ctr_t).sum() / norm
-        else:
-            result["loss_box"] = self.box_weight * per.sum() / num_pos
-        if self.ctr_pred is not None:
-            ctr = torch.cat([out["ctr"][i][pos[i]] for i in range(len(targets))])
-            bce = F.binary_cross_entropy_with_logits(ctr, ctr_t, reduction="sum")
-            result["loss_ctr"] = self.ctr_weight * bce / num_pos
-        if self.l1_weight > 0:
-            factors = torch.cat([pred_b.new_tensor([s[1], s[0], s[1], s[0]]).expand(int(pos[i].sum()), 4)
-                                 for i, s in enumerate(image_sizes)])
-            l1 = (box_cxcywh(pred_b / factors) - box_cxcywh(gt_b / factors)).abs().sum()
-            result["loss_l1"] = self.l1_weight * l1 / num_pos
-        return result, assigned
+        assigned = [self.assign_image(out, grid, tgt, i, image_sizes[i], anchors) for i, tgt in enumerate(targets)]
+        boxes = [self.decode(out["reg"][i], grid, anchors) for i in range(len(targets))]
+        matched = Matched(out=out, grid=grid, targets=targets, image_sizes=image_sizes, gt_idx=torch.stack(assigned),
+                          boxes=boxes, anchors=anchors, score_logits=self.score_logits, coder=self.coder)
+        return self.criterion(matched), assigned
 
     # ----------------------------------------------------------------- inference
 
@@ -285,11 +215,7 @@ class Predictor(nn.Module):
             keep, vals = keep[order[:cap]], vals[:cap]
             loc = keep // self.num_classes + start
             labels = keep % self.num_classes
-            reg = out["reg"][i][loc]
-            if self.box_coder == "anchor_delta":
-                boxes = decode_deltas(anchors[loc], reg)
-            else:
-                boxes = ltrb_to_boxes(grid.points[loc], reg)
+            boxes = self.coder.decode(out["reg"][i][loc], grid.points[loc], anchors[loc] if anchors is not None else None)
             if out["ctr"] is not None:
                 vals = torch.sqrt(vals * out["ctr"][i][loc].sigmoid())
             boxes_all.append(boxes)

@@ -60,9 +60,3 @@ def center_prior(points: torch.Tensor, strides: torch.Tensor, boxes: torch.Tenso
     x, y = points[None, :, 0], points[None, :, 1]
     d = torch.stack([x - x1, y - y1, x2 - x, y2 - y], dim=-1)
     return d.min(dim=-1).values > 0
-
-
-def square_anchors(grid: Grid, scale: float) -> torch.Tensor:
-    """One square anchor of side scale * stride centred at every location: [R, 4]."""
-    half = grid.strides[:, None] * scale / 2
-    return torch.cat([grid.points - half, grid.points + half], dim=-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from harness.model.anchors import square_anchors
 from harness.model.assign.common import (
     BACKGROUND,
     INF,
@@ -11,7 +12,6 @@ from harness.model.assign.common import (
     center_prior,
     inside_box,
     ltrb_deltas,
-    square_anchors,
 )
 from harness.model.box_ops import area, pairwise_iou
 
