@@ -202,6 +202,11 @@ class MLflowTracker:
                     self._monitor.finish()
             if reason:
                 self.set_tags({"harness.failure": reason})
+            elif status == "FINISHED":  # a resumed run that finishes no longer carries an old failure
+                tags = self.client.get_run(self.run_id).data.tags
+                if "harness.failure" in tags:
+                    self.set_tags({"harness.resumed_after": tags["harness.failure"]})
+                    self.client.delete_tag(self.run_id, "harness.failure")
             self.client.set_terminated(self.run_id, status=status)
 
 

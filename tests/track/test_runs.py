@@ -46,3 +46,16 @@ def test_end_killed_keeps_the_reason(tmp_path):
     end_killed(uri, rid, "worker lost")
     run = client.get_run(rid)
     assert run.info.status == "KILLED" and run.data.tags["harness.failure"] == "worker lost"
+
+
+def test_a_resumed_run_that_finishes_drops_its_old_failure(tmp_path):
+    from harness.track.mlflow_tracker import MLflowTracker
+
+    uri = resolve_tracking_uri(None, tmp_path)
+    t = MLflowTracker.start(uri, "e", "r", {"harness.run_key": "k"}, workspace=tmp_path)
+    t.end("KILLED", "killed by SIGTERM at iteration 111")
+    again = MLflowTracker.start(uri, "e", "r", {}, workspace=tmp_path, resume_run_id=t.run_id)
+    again.end("FINISHED")
+    tags = client_for(uri).get_run(t.run_id).data.tags
+    assert "harness.failure" not in tags and tags["harness.resumed_after"] == "killed by SIGTERM at iteration 111"
+    assert runs_by_key(uri, "e")["k"].failure is None
