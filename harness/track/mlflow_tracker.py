@@ -67,6 +67,16 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         except (OSError, urllib.error.URLError) as exc:
             raise UserError(Problem(None, None, "--tracking-uri",
                                     f"cannot reach the MLflow server at {uri}: {exc}")) from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if path.is_file():
+            with open(path, "rb") as f:
+                head = f.read(16)
+            if head and head != b"SQLite format 3\x00":
+                raise UserError(Problem(str(path), None, "--tracking-uri",
+                                        "not a SQLite database (corrupt or another kind of file)"))
+        elif path.exists():
+            raise UserError(Problem(str(path), None, "--tracking-uri", "not a file"))
     elif uri.startswith("file:") or "://" not in uri:
         raise UserError(Problem(None, None, "--tracking-uri",
                                 f"{uri}: MLflow 3 refuses the file store; use sqlite:///PATH or http://HOST:PORT"))

@@ -59,3 +59,19 @@ def test_a_resumed_run_that_finishes_drops_its_old_failure(tmp_path):
     tags = client_for(uri).get_run(t.run_id).data.tags
     assert "harness.failure" not in tags and tags["harness.resumed_after"] == "killed by SIGTERM at iteration 111"
     assert runs_by_key(uri, "e")["k"].failure is None
+
+
+def test_a_store_that_is_not_sqlite_is_a_clear_error(tmp_path):
+    import pytest
+
+    from harness.spec import UserError
+    from harness.track.mlflow_tracker import check_tracking_uri
+
+    bad = tmp_path / "mlflow.db"
+    bad.write_bytes(b"\x00\x01random bytes, not a database" * 10)
+    with pytest.raises(UserError) as exc:
+        check_tracking_uri(f"sqlite:///{bad}")
+    assert "not a SQLite database" in str(exc.value) and str(bad) in str(exc.value)
+    with pytest.raises(UserError):
+        check_tracking_uri(f"sqlite:///{tmp_path}")  # a directory
+    check_tracking_uri(f"sqlite:///{tmp_path}/new.db")  # not there yet: created by the first run
