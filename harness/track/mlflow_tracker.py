@@ -57,6 +57,18 @@ def default_tracking_uri(workspace: str | Path) -> str:
     return f"sqlite:///{Path(workspace).resolve() / 'mlflow.db'}"
 
 
+def without_credentials(uri: str) -> str:
+    """The URI as it may appear in a message: user and password removed."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast and clearly when the store cannot be used (before any training)."""
     if uri.startswith(("http://", "https://")):
@@ -66,7 +78,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                     raise OSError(f"HTTP {resp.status}")
         except (OSError, urllib.error.URLError) as exc:
             raise UserError(Problem(None, None, "--tracking-uri",
-                                    f"cannot reach the MLflow server at {uri}: {exc}")) from None
+                                    f"cannot reach the MLflow server at {without_credentials(uri)}: "
+                                    f"{str(exc).replace(uri, without_credentials(uri))}")) from None
     elif uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if path.is_file():

@@ -75,3 +75,21 @@ def test_a_store_that_is_not_sqlite_is_a_clear_error(tmp_path):
     with pytest.raises(UserError):
         check_tracking_uri(f"sqlite:///{tmp_path}")  # a directory
     check_tracking_uri(f"sqlite:///{tmp_path}/new.db")  # not there yet: created by the first run
+
+
+def test_credentials_never_appear_in_errors():
+    import socket
+
+    import pytest
+
+    from harness.spec import UserError
+    from harness.track.mlflow_tracker import check_tracking_uri, without_credentials
+
+    assert without_credentials("http://alice:s3cret@host:5000/x") == "http://***@host:5000/x"
+    assert without_credentials("http://host:5000") == "http://host:5000"
+    with socket.socket() as s:  # a free loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserError) as exc:
+        check_tracking_uri(f"http://alice:s3cret@127.0.0.1:{port}", timeout=1.0)
+    assert "s3cret" not in str(exc.value) and "alice" not in str(exc.value)
