@@ -73,19 +73,69 @@ def _record_lines(node: yaml.Node, data: Any, path: Path, lines: Lines) -> None:
             _record_lines(item_node, item, (*path, i), lines)
 
 
+#: Limits that a spec or override file never needs: the number of nodes after expanding aliases
+#: (a "billion laughs" file stays small on disk) and the nesting depth.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+
+def _check_size(node: yaml.Node, file: str) -> None:
+    """Refuse alias bombs, self-referencing aliases and deep nesting before building any data."""
+    count = 0
+    stack: list[tuple[yaml.Node, int, frozenset]] = [(node, 1, frozenset())]
+    while stack:
+        n, depth, ancestors = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise SpecError(Problem(file, n.start_mark.line + 1, "",
+                                    f"more than {MAX_NODES:,} values once aliases are expanded (an alias bomb?)"))
+        if depth > MAX_DEPTH:
+            raise SpecError(Problem(file, n.start_mark.line + 1, "", f"nested more than {MAX_DEPTH} levels deep"))
+        if id(n) in ancestors:
+            raise SpecError(Problem(file, n.start_mark.line + 1, "", "an alias that contains itself"))
+        if isinstance(n, yaml.SequenceNode):
+            children = n.value
+        elif isinstance(n, yaml.MappingNode):
+            children = [x for pair in n.value for x in pair]
+        else:
+            continue
+        inner = ancestors | {id(n)}
+        stack.extend((c, depth + 1, inner) for c in children)
+
+
+def read_text(file: str) -> str:
+    """A UTF-8 text file, or a one-line error naming the file and where it stops being UTF-8."""
+    try:
+        raw = FsPath(file).read_bytes()
+    except OSError as exc:
+        raise SpecError(Problem(file, None, "", f"cannot read file: {exc.strerror}")) from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError(Problem(file, 1, "", "UTF-16 text; save the file as UTF-8"))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(Problem(file, line, "", f"not UTF-8 (byte {exc.start}: {raw[exc.start]:#04x}); "
+                                                "save the file as UTF-8")) from None
+    if "\x00" in text:
+        raise SpecError(Problem(file, text[: text.index("\x00")].count("\n") + 1, "", "a NUL byte in a text file"))
+    return text
+
+
 def load_yaml(file: str | FsPath) -> tuple[Any, Lines]:
     """Parse a YAML file; returns the data and the line of every key path."""
     file = str(file)
-    try:
-        text = FsPath(file).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(Problem(file, None, "", f"cannot read file: {exc.strerror}")) from None
+    text = read_text(file)
     try:
         loader = yaml.SafeLoader(text)
         try:
-            node = loader.get_single_node()
+            try:
+                node = loader.get_single_node()
+            except RecursionError:
+                raise SpecError(Problem(file, None, "", f"nested more than {MAX_DEPTH} levels deep")) from None
             if node is None:
                 return None, {}
+            _check_size(node, file)
             _check_duplicates(node, file)
             data = loader.construct_document(node)
         finally:
@@ -93,7 +143,7 @@ def load_yaml(file: str | FsPath) -> tuple[Any, Lines]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        msg = f"YAML syntax error: {exc.problem or exc.context}"
+        msg = f"YAML syntax error: {' '.join(str(exc.problem or exc.context).split())}"
         raise SpecError(Problem(file, line, "", msg)) from None
     except yaml.YAMLError as exc:
         raise SpecError(Problem(file, None, "", f"YAML error: {exc}")) from None

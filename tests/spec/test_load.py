@@ -182,3 +182,25 @@ def test_non_finite_override_is_rejected(mini_spec):
     with pytest.raises(SpecError) as exc:
         expand(load_spec(mini_spec()), [parse_set("train.momentum=.nan")])
     assert "train.momentum" in str(exc.value)
+
+
+LAUGHS = ("name: x\nbase:\n  a: &a [1,1,1,1,1,1,1,1,1,1]\n"
+          + "".join(f"  {n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True))
+          + "  h: [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]\n")
+
+
+@pytest.mark.parametrize("raw, message", [
+    (LAUGHS.encode(), "alias bomb"),
+    (b"name: x\nbase:\n  x: &x [*x]\n", "an alias that contains itself"),
+    (b"name: x\nbase:\n  x: " + b"[" * 20000 + b"]" * 20000 + b"\n", "levels deep"),
+    ("name: caf\xe9\n".encode("latin-1"), "not UTF-8 (byte 9"),
+    ("name: x\n".encode("utf-16"), "UTF-16"),
+    (b"name: x\x00\n", "NUL byte"),
+])
+def test_hostile_yaml_is_one_clear_line(tmp_path, raw, message):
+    p = tmp_path / "s.yaml"
+    p.write_bytes(raw)
+    with pytest.raises(SpecError) as exc:
+        load_spec(p)
+    text = str(exc.value)
+    assert message in text and str(p) in text and "\n" not in text
