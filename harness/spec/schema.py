@@ -38,9 +38,32 @@ FCOS_RANGES: list[tuple[float, float]] = [
 ]
 
 
+def _numeric(annotation) -> bool:
+    """int or float (possibly optional or annotated), but not bool."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _numeric(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_numeric(a) for a in typing.get_args(annotation) if a is not type(None))
+    return annotation in (int, float)
+
+
 class Strict(BaseModel):
     #: inf and nan are never valid settings (and could not be hashed into a run key)
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """YAML's true/false is not 1/0: `max_iter: true` is an error, not one iteration."""
+        if isinstance(data, dict):
+            for name, f in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and _numeric(f.annotation):
+                    raise ValueError(f"{name}: expected a number, got {str(data[name]).lower()}")
+        return data
 
 
 #: A seed torch, numpy and Python's random all accept.

@@ -204,3 +204,9 @@ def test_hostile_yaml_is_one_clear_line(tmp_path, raw, message):
         load_spec(p)
     text = str(exc.value)
     assert message in text and str(p) in text and "\n" not in text
+
+
+def test_a_boolean_is_not_a_number(mini_spec):
+    with pytest.raises(SpecError) as exc:
+        expand(load_spec(mini_spec(MINI.replace("max_iter: 10", "max_iter: true"))))
+    assert "max_iter: expected a number, got true" in str(exc.value)
