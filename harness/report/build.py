@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from harness.report.tables import LAYOUTS, confidence_table, pct, render_table, 
 from harness.spec.errors import Problem, UserError
 from harness.spec.load import LoadedSpec
 from harness.spec.matrix import Cell
+from harness.track.runs import explain_missing
 
 NOT_LEARNED = 0.01  # headline AP (or AP50) below 1 % after training: the row did not learn
 
@@ -131,6 +133,11 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
     lines = [f"# Report: {spec.name}", "", spec.description, "",
              f"{n_finished} of {len(cells)} cells finished (spec `{loaded.file}`, {len(spec.seeds)} seeds per row). "
              "Numbers are percentages; every cell of a table is the mean ± sample standard deviation over seeds.", ""]
+    if n_finished < len(cells):
+        other = explain_missing(cells, uri, spec.name)
+        if other:
+            print("\n".join(other), file=sys.stderr)
+            lines += [f"> {other[0]}", ""] + [f"> - {x}" for x in other[1:]] + [""]
     diverged = df[(df["status"] != "finished") & df["failure"].map(lambda f: isinstance(f, str) and f.startswith("diverged:"))]
     if len(diverged):  # a health rule or a non-finite loss ended them FAILED (train.health)
         lines += ["Diverged cells (FAILED, left out of the means): "

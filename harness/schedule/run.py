@@ -12,6 +12,7 @@ from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import Decision, decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
 from harness.track.mlflow_tracker import resolve_tracking_uri
+from harness.track.runs import explain_missing
 from harness.train.exit_codes import DIVERGENCE, describe
 
 PROGRESS = re.compile(r"iter (\d+)/(\d+) .* eta (\S+)s")
@@ -179,6 +180,9 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
     console = Console()
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if counts.get("pending") and runs:
+        for line in explain_missing(cells, uri, spec_name, runs):
+            console.print(line, markup=False, highlight=False)
     return 0
 
 

@@ -80,3 +80,46 @@ def end_killed(uri: str, run_id: str, reason: str) -> None:
     client = MlflowClient(uri)
     write(client, run_id, tags={"harness.failure": reason})
     client.set_terminated(run_id, status="KILLED")
+
+
+def explain_missing(cells, uri: str, experiment: str, runs: dict[str, RunInfo] | None = None) -> list[str]:
+    """Cells without a run for their key, for which runs of the same row, dataset and seed exist
+    under other keys (other overrides, or another version of the spec): one line per cell (at
+    most 5), naming up to 3 differing config keys, and a summary line first. [] when none."""
+    from mlflow import MlflowClient, search_runs, set_tracking_uri
+
+    from harness.spec.matrix import hashed_config
+    from harness.track.mlflow_tracker import flatten
+
+    runs = runs_by_key(uri, experiment) if runs is None else runs
+    missing = [c for c in cells if c.run_key not in runs]
+    if not missing:
+        return []
+    set_tracking_uri(uri)
+    if MlflowClient(uri).get_experiment_by_name(experiment) is None:
+        return []
+    by_cell: dict[tuple, object] = {}
+    for run in search_runs(experiment_names=[experiment], output_format="list"):
+        t = run.data.tags
+        ident = (t.get("harness.row"), t.get("harness.dataset"), t.get("harness.seed"))
+        prev = by_cell.get(ident)
+        done = run.info.status == "FINISHED"
+        if prev is None or (done, run.info.start_time or 0) > (prev.info.status == "FINISHED", prev.info.start_time or 0):
+            by_cell[ident] = run
+    lines = []
+    for c in missing:
+        run = by_cell.get((c.row, c.dataset, str(c.seed)))
+        if run is None:
+            continue
+        mine = flatten(hashed_config(c.config))
+        theirs = run.data.params
+        diff = [f"{k} {theirs[k]} there, {v} here" for k, v in sorted(mine.items()) if k in theirs and theirs[k] != v]
+        diff += [f"{k} {v} here, absent there" for k, v in sorted(mine.items()) if k not in theirs][: max(0, 3 - len(diff))]
+        lines.append(f"{c.id}: run {run.info.run_id[:8]} ({run.info.status.lower()}) has another run key"
+                     + (f": {'; '.join(diff[:3])}" if diff else ""))
+    if not lines:
+        return []
+    head = (f"{len(lines)} cell(s) have no run for their run key, but runs of the same row, dataset and seed "
+            "exist under other keys (other --set/--set-file overrides, or another version of the spec); "
+            "pass the same overrides to see them:")
+    return [head, *lines[:5]] + ([f"... and {len(lines) - 5} more"] if len(lines) > 5 else [])

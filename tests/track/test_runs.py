@@ -93,3 +93,28 @@ def test_credentials_never_appear_in_errors():
     with pytest.raises(UserError) as exc:
         check_tracking_uri(f"http://alice:s3cret@127.0.0.1:{port}", timeout=1.0)
     assert "s3cret" not in str(exc.value) and "alice" not in str(exc.value)
+
+
+def test_cells_missing_because_of_other_overrides_are_explained(tmp_path):
+    from harness.spec import expand, load_spec, parse_set
+    from harness.spec.matrix import hashed_config
+    from harness.track.mlflow_tracker import flatten
+    from harness.track.runs import explain_missing
+    from tests.conftest import MINI_SPEC
+
+    spec = tmp_path / "mini.yaml"
+    spec.write_text(MINI_SPEC)
+    trained = expand(load_spec(spec), [parse_set("train.max_iter=40")])
+    asked = expand(load_spec(spec))
+    uri = resolve_tracking_uri(None, tmp_path)
+    client = client_for(uri)
+    exp = ensure_experiment(client, "mini", uri, tmp_path)
+    for c in trained:
+        run = client.create_run(exp, tags={"harness.run_key": c.run_key, "harness.row": c.row,
+                                           "harness.dataset": c.dataset, "harness.seed": str(c.seed)})
+        write(client, run.info.run_id, params=flatten(hashed_config(c.config)))
+        client.set_terminated(run.info.run_id, status="FINISHED")
+    assert explain_missing(trained, uri, "mini") == []
+    lines = explain_missing(asked, uri, "mini")
+    assert lines[0].startswith(f"{len(asked)} cell(s) have no run for their run key")
+    assert "train.max_iter 40 there, 10 here" in lines[1] and lines[1].startswith(asked[0].id)
