@@ -155,7 +155,9 @@ def evaluate_images(images: Sequence[CHImage]) -> CHResult:
     tps = tps[order]
     n_dets = sum(len(im.dt_scores) for im in images)
     if len(tps) == 0:
-        return CHResult(0.0, math.nan, 0.0, n_images, n_valid, n_dets)
+        # no detection anywhere: the curve is the single point (FPPI 0, miss rate 1), so every
+        # reference FPPI samples a miss rate of 1 and mMR is 100 % (the toolkit crashes here)
+        return CHResult(0.0, 1.0, 0.0, n_images, n_valid, n_dets)
     tp = np.cumsum(tps, dtype=np.float64)
     fp = np.cumsum(~tps, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):

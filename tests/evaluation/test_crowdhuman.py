@@ -86,7 +86,7 @@ def test_image_without_gt_and_image_without_detections():
 
 def test_no_detections_at_all():
     r = evaluate_images([image([(0, 0, 10, 10)])])
-    assert r.ap == 0.0 and r.recall == 0.0 and math.isnan(r.mmr)
+    assert r.ap == 0.0 and r.recall == 0.0 and r.mmr == 1.0  # every GT missed at every FPPI
 
 
 def test_boundary_at_exactly_half():
@@ -183,7 +183,7 @@ def naive(images):
         if idx >= 0:
             samples.append(mr[idx])
     with np.errstate(divide="ignore"):
-        mmr = float(np.exp(np.log(np.array(samples)).mean())) if samples else math.nan
+        mmr = float(np.exp(np.log(np.array(samples)).mean())) if samples else 1.0  # no detections: MR 1
     return ap, mmr, (rec[-1] if rec else 0.0)
 
 
