@@ -23,7 +23,6 @@ The rule (CrowdDet ``APMRToolkits`` = cvpods
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
