@@ -133,6 +133,11 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
     lines = [f"# Report: {spec.name}", "", spec.description, "",
              f"{n_finished} of {len(cells)} cells finished (spec `{loaded.file}`, {len(spec.seeds)} seeds per row). "
              "Numbers are percentages; every cell of a table is the mean ± sample standard deviation over seeds.", ""]
+    repeated = df[df["finished_runs"] > 1]
+    if len(repeated):  # the same run key finished more than once (a --rerun): say which run counts
+        lines += [f"> {len(repeated)} cell(s) finished more than once under the same run key; each uses its latest "
+                  "finished run: " + ", ".join(f"{r.row}/{r.dataset}/{r.seed} ({r.finished_runs} runs)"
+                                               for r in repeated.itertuples()), ""]
     if n_finished < len(cells):
         other = explain_missing(cells, uri, spec.name)
         if other:

@@ -17,9 +17,9 @@ def collect(cells: list[Cell], uri: str, experiment: str) -> pd.DataFrame:
     for c in cells:
         r = by_key.get(c.run_key)
         rec = {"row": c.row, "dataset": c.dataset, "seed": c.seed, "run_key": c.run_key,
-               "status": "missing", "run_id": None, "failure": None}
+               "status": "missing", "run_id": None, "failure": None, "finished_runs": 0}
         if r is not None:
-            rec.update(status=r.status.lower(), run_id=r.run_id, failure=r.failure)
+            rec.update(status=r.status.lower(), run_id=r.run_id, failure=r.failure, finished_runs=r.finished_runs)
             if r.status == "FINISHED":
                 rec.update({k: v for k, v in r.metrics.items() if k.startswith("eval.") and pd.notna(v)})
         rows.append(rec)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlalchemy.*")
 
@@ -19,6 +19,7 @@ class RunInfo:
     heartbeat: float | None = None  # the `harness.heartbeat` tag (seconds since the epoch)
     attempt: int = 1
     metrics: dict[str, float] = field(default_factory=dict)  # final values
+    finished_runs: int = 0  # FINISHED runs with this key (more than 1: the latest counts)
 
 
 def runs_by_key(uri: str, experiment: str) -> dict[str, RunInfo]:
@@ -34,6 +35,7 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, RunInfo]:
     if MlflowClient(uri).get_experiment_by_name(experiment) is None:
         return {}
     out: dict[str, RunInfo] = {}
+    finished: dict[str, int] = {}
     for run in search_runs(experiment_names=[experiment], output_format="list"):
         tags = run.data.tags
         key = tags.get("harness.run_key")
@@ -42,10 +44,11 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, RunInfo]:
         hb = tags.get("harness.heartbeat")
         info = RunInfo(run.info.run_id, run.info.status, run.info.start_time or 0, tags.get("harness.failure"),
                        float(hb) if hb else None, int(tags.get("harness.attempt", "1")), dict(run.data.metrics))
+        finished[key] = finished.get(key, 0) + (info.status == "FINISHED")
         prev = out.get(key)
         if prev is None or _counts_more(info, prev):
             out[key] = info
-    return out
+    return {k: replace(v, finished_runs=finished[k]) for k, v in out.items()}
 
 
 def _counts_more(new: RunInfo, old: RunInfo) -> bool:

@@ -118,3 +118,14 @@ def test_cells_missing_because_of_other_overrides_are_explained(tmp_path):
     lines = explain_missing(asked, uri, "mini")
     assert lines[0].startswith(f"{len(asked)} cell(s) have no run for their run key")
     assert "train.max_iter 40 there, 10 here" in lines[1] and lines[1].startswith(asked[0].id)
+
+
+def test_a_key_finished_twice_is_counted(tmp_path):
+    uri = resolve_tracking_uri(None, tmp_path)
+    client = client_for(uri)
+    exp = ensure_experiment(client, "e", uri, tmp_path)
+    make_run(client, exp, "a", "FINISHED", 1000)
+    latest = make_run(client, exp, "a", "FINISHED", 2000)
+    make_run(client, exp, "b", "FINISHED", 1000)
+    runs = runs_by_key(uri, "e")
+    assert runs["a"].run_id == latest and runs["a"].finished_runs == 2 and runs["b"].finished_runs == 1
