@@ -153,7 +153,8 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
     for name, table in spec.tables.items():
         rt = render_table(name, spec, cells, df)
         rows = [r.label for r in spec.rows if r.table == name]
-        tables[name] = rt.markdown
+        legend = rt.noise.split("\n\n")[-1]
+        tables[name] = f"{rt.markdown}\n\n{legend} Per-seed values, intervals and tests: `harness report`."
         lines += [f"## {rt.title}", "", rt.markdown, "", rt.noise, ""]
         lines += ["Per-seed values:", ""] + [f"- {f}" for f in rt.footnotes] + [""]
         lines += ["95% t-intervals:", "", confidence_table(name, spec, df), ""]

@@ -166,7 +166,7 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
     reference = "the row's `compare_to` or the table's baseline" + (f" ({baseline})" if baseline else "")
     legend = (f"Cells: mean ± sample std over seeds, in percent. Δ vs ref.: against {reference}, Welch's "
               f"t-test with Holm correction over the table; ✓ / ✗ = significantly better / worse (adjusted "
-              f"p < {ALPHA}; mMR: lower is better).")
+              f"p < {ALPHA}; mMR: lower is better). (n=k/N): only k of the N seeds finished; — : none did.")
     md = _markdown(header, body)
     return RenderedTable(name, table.title, md, foot, noise + "\n\n" + legend, comps)
 
