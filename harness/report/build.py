@@ -256,8 +256,12 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
             original = path.read_text()
         except OSError as exc:
             raise UserError(Problem(readme, None, "", f"cannot read: {exc.strerror}")) from None
-        if not regions(original):
+        found = regions(original)
+        if not found:
             raise UserError(Problem(readme, None, "", "no <!-- harness:table NAME --> regions to rewrite"))
+        if not set(found) & set(tables):
+            raise UserError(Problem(readme, None, "", f"no region for the tables of {loaded.spec.name} "
+                                    f"({', '.join(sorted(tables))}); it has: {', '.join(found)}"))
         new, changed = rewrite(original, tables)
         if changed and not check and not _any_finished(loaded, cells, uri):
             raise UserError(Problem(readme, None, "", f"no finished run of {loaded.spec.name} in {redact(uri)}: "

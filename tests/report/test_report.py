@@ -137,3 +137,11 @@ def test_a_store_without_finished_runs_never_blanks_the_readme(run_cli, tmp_path
     code, _, err = run_cli("report", spec, "--workspace", ws, "--readme", readme)
     assert code == 2 and "refusing to replace the README's tables" in err
     assert "filled" in readme.read_text()
+
+
+def test_check_fails_when_the_readme_has_none_of_the_specs_tables(store, run_cli, tmp_path):
+    spec, ws = store
+    readme = tmp_path / "R.md"
+    readme.write_text("<!-- harness:table other -->\nx\n<!-- /harness:table -->\n")
+    code, _, err = run_cli("report", spec, "--workspace", ws, "--readme", readme, "--check")
+    assert code == 2 and "no region for the tables of rep (main); it has: other" in err
