@@ -246,26 +246,29 @@ def _any_finished(loaded: LoadedSpec, cells: list[Cell], uri: str) -> bool:
 
 def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, readme: str | None,
            check: bool, against: tuple[str, ...] = ()) -> int:
+    """Every input is checked before anything is written (plots, report, README)."""
     out_path = Path(out) if out else None
-    if out_path is not None and not check:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    text, tables = build_report(loaded, cells, uri, None if check else out_path, against)
-    if readme:
-        path = Path(readme)
+    original = None
+    if readme:  # the README is checked first: a bad one must not leave plots behind
         try:
-            original = path.read_text()
+            original = Path(readme).read_text()
         except OSError as exc:
             raise UserError(Problem(readme, None, "", f"cannot read: {exc.strerror}")) from None
         found = regions(original)
         if not found:
             raise UserError(Problem(readme, None, "", "no <!-- harness:table NAME --> regions to rewrite"))
-        if not set(found) & set(tables):
+        if not set(found) & set(loaded.spec.tables):
             raise UserError(Problem(readme, None, "", f"no region for the tables of {loaded.spec.name} "
-                                    f"({', '.join(sorted(tables))}); it has: {', '.join(found)}"))
-        new, changed = rewrite(original, tables)
-        if changed and not check and not _any_finished(loaded, cells, uri):
+                                    f"({', '.join(sorted(loaded.spec.tables))}); it has: {', '.join(found)}"))
+        if not check and not _any_finished(loaded, cells, uri):
             raise UserError(Problem(readme, None, "", f"no finished run of {loaded.spec.name} in {redact(uri)}: "
                                     "refusing to replace the README's tables with empty ones"))
+    if out_path is not None and not check:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    text, tables = build_report(loaded, cells, uri, None if check else out_path, against)
+    if readme:
+        path = Path(readme)
+        new, changed = rewrite(original, tables)
         if check:
             if changed:
                 print(f"{readme}: stale tables: {', '.join(changed)} (run harness report without --check)")

@@ -145,3 +145,12 @@ def test_check_fails_when_the_readme_has_none_of_the_specs_tables(store, run_cli
     readme.write_text("<!-- harness:table other -->\nx\n<!-- /harness:table -->\n")
     code, _, err = run_cli("report", spec, "--workspace", ws, "--readme", readme, "--check")
     assert code == 2 and "no region for the tables of rep (main); it has: other" in err
+
+
+def test_a_bad_readme_leaves_no_plots(store, run_cli, tmp_path):
+    spec, ws = store
+    readme = tmp_path / "R.md"
+    readme.write_text("no regions\n")
+    out = tmp_path / "plots" / "rep.md"
+    code, _, _ = run_cli("report", spec, "--workspace", ws, "--readme", readme, "--out", out)
+    assert code == 2 and not out.parent.exists()
