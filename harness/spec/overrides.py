@@ -199,6 +199,9 @@ def load_set_file(file: str, root: Any = Config) -> list[Override]:
         problem = check_path(root, cfg_path)
         if problem:
             raise SpecError(source.problem(problem))
+        if cfg_path == ("seed",):
+            raise SpecError(source.problem("a cell's seed comes from the spec's 'seeds' "
+                                           "(harness train --seed picks one)"))
         out.append(Override(cfg_path, value, source))
     return out
 

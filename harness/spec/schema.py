@@ -553,5 +553,5 @@ class Spec(Strict):
     tables: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")], Table] = Field(default_factory=dict)
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     #: Without rows: extra axis combinations to add / combinations to drop.
-    include: list[dict[str, str]] = Field(default_factory=list)
-    exclude: list[dict[str, str]] = Field(default_factory=list)
+    include: list[Annotated[dict[str, str], Field(min_length=1)]] = Field(default_factory=list)
+    exclude: list[Annotated[dict[str, str], Field(min_length=1)]] = Field(default_factory=list)

@@ -210,3 +210,16 @@ def test_a_boolean_is_not_a_number(mini_spec):
     with pytest.raises(SpecError) as exc:
         expand(load_spec(mini_spec(MINI.replace("max_iter: 10", "max_iter: true"))))
     assert "max_iter: expected a number, got true" in str(exc.value)
+
+
+def test_seed_in_an_override_file_and_empty_excludes_are_errors(mini_spec, tmp_path):
+    from harness.spec import load_set_file
+
+    f = tmp_path / "o.yaml"
+    f.write_text("train:\n  max_iter: 4\nseed: 3\n")
+    with pytest.raises(SpecError) as exc:
+        load_set_file(str(f))
+    assert f"{f}:3" in str(exc.value) and "seeds" in str(exc.value)
+    with pytest.raises(SpecError) as exc:
+        load_spec(mini_spec(MINI + "exclude: [{}]\n"))
+    assert "exclude" in str(exc.value)
