@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.formats.checks import box_problem, is_number
+from harness.formats.checks import box_problem, is_id, is_number
 from harness.spec.errors import DataError, Problem
 
 
@@ -21,6 +21,8 @@ def read_json(path: str | Path):
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(Problem(path, exc.lineno, "", f"malformed JSON: {exc.msg} (column {exc.colno})")) from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4,300 digits; deep nesting
+        raise DataError(Problem(path, None, "", f"unreadable JSON: {str(exc).splitlines()[0][:120]}")) from None
 
 
 
@@ -35,6 +37,8 @@ def validate_instances(data, path: str) -> dict:
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict) or "id" not in im:
             raise DataError(Problem(path, None, f"images[{i}]", "image without 'id'"))
+        if not is_id(im["id"]):
+            raise DataError(Problem(path, None, f"images[{i}].id", f"an id is an integer or a string, got {im['id']!r}"))
         for key in ("width", "height"):
             if not is_number(im.get(key)) or im[key] <= 0:
                 raise DataError(Problem(path, None, f"images[{i}].{key}", f"must be a positive number, got {im.get(key)!r}"))
@@ -45,12 +49,17 @@ def validate_instances(data, path: str) -> dict:
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat:
             raise DataError(Problem(path, None, f"categories[{i}]", "category without 'id'"))
+        if not is_id(cat["id"]):
+            raise DataError(Problem(path, None, f"categories[{i}].id", f"an id is an integer or a string, got {cat['id']!r}"))
         cat_ids.add(cat["id"])
     ann_ids = set()
     for i, ann in enumerate(data["annotations"]):
         where = f"annotations[{i}]"
         if not isinstance(ann, dict):
             raise DataError(Problem(path, None, where, "must be an object"))
+        for key in ("image_id", "category_id"):
+            if not is_id(ann.get(key)):
+                raise DataError(Problem(path, None, f"{where}.{key}", f"an id is an integer or a string, got {ann.get(key)!r}"))
         if ann.get("image_id") not in image_ids:
             raise DataError(Problem(path, None, f"{where}.image_id", f"unknown image id {ann.get('image_id')!r}"))
         if ann.get("category_id") not in cat_ids:
@@ -58,10 +67,17 @@ def validate_instances(data, path: str) -> dict:
         problem = box_problem(ann.get("bbox"))
         if problem:
             raise DataError(Problem(path, None, f"{where}.bbox", problem))
-        if "id" in ann:
-            if ann["id"] in ann_ids:
-                raise DataError(Problem(path, None, f"{where}.id", f"duplicate annotation id {ann['id']!r}"))
-            ann_ids.add(ann["id"])
+        for key in ("id", "area", "iscrowd"):  # pycocotools needs all three to evaluate
+            if key not in ann:
+                raise DataError(Problem(path, None, f"{where}.{key}", f"missing '{key}' (pycocotools needs it)"))
+        if not is_id(ann["id"]):
+            raise DataError(Problem(path, None, f"{where}.id", f"an id is an integer or a string, got {ann['id']!r}"))
+        if not is_number(ann["area"]) or ann["iscrowd"] not in (0, 1) or isinstance(ann["iscrowd"], float):
+            raise DataError(Problem(path, None, where, f"area must be a number and iscrowd 0 or 1, got "
+                                                       f"{ann['area']!r}, {ann['iscrowd']!r}"))
+        if ann["id"] in ann_ids:
+            raise DataError(Problem(path, None, f"{where}.id", f"duplicate annotation id {ann['id']!r}"))
+        ann_ids.add(ann["id"])
     return data
 
 
@@ -74,12 +90,17 @@ def validate_results(results, path: str, gt: dict) -> list[dict]:
     """Check a COCO results list against its GT: known images and categories, sane boxes."""
     if not isinstance(results, list):
         raise DataError(Problem(path, None, "", "a results file must be a JSON list"))
+    if not results:
+        raise DataError(Problem(path, None, "", "no detections (an empty results list)"))
     image_ids = {im["id"] for im in gt["images"]}
     cat_ids = {c["id"] for c in gt["categories"]}
     for i, r in enumerate(results):
         where = f"[{i}]"
         if not isinstance(r, dict):
             raise DataError(Problem(path, None, where, "must be an object"))
+        for key in ("image_id", "category_id"):
+            if not is_id(r.get(key)):
+                raise DataError(Problem(path, None, f"{where}.{key}", f"an id is an integer or a string, got {r.get(key)!r}"))
         if r.get("image_id") not in image_ids:
             raise DataError(Problem(path, None, f"{where}.image_id", f"detection for unknown image id {r.get('image_id')!r}"))
         if r.get("category_id") not in cat_ids:
