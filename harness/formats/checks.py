@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-
 #: Larger magnitudes are never a pixel coordinate, size, score or area (and an int this large
 #: would overflow float conversion).
 MAX_ABS = 1e12
