@@ -23,13 +23,17 @@ def read_lines(path: str | Path) -> list[tuple[int, dict]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(Problem(path, None, "", f"cannot read file: {exc}")) from None
     out = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    # JSON lines end at "\n" only: str.splitlines() would also split at U+2028 and other
+    # separators that JSON allows inside strings
+    for n, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(Problem(path, n, "", f"malformed JSON: {exc.msg} (column {exc.colno})")) from None
+        except (ValueError, RecursionError) as exc:  # an integer of more than 4,300 digits; deep nesting
+            raise DataError(Problem(path, n, "", f"unreadable JSON: {str(exc).splitlines()[0][:120]}")) from None
         if not isinstance(obj, dict):
             raise DataError(Problem(path, n, "", "each line must be a JSON object"))
         out.append((n, obj))
