@@ -36,8 +36,16 @@ def crowdhuman_to_coco(odgt_path: str, image_dir: str) -> dict:
 
 
 def write_json_atomic(data, out: str | Path) -> None:
+    """Write through a temporary file, renamed into place; nothing is left behind on error."""
     out = Path(out)
+    if out.is_dir():
+        raise DataError(Problem(str(out), None, "--out", "is a directory; give a file name"))
+    text = json.dumps(data, allow_nan=False)  # a non-finite number is a bug upstream, never written
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(out)
+    try:
+        tmp.write_text(text)
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(Problem(str(out), None, "--out", f"cannot write: {exc.strerror}")) from None
