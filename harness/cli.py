@@ -268,7 +268,7 @@ def cmd_run(args) -> int:
 
     return run_spec(cells, spec_name=loaded.spec.name, spec_file=args.spec, override_args=_override_args(args),
                     workspace=args.workspace, tracking_uri=args.tracking_uri, jobs=args.jobs, rerun=args.rerun,
-                    backend=args.backend, detach=args.detach)
+                    backend=args.backend, detach=args.detach, description=loaded.spec.description)
 
 
 def cmd_status(args) -> int:

@@ -89,9 +89,9 @@ class Display:
 
 def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, override_args: list[str], workspace: str,
              tracking_uri: str | None, jobs: int | None, rerun: bool, backend: str = "local",
-             detach: bool = False) -> int:
+             detach: bool = False, description: str = "") -> int:
     uri = resolve_tracking_uri(tracking_uri, workspace)
-    prepare_store(uri, spec_name, workspace)  # before any worker: parallel first migrations corrupt SQLite
+    prepare_store(uri, spec_name, workspace, description)  # before any worker: parallel first migrations corrupt SQLite
     decisions = decide(cells, latest_runs(uri, spec_name), workspace, rerun=rerun)
     end_stale(uri, decisions)
     todo = [(d.cell, rerun) for d in decisions if d.action == "run"]

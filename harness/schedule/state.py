@@ -70,7 +70,7 @@ def end_stale(uri: str, decisions: list[Decision]) -> None:
                                           "(reconciled by harness run)")
 
 
-def prepare_store(uri: str, experiment: str, workspace: str | Path) -> None:
+def prepare_store(uri: str, experiment: str, workspace: str | Path, description: str = "") -> None:
     """Create the store (SQLite migrations) and the experiment before any worker starts."""
     from harness.track.mlflow_tracker import client_for, ensure_experiment
     from harness.train.lock import CellLock
@@ -81,6 +81,6 @@ def prepare_store(uri: str, experiment: str, workspace: str | Path) -> None:
         time.sleep(0.2)
     try:
         client = client_for(uri)
-        ensure_experiment(client, experiment, uri, workspace)
+        ensure_experiment(client, experiment, uri, workspace, description)
     finally:
         lock.release()

@@ -135,15 +135,25 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(client, name: str, uri: str, workspace: str | Path | None) -> str:
+#: MLflow 3's UI opens an experiment by its kind; without it a training experiment opens in the
+#: GenAI view (an empty Traces page)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def ensure_experiment(client, name: str, uri: str, workspace: str | Path | None, description: str = "") -> str:
+    """The experiment's id, created on first use (model-development kind, the spec's description)."""
+    tags = dict(EXPERIMENT_TAGS, **({"mlflow.note.content": description} if description else {}))
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        for k, v in tags.items():
+            if exp.tags.get(k) != v:
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:") and workspace is not None:
         location = (Path(workspace).resolve() / "mlartifacts").as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=tags)
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -129,3 +129,14 @@ def test_a_key_finished_twice_is_counted(tmp_path):
     make_run(client, exp, "b", "FINISHED", 1000)
     runs = runs_by_key(uri, "e")
     assert runs["a"].run_id == latest and runs["a"].finished_runs == 2 and runs["b"].finished_runs == 1
+
+
+def test_experiments_open_as_model_development_with_the_spec_description(tmp_path):
+    uri = resolve_tracking_uri(None, tmp_path)
+    client = client_for(uri)
+    exp = ensure_experiment(client, "e", uri, tmp_path, "FCOS vs POTO")
+    tags = client.get_experiment(exp).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and tags["mlflow.note.content"] == "FCOS vs POTO"
+    old = client.create_experiment("made-elsewhere")
+    ensure_experiment(client, "made-elsewhere", uri, tmp_path)
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
