@@ -129,9 +129,19 @@ def _clip(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
+def quiet_store_logs() -> None:
+    """MLflow's INFO lines about creating and migrating a SQLite store ("Creating initial MLflow
+    database tables...") would land above the live table; warnings still show."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def client_for(uri: str):
     from mlflow import MlflowClient
 
+    quiet_store_logs()
     return MlflowClient(tracking_uri=uri)
 
 

@@ -31,6 +31,9 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, RunInfo]:
     """
     from mlflow import MlflowClient, search_runs, set_tracking_uri
 
+    from harness.track.mlflow_tracker import quiet_store_logs
+
+    quiet_store_logs()
     set_tracking_uri(uri)
     if MlflowClient(uri).get_experiment_by_name(experiment) is None:
         return {}

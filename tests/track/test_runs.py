@@ -140,3 +140,17 @@ def test_experiments_open_as_model_development_with_the_spec_description(tmp_pat
     old = client.create_experiment("made-elsewhere")
     ensure_experiment(client, "made-elsewhere", uri, tmp_path)
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_creating_a_store_prints_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("from harness.schedule.state import prepare_store; "
+            f"prepare_store('sqlite:///{tmp_path}/m.db', 'e', '{tmp_path}')")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "database tables" not in out.stderr + out.stdout
+    assert (tmp_path / "m.db").is_file()
