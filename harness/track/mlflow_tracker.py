@@ -72,10 +72,20 @@ def without_credentials(uri: str) -> str:
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast and clearly when the store cannot be used (before any training)."""
     if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            with urllib.request.urlopen(base + "/health", timeout=timeout) as resp:
                 if resp.status != 200:
                     raise OSError(f"HTTP {resp.status}")
+            # /health can answer while the tracking API fails (its database down): ask the API
+            # too; any answer below 500 (a 404 for the made-up name included) means it works
+            probe = base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=harness-health-probe"
+            try:
+                with urllib.request.urlopen(probe, timeout=timeout):
+                    pass
+            except urllib.error.HTTPError as err:
+                if err.code >= 500:
+                    raise OSError(f"its tracking API answers HTTP {err.code}") from None
         except (OSError, urllib.error.URLError) as exc:
             raise UserError(Problem(None, None, "--tracking-uri",
                                     f"cannot reach the MLflow server at {without_credentials(uri)}: "

@@ -154,3 +154,37 @@ def test_creating_a_store_prints_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "database tables" not in out.stderr + out.stdout
     assert (tmp_path / "m.db").is_file()
+
+
+def test_a_server_whose_api_fails_is_refused_at_once():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from harness.spec import UserError
+    from harness.track.mlflow_tracker import check_tracking_uri
+
+    api_code = {"value": 503}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            code = 200 if self.path == "/health" else api_code["value"]
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(UserError) as exc:
+            check_tracking_uri(uri, timeout=2.0)
+        assert "tracking API answers HTTP 503" in str(exc.value)
+        api_code["value"] = 404  # a working API: the probe's made-up experiment does not exist
+        check_tracking_uri(uri, timeout=2.0)
+    finally:
+        server.shutdown()
