@@ -90,6 +90,15 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             raise UserError(Problem(None, None, "--tracking-uri",
                                     f"cannot reach the MLflow server at {without_credentials(uri)}: "
                                     f"{str(exc).replace(uri, without_credentials(uri))}")) from None
+    elif uri.startswith(("postgresql:", "postgresql+")):
+        import importlib.util
+
+        driver = uri.split(":", 1)[0].partition("+")[2] or "psycopg2"
+        module = {"psycopg2": "psycopg2", "psycopg": "psycopg", "pg8000": "pg8000"}.get(driver, driver)
+        if importlib.util.find_spec(module) is None:
+            raise UserError(Problem(None, None, "--tracking-uri",
+                                    f"{without_credentials(uri)}: the PostgreSQL driver '{module}' is not installed "
+                                    f"(pip install {'psycopg2-binary' if module == 'psycopg2' else module})"))
     elif uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if path.is_file():

@@ -188,3 +188,19 @@ def test_a_server_whose_api_fails_is_refused_at_once():
         check_tracking_uri(uri, timeout=2.0)
     finally:
         server.shutdown()
+
+
+def test_postgresql_without_its_driver_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from harness.spec import UserError
+    from harness.track.mlflow_tracker import check_tracking_uri
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg2" else real(name, *a))
+    with pytest.raises(UserError) as exc:
+        check_tracking_uri("postgresql://bob:pw@127.0.0.1:1/mlflow")
+    text = str(exc.value)
+    assert "driver 'psycopg2' is not installed" in text and "pip install psycopg2-binary" in text and "pw" not in text
