@@ -154,3 +154,20 @@ def test_a_bad_readme_leaves_no_plots(store, run_cli, tmp_path):
     out = tmp_path / "plots" / "rep.md"
     code, _, _ = run_cli("report", spec, "--workspace", ws, "--readme", readme, "--out", out)
     assert code == 2 and not out.parent.exists()
+
+
+def test_seed_table_conventions_arrows_and_the_mixture_footnote():
+    import pandas as pd
+
+    from harness.report.tables import render_table
+    from tests.conftest import EXPERIMENTS
+
+    loaded = load_spec(EXPERIMENTS / "crowdhuman.yaml")
+    cells = expand(loaded)
+    df = pd.DataFrame([{"row": c.row, "dataset": c.dataset, "seed": c.seed, "run_key": c.run_key,
+                        "status": "missing", "run_id": None, "failure": None} for c in cells])
+    defcn = render_table("defcn", loaded.spec, cells, df)
+    assert "mixture*" in defcn.markdown and "\\* mixture: the one-to-one assignment" in defcn.markdown
+    date = render_table("date", loaded.spec, cells, df)
+    assert date.markdown.startswith("| Model | iters | AP50 ↑ | mMR ↓ | Recall ↑")
+    assert "\\* mixture" not in date.markdown
