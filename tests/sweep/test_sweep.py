@@ -30,6 +30,17 @@ overrides: {{train.max_iter: 8, eval.period: 2, data.synthetic.format: odgt, mod
 """
 
 
+def load_study(ws):
+    """The sweep's study from its journal in the workspace, and Optuna's trial states."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="tiny_sweep",
+                              storage=JournalStorage(JournalFileBackend(str(ws / "optuna" / "tiny_sweep.journal"))))
+    return study, optuna.trial.TrialState
+
+
 def sweep_file(tmp_path, n=6, metric="eval.nms_free.mmr", direction="minimize", extra=""):
     write_spec(tmp_path, rows=("A:poto",), iters=8, ckpt=2)
     path = tmp_path / "sweep.yaml"
@@ -76,13 +87,7 @@ def test_sweep_killed_midway_and_resumed(tmp_path):
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
 
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    study = optuna.load_study(study_name="tiny_sweep",
-                              storage=JournalStorage(JournalFileBackend(str(ws / "optuna" / "tiny_sweep.journal"))))
-    states = optuna.trial.TrialState
+    study, states = load_study(ws)
     assert sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.trials) == 6
     failed = [t for t in study.trials if t.state == states.FAIL and "run_keys" in t.user_attrs]
     assert failed, "the trials running at the kill are failed on resume"
@@ -136,13 +141,7 @@ def test_sweep_on_slurm_prunes_and_resumes(slurm, tmp_path):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
 
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    study = optuna.load_study(study_name="tiny_sweep",
-                              storage=JournalStorage(JournalFileBackend(str(ws / "optuna" / "tiny_sweep.journal"))))
-    states = optuna.trial.TrialState
+    study, states = load_study(ws)
     assert sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.trials) == 5
     df = runs(ws, "sched")
     assert "RUNNING" not in set(df["status"])
