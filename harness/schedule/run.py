@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness.schedule.job import Overrides
 from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import Decision, decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
@@ -87,7 +88,7 @@ class Display:
             self.live.stop()
 
 
-def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, override_args: list[str], workspace: str,
+def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, overrides: Overrides, workspace: str,
              tracking_uri: str | None, jobs: int | None, rerun: bool, backend: str = "local",
              detach: bool = False, description: str = "") -> int:
     uri = resolve_tracking_uri(tracking_uri, workspace)
@@ -106,10 +107,10 @@ def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, override_args
     if backend == "slurm":
         from harness.schedule.slurm import run_slurm
 
-        return run_slurm(todo, spec_file=spec_file, override_args=override_args, workspace=workspace, uri=uri,
+        return run_slurm(todo, spec_file=spec_file, overrides=overrides, workspace=workspace, uri=uri,
                          detach=detach)
     display = Display(cells, decisions, workspace)
-    pool = LocalPool(spec_file=spec_file, override_args=override_args, workspace=workspace, uri=uri, jobs=jobs,
+    pool = LocalPool(spec_file=spec_file, overrides=overrides, workspace=workspace, uri=uri, jobs=jobs,
                      on_event=display.event)
     t0 = time.time()
     try:

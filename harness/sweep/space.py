@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -223,9 +224,8 @@ def validate_sweep(file: str, extra: list[Override] = (), backend: str = "local"
     the sweep spec and base spec, the space, its bounds and the objective against the swept row's
     cells, and the backend. Raises SpecError (exit 2) naming the sweep file and key."""
     sweep = load_sweep(file, extra)
-    if backend != "local":
-        raise SpecError(Problem(None, None, "--backend", "sweeps run on the local backend for now "
-                                "(trials on Slurm are not implemented yet)"))
+    if backend == "slurm" and shutil.which("sbatch") is None:
+        raise SpecError(Problem(None, None, "--backend", "slurm: sbatch is not on PATH (is this a Slurm login node?)"))
     return sweep
 
 
