@@ -133,6 +133,7 @@ class LocalPool:
                     self._terminate(running)
                     for job in running:
                         outcomes.append(Outcome(job.cell, "killed", job.proc.returncode or -1, job.attempt, job.log))
+                        self.on_event("killed", job.cell, job.attempt, job.log)
                     for cell, attempt, _ in queue:
                         outcomes.append(Outcome(cell, "pending", 0, attempt - 1, Path(self.workspace) / cell.run_key / "log.txt"))
                     return outcomes

@@ -289,7 +289,8 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                       world_size=world, num_workers=cfg.data.num_workers, divisibility=cfg.data.size_divisibility)
     headline = "nms" if cfg.eval.nms else "nms_free"
     meter = WindowMeter()
-    bar = Progress(sched.max_iter, start_iter, cfg.tracking.log_period, cell.id, enabled=progress and rank == 0)
+    bar = Progress(sched.max_iter, start_iter, cfg.tracking.log_period, cell.id, enabled=progress and rank == 0,
+                   file=cdir / "progress.json" if rank == 0 else None)
 
     def save(iteration: int) -> None:
         if rank == 0:
@@ -348,6 +349,7 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
             scheduler.step()
             iteration += 1
             flag = health.update(iteration, values["total_loss"])  # the same value on every rank
+            bar.tick(iteration)
             if iteration == start_iter + 1 and rank == 0:
                 print(f"{cell.id}: first iteration at {time.time():.3f}", flush=True)
             values["data_time"] = data_time
