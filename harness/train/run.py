@@ -33,10 +33,10 @@ from harness.track.mlflow_tracker import (
     MLflowTracker,
     NullTracker,
     client_for,
-    flatten,
     git_commit,
     resolve_tracking_uri,
 )
+from harness.track.names import axis_tags, cell_params, logged_eval_metrics
 from harness.train import checkpoint as ckpt
 from harness.train.engine import (
     NonFiniteLoss,
@@ -225,7 +225,8 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
         tags = {"harness.run_key": cell.run_key, "harness.row": cell.row, "harness.dataset": cell.dataset,
                 "harness.seed": cell.seed, "harness.spec": spec_file or "", "harness.git_commit": git_commit(),
                 "harness.attempt": attempt or 1, "harness.spec_name": cell.spec_name,
-                "harness.host": os.uname().nodename, "harness.world_size": world}
+                "harness.host": os.uname().nodename, "harness.world_size": world,
+                "harness.headline": "nms" if cfg.eval.nms else "nms_free", **axis_tags(cell.picks)}
         if os.environ.get("SLURM_JOB_ID"):
             tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
         if os.environ.get("HARNESS_PARENT_RUN_ID"):  # a sweep trial: a nested child run
@@ -234,10 +235,11 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
             tags["harness.sweep"] = os.environ.get("HARNESS_SWEEP", "")
         tracker = MLflowTracker.start(uri, cell.spec_name, cell.id, tags, workspace=workspace, resume_run_id=run_id)
         run_id = tracker.run_id
-        params = flatten(cfg.model_dump(mode="json"))
-        params.update({"schedule.lr": sched.base_lr, "schedule.max_iter": sched.max_iter,
-                       "schedule.steps": list(sched.steps), "schedule.warmup_iters": sched.warmup_iters,
-                       "schedule.linear_scale": sched.scale})
+        params = cell_params(cfg.model_dump(mode="json"), slurm=bool(os.environ.get("SLURM_JOB_ID")))
+        if sched.scale != 1.0:  # the schedule actually trained differs from train.*: say how
+            params.update({"schedule.lr": sched.base_lr, "schedule.max_iter": sched.max_iter,
+                           "schedule.steps": list(sched.steps), "schedule.warmup_iters": sched.warmup_iters,
+                           "schedule.linear_scale": sched.scale})
         tracker.log_params(params)
         if start_iter == 0:
             cdir.mkdir(parents=True, exist_ok=True)
@@ -314,8 +316,7 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
         metrics, files = score(preds, data.info, data.val, metrics=cfg.eval.metrics, backend=cfg.eval.backend,
                                headline=headline)
         flag = flag or health.check_quality(iteration, metrics["ap" if cfg.eval.metrics == "coco" else "ap50"])
-        tracker.log_metrics({**{f"eval.{k}": v for k, v in metrics.items()}, "health.eval_dets": n_dets},
-                            step=iteration)
+        tracker.log_metrics({**logged_eval_metrics(metrics), "health.eval_dets": n_dets}, step=iteration)
         tracker.flush()
         if final:
             ext = "json" if cfg.eval.metrics == "coco" else "odgt"
@@ -327,7 +328,8 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                     else:
                         f.writelines(json.dumps(r) + "\n" for r in results)
                 tracker.log_artifact(path, "detections")
-            (cdir / "eval.json").write_text(json.dumps({"iteration": iteration, **metrics}, indent=1))
+            (cdir / "eval.json").write_text(json.dumps({"iteration": iteration, "headline": headline, **metrics},
+                                                           indent=1))
             tracker.log_artifact(cdir / "eval.json")
         if world > 1 and not health.check_eval(iteration, n_dets):  # the others wait for the verdict
             dist.broadcast_object_list([flag], src=0)
