@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from harness.schedule.live import Display, last_progress
+from harness.schedule.live import Display, last_progress, read_progress
 from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
@@ -120,7 +120,11 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
         else:
             state = run.status.lower()
         counts[state] = counts.get(state, 0) + 1
-        progress = last_progress(Path(workspace) / d.cell.run_key / "log.txt") if state == "running" else ""
+        progress = ""
+        if state == "running":  # the trainer's progress file, else the tail of its log
+            p = read_progress(Path(workspace) / d.cell.run_key)
+            progress = (f"{p.get('iteration')}/{p.get('total')}" if p else
+                        last_progress(Path(workspace) / d.cell.run_key / "log.txt"))
         table.add_row(d.cell.id, state, progress, run.run_id[:8] if run else "", str(run.attempt) if run else "",
                       _clip(run.failure or "", 160) if run else "")
     console = Console()
