@@ -107,7 +107,8 @@ class LocalPool:
         cmd = train_command(cell, spec_file=self.spec_file, override_args=self.override_args,
                             workspace=self.workspace, uri=self.uri, gpus=gpus, fresh=fresh)
         with open(log, "a") as f:
-            f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt}: {' '.join(cmd)}\n")
+            f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} launch {attempt} by this harness run "
+                    f"(the run's attempt in MLflow follows): {' '.join(cmd)}\n")
         out = open(log, "a")  # noqa: SIM115 - closed when the job ends
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=job_env(gpus, self.threads, attempt), start_new_session=True)

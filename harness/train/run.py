@@ -251,8 +251,8 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
                   f"max_iter {cfg.train.max_iter} -> {sched.max_iter}")
         if torch.cuda.is_available() and cfg.tracking.system_metrics != "off" or cfg.tracking.system_metrics == "on":
             tracker.start_system_metrics()
-        print(f"{cell.id}: run {run_id} ({'resumed at iteration ' + str(start_iter) if start_iter else 'new'})",
-              flush=True)
+        print(f"{cell.id}: run {run_id} ({'resumed at iteration ' + str(start_iter) if start_iter else 'new'}), "
+              f"attempt {attempt or 1} in MLflow", flush=True)
 
     try:
         with SignalGuard() as guard, (Heartbeat(tracker) if rank == 0 else contextlib.nullcontext()):
