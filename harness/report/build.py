@@ -174,26 +174,41 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
             lines += [f"Rows that did not learn at this scale (headline {metrics[0][0]} below "
                       f"{100 * NOT_LEARNED:.0f}%): " + ", ".join(idle) + ".", ""]
         if out is not None:
-            pics = []
-            key = metrics[0][2]
-            for kind, path in (
-                ("convergence", plots.convergence(hist, key, rows, f"{table.title}: {key}",
-                                                  plot_dir / f"{stem}_{name}_convergence.png")),
-                ("per-seed values", plots.seed_dots(df, key, rows, f"{key} per seed",
-                                                    plot_dir / f"{stem}_{name}_seeds.png")),
-                ("training loss", plots.loss_curves(hist, rows, "training loss", plot_dir / f"{stem}_{name}_loss.png")),
-            ):
-                if path is not None:
-                    pics.append(f"![{kind}]({path.name})")
-            if len(metrics) > 1:
-                extra = plots.seed_dots(df, metrics[1][2], rows, f"{metrics[1][2]} per seed",
-                                        plot_dir / f"{stem}_{name}_seeds_{metrics[1][1]}.png")
-                if extra is not None:
-                    pics.append(f"![per-seed values]({extra.name})")
-            lines += pics + [""]
+            lines += figures(spec, name, rows, df, hist, metrics, plot_dir, stem)
     if against:
         lines += reproduction(spec, cells, df, against)
     return "\n".join(lines).rstrip() + "\n", tables
+
+
+def figures(spec, name: str, rows: list[str], df: pd.DataFrame, hist: pd.DataFrame, metrics, plot_dir: Path,
+            stem: str) -> list[str]:
+    """The table's figures, each with a caption saying what its lines, dots and bands are."""
+    prefix = stem if stem == name else f"{stem}_{name}"  # quickstart.md: quickstart_loss.png
+    shown = [(plots.metric_label(header, key), key) for header, _, key in metrics[:2]]
+    both = " and ".join(label for label, _ in shown)
+    baseline = next((r.label for r in spec.rows if r.table == name and r.baseline), None)
+    refs = {r.label: r.compare_to or baseline for r in spec.rows
+            if r.table == name and r.label != baseline and (r.compare_to or baseline)}
+    short = metrics[0][0].replace("↑", "").replace("↓", "").split()[0]
+    lower = "; for mMR, left of 0 is better" if any(k.endswith(".mmr") for _, k in shown) else ""
+    made = [
+        ("Validation metrics during training", plots.convergence(hist, shown, rows, plot_dir / f"{prefix}_convergence.png"),
+         plots.CAPTIONS["convergence"].format(metric=both)),
+        ("Final values per seed", plots.seed_dots(df, shown, rows, plot_dir / f"{prefix}_seeds.png"),
+         plots.CAPTIONS["seeds"].format(metric=both)),
+        (f"{short} with and without NMS per seed",
+         plots.nms_pairs(df, metrics[0][1], short, rows, plot_dir / f"{prefix}_nms.png"),
+         plots.CAPTIONS["nms"].format(metric=short)),
+        ("Difference to the reference row", plots.deltas(df, shown, refs, plot_dir / f"{prefix}_delta.png"),
+         plots.CAPTIONS["delta"].format(lower=lower)),
+        ("Training loss per seed", plots.loss_curves(hist, rows, plot_dir / f"{prefix}_loss.png"),
+         plots.CAPTIONS["loss"]),
+    ]
+    out = []
+    for alt, path, caption in made:
+        if path is not None:
+            out += [f"![{alt}]({path.name})", "", f"*{caption}*", ""]
+    return out
 
 
 def reproduction(spec, cells: list[Cell], df: pd.DataFrame, against: tuple[str, ...]) -> list[str]:

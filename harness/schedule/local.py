@@ -129,7 +129,8 @@ class LocalBackend:
         paths = job.paths()
         paths.make()
         cmd = job.command(len(gpus))
-        log_header(paths.log, f"{header or f'attempt {attempt}'}: {' '.join(cmd)}")
+        header = header or f"launch {attempt} by this harness run (the run's attempt in MLflow follows)"
+        log_header(paths.log, f"{header}: {' '.join(cmd)}")
         out = open(paths.log, "a")  # noqa: SIM115 - the child holds it
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=job_env(gpus, self.threads), start_new_session=True)
@@ -195,6 +196,7 @@ class LocalPool:
                     self.backend.wait_stopped([h for _, h in running])
                     for cell, h in running:
                         outcomes.append(Outcome(cell, "killed", h.proc.returncode or -1, h.attempt, h.log))
+                        self.on_event("killed", cell, h.attempt, h.log)
                     for cell, attempt, _ in queue:
                         outcomes.append(Outcome(cell, "pending", 0, attempt - 1,
                                                 CellPaths.of(self.workspace, cell.run_key).log))

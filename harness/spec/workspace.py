@@ -4,6 +4,7 @@ A workspace holds one directory per cell, named by the cell's run key::
 
     <workspace>/<run_key>/lock                  held while a process trains the cell
     <workspace>/<run_key>/log.txt               the job's stdout and stderr, every attempt appended
+    <workspace>/<run_key>/progress.json         the trainer's progress, for the live table and status
     <workspace>/<run_key>/checkpoint.pt         the last checkpoint (resume point)
     <workspace>/<run_key>/config.yaml           the resolved config (also an MLflow artifact)
     <workspace>/<run_key>/eval.json             the last evaluation's metrics
@@ -41,6 +42,11 @@ class CellPaths:
     @property
     def log(self) -> Path:
         return self.dir / "log.txt"
+
+    @property
+    def progress(self) -> Path:
+        """The trainer's progress (iteration, total, ETA, loss), replaced about once a second."""
+        return self.dir / "progress.json"
 
     @property
     def checkpoint(self) -> Path:

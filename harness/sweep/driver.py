@@ -28,6 +28,7 @@ from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths, optuna_journal
 from harness.sweep.space import Sweep, current_value, set_item
 from harness.track.mlflow_tracker import check_tracking_uri, client_for, resolve_tracking_uri
+from harness.track.names import headline_key
 from harness.track.runs import metric_history, write
 from harness.train.lock import is_locked
 
@@ -134,7 +135,9 @@ class Driver:
         info = runs.get(cell.run_key)
         if info is None:
             return []
-        return metric_history(self.uri, info.run_id, self.spec.objective.metric)
+        key = self.spec.objective.metric  # eval.<name>: the cell's headline mode (harness.track.names)
+        return (metric_history(self.uri, info.run_id, key)
+                or metric_history(self.uri, info.run_id, headline_key(key, cell.config.eval.nms)))
 
     def poll(self, r: Running) -> str | None:
         """Report intermediate values, prune; returns 'done' when the workers exited."""

@@ -34,10 +34,10 @@ from harness.track.mlflow_tracker import (
     MLflowTracker,
     NullTracker,
     client_for,
-    flatten,
     git_commit,
     resolve_tracking_uri,
 )
+from harness.track.names import axis_tags, cell_params, logged_eval_metrics
 from harness.train import checkpoint as ckpt
 from harness.train.engine import (
     NonFiniteLoss,
@@ -223,7 +223,8 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
         tags = {"harness.run_key": cell.run_key, "harness.row": cell.row, "harness.dataset": cell.dataset,
                 "harness.seed": cell.seed, "harness.spec": spec_file or "", "harness.git_commit": git_commit(),
                 "harness.attempt": attempt or 1, "harness.spec_name": cell.spec_name,
-                "harness.host": os.uname().nodename, "harness.world_size": world}
+                "harness.host": os.uname().nodename, "harness.world_size": world,
+                "harness.headline": "nms" if cfg.eval.nms else "nms_free", **axis_tags(cell.picks)}
         if os.environ.get("SLURM_JOB_ID"):
             tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
         if sweep:  # a sweep trial: a nested child run
@@ -232,10 +233,11 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
             tags["harness.sweep"] = sweep["sweep"]
         tracker = MLflowTracker.start(uri, cell.spec_name, cell.id, tags, workspace=workspace, resume_run_id=run_id)
         run_id = tracker.run_id
-        params = flatten(cfg.model_dump(mode="json"))
-        params.update({"schedule.lr": sched.base_lr, "schedule.max_iter": sched.max_iter,
-                       "schedule.steps": list(sched.steps), "schedule.warmup_iters": sched.warmup_iters,
-                       "schedule.linear_scale": sched.scale})
+        params = cell_params(cfg.model_dump(mode="json"), slurm=bool(os.environ.get("SLURM_JOB_ID")))
+        if sched.scale != 1.0:  # the schedule actually trained differs from train.*: say how
+            params.update({"schedule.lr": sched.base_lr, "schedule.max_iter": sched.max_iter,
+                           "schedule.steps": list(sched.steps), "schedule.warmup_iters": sched.warmup_iters,
+                           "schedule.linear_scale": sched.scale})
         tracker.log_params(params)
         if start_iter == 0:
             paths.make()
@@ -247,8 +249,8 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
                   f"max_iter {cfg.train.max_iter} -> {sched.max_iter}")
         if torch.cuda.is_available() and cfg.tracking.system_metrics != "off" or cfg.tracking.system_metrics == "on":
             tracker.start_system_metrics()
-        print(f"{cell.id}: run {run_id} ({'resumed at iteration ' + str(start_iter) if start_iter else 'new'})",
-              flush=True)
+        print(f"{cell.id}: run {run_id} ({'resumed at iteration ' + str(start_iter) if start_iter else 'new'}), "
+              f"attempt {attempt or 1} in MLflow", flush=True)
 
     try:
         with SignalGuard() as guard, (Heartbeat(tracker) if rank == 0 else contextlib.nullcontext()):
@@ -287,7 +289,8 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                       world_size=world, num_workers=cfg.data.num_workers, divisibility=cfg.data.size_divisibility)
     headline = "nms" if cfg.eval.nms else "nms_free"
     meter = WindowMeter()
-    bar = Progress(sched.max_iter, start_iter, cfg.tracking.log_period, cell.id, enabled=progress and rank == 0)
+    bar = Progress(sched.max_iter, start_iter, cfg.tracking.log_period, cell.id, enabled=progress and rank == 0,
+                   file=paths.progress if rank == 0 else None)
 
     def save(iteration: int) -> None:
         if rank == 0:
@@ -311,8 +314,7 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
         metrics, files = score(preds, data.info, data.val, metrics=cfg.eval.metrics, backend=cfg.eval.backend,
                                headline=headline)
         flag = flag or health.check_quality(iteration, metrics["ap" if cfg.eval.metrics == "coco" else "ap50"])
-        tracker.log_metrics({**{f"eval.{k}": v for k, v in metrics.items()}, "health.eval_dets": n_dets},
-                            step=iteration)
+        tracker.log_metrics({**logged_eval_metrics(metrics), "health.eval_dets": n_dets}, step=iteration)
         tracker.flush()
         if final:
             ext = "json" if cfg.eval.metrics == "coco" else "odgt"
@@ -320,7 +322,7 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                 path = paths.detections(key, ext)
                 (write_json if ext == "json" else write_json_lines)(path, results)
                 tracker.log_artifact(path, "detections")
-            write_json(paths.eval_json, {"iteration": iteration, **metrics}, indent=1)
+            write_json(paths.eval_json, {"iteration": iteration, "headline": headline, **metrics}, indent=1)
             tracker.log_artifact(paths.eval_json)
         if world > 1 and not health.check_eval(iteration, n_dets):  # the others wait for the verdict
             dist.broadcast_object_list([flag], src=0)
@@ -342,6 +344,7 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
             scheduler.step()
             iteration += 1
             flag = health.update(iteration, values["total_loss"])  # the same value on every rank
+            bar.tick(iteration)
             if iteration == start_iter + 1 and rank == 0:
                 print(f"{cell.id}: first iteration at {time.time():.3f}", flush=True)
             values["data_time"] = data_time
