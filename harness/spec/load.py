@@ -73,8 +73,9 @@ def _record_lines(node: yaml.Node, data: Any, path: Path, lines: Lines) -> None:
             _record_lines(item_node, item, (*path, i), lines)
 
 
-#: Limits that a spec or override file never needs: the number of nodes after expanding aliases
-#: (a "billion laughs" file stays small on disk) and the nesting depth.
+#: Limits that a spec or override file never needs: its size on disk, the number of nodes after
+#: expanding aliases (a "billion laughs" file stays small on disk) and the nesting depth.
+MAX_BYTES = 1 << 20
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 
@@ -106,9 +107,13 @@ def _check_size(node: yaml.Node, file: str) -> None:
 def read_text(file: str) -> str:
     """A UTF-8 text file, or a one-line error naming the file and where it stops being UTF-8."""
     try:
-        raw = FsPath(file).read_bytes()
+        with open(file, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except OSError as exc:
         raise SpecError(Problem(file, None, "", f"cannot read file: {exc.strerror}")) from None
+    if len(raw) > MAX_BYTES:
+        raise SpecError(Problem(file, None, "", f"larger than {MAX_BYTES:,} bytes; a spec or override file "
+                                                "is never that big"))
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise SpecError(Problem(file, 1, "", "UTF-16 text; save the file as UTF-8"))
     try:
@@ -125,7 +130,13 @@ def read_text(file: str) -> str:
 def load_yaml(file: str | FsPath) -> tuple[Any, Lines]:
     """Parse a YAML file; returns the data and the line of every key path."""
     file = str(file)
-    text = read_text(file)
+    return parse_yaml(read_text(file), file)
+
+
+def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines]:
+    """Parse YAML text (of `file`, for the errors) with the limits above: every error is one line."""
+    if len(text) > MAX_BYTES:
+        raise SpecError(Problem(file, None, "", f"longer than {MAX_BYTES:,} characters"))
     try:
         loader = yaml.SafeLoader(text)
         try:
@@ -145,8 +156,12 @@ def load_yaml(file: str | FsPath) -> tuple[Any, Lines]:
         line = mark.line + 1 if mark else None
         msg = f"YAML syntax error: {' '.join(str(exc.problem or exc.context).split())}"
         raise SpecError(Problem(file, line, "", msg)) from None
+    except yaml.reader.ReaderError as exc:  # a control character: its position, on one line
+        line = text[: exc.position].count("\n") + 1
+        char = f" (U+{exc.character:04X})" if isinstance(exc.character, int) else ""
+        raise SpecError(Problem(file, line, "", f"YAML error: {' '.join(str(exc.reason).split())}{char}")) from None
     except yaml.YAMLError as exc:
-        raise SpecError(Problem(file, None, "", f"YAML error: {exc}")) from None
+        raise SpecError(Problem(file, None, "", f"YAML error: {' '.join(str(exc).split())}")) from None
     lines: Lines = {}
     _record_lines(node, data, (), lines)
     return data, lines
