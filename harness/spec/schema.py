@@ -88,6 +88,12 @@ class BackboneConfig(Strict):
     #: Width of the tiny CPU backbone (ignored by the ResNets).
     tiny_width: int = Field(16, ge=4)
 
+    @model_validator(mode="after")
+    def _resnet_norm(self) -> BackboneConfig:
+        if self.name != "tiny" and self.norm == "gn":
+            raise ValueError(f"norm: {self.name} supports frozen_bn or bn, not gn (gn is for the tiny backbone)")
+        return self
+
 
 class FPNConfig(Strict):
     #: cvpods: P6 = conv3x3/2 on P5 output, P7 on ReLU(P6), c2-xavier init.
