@@ -100,3 +100,17 @@ def test_set_file_unknown_key_names_file_and_line(tmp_path):
 def test_config_schema_is_the_root():
     assert "seed" in Config.model_fields
     assert MINI_SPEC.startswith("name: mini")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[" * 5000 + "]" * 5000, "nested more than 64 levels deep"),
+    ("&a [1, *a]", "an alias that contains itself"),
+    ("[1, 2", "YAML syntax error"),
+])
+def test_set_values_are_parsed_with_the_spec_limits(value, message):
+    from harness.spec import parse_set
+
+    with pytest.raises(SpecError) as exc:
+        parse_set(f"train.steps={value}")
+    text = str(exc.value)
+    assert message in text and "\n" not in text and len(text) < 300
