@@ -210,8 +210,9 @@ def gen_structure(rng: random.Random) -> tuple[str, bytes]:
         return f"{kind} {'.'.join(path)}", dump(set_in(BASE, path, rng.choice([1, "x", [1], {"a": 1}])))
     if kind == "section-type":
         section = rng.choice(["base", "axes", "rows", "seeds", "name", "tables"])
-        return f"{kind} {section}", dump(set_in(BASE, (section,), rng.choice([3, [1, 2], "text", {"k": 1}, None]
-                                                                            if section != "name" else [[1], {"a": 1}])))
+        # one problem per case: a mapping for `base` would lack every required section at once
+        values = {"name": [[1], {"a": 1}], "base": [3, [1, 2], "text", None]}.get(section, [3, [1, 2], "text", {"k": 1}, None])
+        return f"{kind} {section}", dump(set_in(BASE, (section,), rng.choice(values)))
     if kind == "unknown-axis-value":
         data = copy.deepcopy(BASE)
         data["rows"][rng.randrange(2)]["assigner"] = "v" + str(rng.randrange(10**6))
@@ -230,7 +231,7 @@ def gen_structure(rng: random.Random) -> tuple[str, bytes]:
     if kind == "python-tag":
         tag = rng.choice(["!!python/object/apply:os.system ['touch PWNED']", "!!python/name:os.system",
                           "!!python/object/new:subprocess.Popen [['touch', 'PWNED']]",
-                          "!!binary aGVsbG8=", "!custom 3"])
+                          "!custom 3", "!!python/object:harness.spec.schema.Config {}"])
         return f"{kind} {tag.split()[0]}", (text + f"description: {tag}\n").encode()
     if kind == "not-a-mapping":
         return kind, rng.choice([b"- 1\n- 2\n", b"just text\n", b"42\n", b"[name, x]\n"])

@@ -178,8 +178,10 @@ def pydantic_problems(
         tagged = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         # drop discriminator tags pydantic inserts into the location (e.g. 'poto')
         loc = _strip_union_tags(tagged, schema_root)
-        src, path = (loc_map(loc) if loc_map else (source, (*source.path, *loc)))
         kind = err["type"]
+        if kind == "bool_number":  # raised by a model for one of its fields: name the field
+            loc = (*loc, err["ctx"]["field"])
+        src, path = (loc_map(loc) if loc_map else (source, (*source.path, *loc)))
         if kind == "extra_forbidden":
             # the keys of the variant that rejected it (its tag is in `tagged`), not of all variants
             known = known_fields_at(schema_root, tagged[:-1]) if schema_root else []
@@ -193,7 +195,7 @@ def pydantic_problems(
             ctx = err.get("ctx", {})
             msg = f"unknown value {ctx.get('tag')!r} (known: {ctx.get('expected_tags')})"
             path = (*path, ctx.get("discriminator", "name").strip("'"))
-        elif kind == "value_error":
+        elif kind in ("value_error", "bool_number"):
             msg = str(err["msg"]).removeprefix("Value error, ")
         else:
             msg = f"{err['msg']} (got {err['input']!r})" if "input" in err else err["msg"]
@@ -248,6 +250,8 @@ def load_spec(file: str | FsPath) -> LoadedSpec:
     if not isinstance(raw, dict):
         raise SpecError(Problem(file, 1, "", "a spec must be a YAML mapping"))
     axes = raw.get("axes")
+    if "axes" in raw and not isinstance(axes, dict):  # alone: every row's axis keys would be unknown too
+        raise SpecError(Source(file, lines, ()).problem("must be a mapping: axis -> value -> overrides", ("axes",)))
     if isinstance(axes, dict):  # `value:` with nothing under it means "no overrides"
         for values in axes.values():
             if isinstance(values, dict):

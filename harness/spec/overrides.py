@@ -170,6 +170,8 @@ def parse_set(item: str, root: Any = Config) -> Override:
     if "=" not in item:
         raise SpecError(Problem(None, None, text, "expected KEY=VALUE"))
     key, value = item.split("=", 1)
+    if key.strip() and "" in key.strip().split("."):
+        raise SpecError(Problem(None, None, text, f"empty part in the key {key.strip()!r}"))
     path = _split_key(key.strip())
     source = Source(None, None, path, text=text)
     if not path:

@@ -232,3 +232,11 @@ def test_a_resnet_with_group_norm_is_a_spec_error(mini_spec):
     with pytest.raises(SpecError) as exc:
         expand(load_spec(path))
     assert "model.backbone: norm: resnet18 supports frozen_bn or bn, not gn" in str(exc.value)
+
+
+def test_axes_that_are_not_a_mapping_are_one_problem(mini_spec):
+    path = mini_spec(MINI.replace("axes:\n  assigner:", "axes: [1, 2]\nx:\n  assigner:"))
+    with pytest.raises(SpecError) as exc:
+        load_spec(path)
+    assert len(exc.value.problems) == 1
+    assert str(exc.value).endswith(": axes: must be a mapping: axis -> value -> overrides")
