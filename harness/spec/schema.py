@@ -89,7 +89,7 @@ class Strict(BaseModel):
 
 
 #: A seed torch, numpy and Python's random all accept.
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)]
 
 
 # ----------------------------------------------------------------------------- model

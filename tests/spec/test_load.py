@@ -240,3 +240,9 @@ def test_axes_that_are_not_a_mapping_are_one_problem(mini_spec):
         load_spec(path)
     assert len(exc.value.problems) == 1
     assert str(exc.value).endswith(": axes: must be a mapping: axis -> value -> overrides")
+
+
+def test_a_seed_is_an_integer_not_a_string_or_float(mini_spec):
+    with pytest.raises(SpecError) as exc:
+        load_spec(mini_spec(MINI.replace("seeds: [0, 1]", "seeds: ['3', 1.0]")))
+    assert [p.path for p in exc.value.problems] == ["seeds[0]", "seeds[1]"]
