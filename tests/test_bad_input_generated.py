@@ -211,7 +211,9 @@ def gen_structure(rng: random.Random) -> tuple[str, bytes]:
     if kind == "section-type":
         section = rng.choice(["base", "axes", "rows", "seeds", "name", "tables"])
         # one problem per case: a mapping for `base` would lack every required section at once
-        values = {"name": [[1], {"a": 1}], "base": [3, [1, 2], "text", None]}.get(section, [3, [1, 2], "text", {"k": 1}, None])
+        values = {"name": [[1], {"a": 1}], "base": [3, [1, 2], "text", None], "axes": [3, [1, 2], "text", None],
+                  "rows": [3, "text", {"k": 1}, None], "seeds": [3, "text", {"k": 1}, None, []],
+                  "tables": [3, [1, 2], "text"]}[section]
         return f"{kind} {section}", dump(set_in(BASE, (section,), rng.choice(values)))
     if kind == "unknown-axis-value":
         data = copy.deepcopy(BASE)
