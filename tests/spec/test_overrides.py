@@ -103,7 +103,7 @@ def test_config_schema_is_the_root():
 
 
 @pytest.mark.parametrize("value, message", [
-    ("[" * 5000 + "]" * 5000, "nested more than 64 levels deep"),
+    ("[" * 200 + "]" * 200, "nested more than 64 levels deep"),
     ("&a [1, *a]", "an alias that contains itself"),
     ("[1, 2", "YAML syntax error"),
 ])
