@@ -214,8 +214,9 @@ def cmd_data(args) -> int:
                                ignore_regions=args.ignore_regions)
             print(f"{split}: {n} images, annotations {path}")
         return 0
-    from harness.data.convert import crowdhuman_to_coco, write_json_atomic
+    from harness.data.convert import check_output, crowdhuman_to_coco, write_json_atomic
 
+    check_output(args.out)
     data = crowdhuman_to_coco(args.odgt, args.image_dir)
     write_json_atomic(data, args.out)
     print(f"{len(data['images'])} images, {len(data['annotations'])} boxes -> {args.out}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.data.loader import DetectionDataset
@@ -15,7 +15,7 @@ from harness.data.records import (
 )
 from harness.data.synthetic import ensure_dataset
 from harness.data.transforms import EvalTransform, TrainTransform
-from harness.formats.paths import expand_vars
+from harness.formats.paths import expand_vars, redact
 from harness.spec.errors import DataError, Problem
 from harness.spec.schema import DataConfig
 
@@ -53,13 +53,21 @@ def load_datasets(cfg: DataConfig, cache_dir: str | Path, *, check_files: bool =
         ext, loader = (".json", load_coco) if s.format == "coco" else (".odgt", load_crowdhuman)
         train, _ = loader(folder / f"train{ext}", folder / "train", gt_filter=cfg.gt_filter)
         val, info = loader(folder / f"val{ext}", folder / "val")
+        if check_files:
+            check_images_exist(train, "train annotations")
+            check_images_exist(val, info.annotation_file)
     else:
-        root = Path(expand_path(cfg.root)) if cfg.root else Path(".")
-        train, _ = _split(cfg, root, "train")
-        val, info = _split(cfg, root, "val")
-    if check_files:
-        check_images_exist(train, "train annotations")
-        check_images_exist(val, info.annotation_file)
+        templates = (cfg.root, cfg.train.annotations, cfg.train.images, cfg.val.annotations, cfg.val.images)
+        try:
+            root = Path(expand_path(cfg.root)) if cfg.root else Path(".")
+            train, _ = _split(cfg, root, "train")
+            val, info = _split(cfg, root, "val")
+            if check_files:
+                check_images_exist(train, "train annotations")
+                check_images_exist(val, info.annotation_file)
+        except DataError as exc:  # names the files, never a variable's value that is not a path
+            raise DataError([replace(p, file=p.file and redact(p.file, *templates),
+                                     message=redact(p.message, *templates)) for p in exc.problems]) from None
     if cfg.filter_empty:
         train = [r for r in train if len(r.boxes)]
     if not train:

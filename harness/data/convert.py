@@ -36,11 +36,20 @@ def crowdhuman_to_coco(odgt_path: str, image_dir: str) -> dict:
             "categories": [{"id": 1, "name": "person", "supercategory": "person"}]}
 
 
-def write_json_atomic(data, out: str | Path) -> None:
-    """Write through a temporary file, renamed into place; nothing is left behind on error."""
+def check_output(out: str | Path) -> None:
+    """An output path that can never be written is an error before any work starts."""
     out = Path(out)
     if out.is_dir():
         raise DataError(Problem(str(out), None, "--out", "is a directory; give a file name"))
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise DataError(Problem(str(out), None, "--out", f"{parent} is not a directory"))
+
+
+def write_json_atomic(data, out: str | Path) -> None:
+    """Write through a temporary file, renamed into place; nothing is left behind on error."""
+    out = Path(out)
+    check_output(out)
     text = json.dumps(data, allow_nan=False)  # a non-finite number is a bug upstream, never written
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

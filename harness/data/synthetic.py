@@ -268,6 +268,12 @@ def write_split(out_dir: str | Path, split: str, num_images: int, *, seed: int =
     return path
 
 
+def synthetic_kind(fmt: str) -> tuple[str, int]:
+    """(annotation kind, number of classes) the dataset will have, known without generating it:
+    COCO files carry the ten digits, odgt files one class (person) as CrowdHuman."""
+    return ("coco", len(CLASSES)) if fmt == "coco" else ("crowdhuman", 1)
+
+
 def ensure_dataset(cache_dir: str | Path, *, num_train: int, num_val: int, seed: int, crowd: str,
                    fmt: str, min_size: int, max_size: int, ignore_regions: bool) -> Path:
     """Generate the dataset into the cache once (atomically: parallel jobs may race)."""

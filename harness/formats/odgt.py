@@ -41,10 +41,18 @@ def read_lines(path: str | Path) -> list[tuple[int, dict]]:
     return out
 
 
+def _leaves_folder(rid: str) -> bool:
+    """An ID names an image file relative to the image folder: never absolute, never `..`."""
+    parts = rid.replace("\\", "/").split("/")
+    return rid.startswith(("/", "\\", "~")) or ".." in parts or "\0" in rid or ":" in parts[0][1:2]
+
+
 def _check_common(path: str, n: int, rec: dict, seen: dict[str, int]) -> None:
     rid = rec.get("ID")
     if not isinstance(rid, str) or not rid:
         raise DataError(Problem(path, n, "ID", "missing or non-string image ID"))
+    if _leaves_folder(rid):
+        raise DataError(Problem(path, n, "ID", f"image ID {rid[:80]!r} is not a name inside the image folder"))
     if rid in seen:
         raise DataError(Problem(path, n, "ID", f"duplicate image ID {rid!r} (first at line {seen[rid]})"))
     seen[rid] = n

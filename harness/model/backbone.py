@@ -8,8 +8,10 @@ MSRA weights put the stride of a bottleneck in its first 1x1 conv (detectron2 ST
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +33,67 @@ class WeightsError(ValueError):
     pass
 
 
+def _nbytes(shape, dtype, limit: int) -> None:
+    """Refuse an array the file could not hold: its size is checked before numpy allocates it."""
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise WeightsError(f"an array with shape {str(shape)[:40]} (not a tuple of sizes)")
+    try:
+        dt = np.dtype(dtype.decode("latin1") if isinstance(dtype, bytes) else dtype)
+    except (TypeError, ValueError):
+        raise WeightsError(f"an array of unknown dtype {str(dtype)[:40]}") from None
+    if dt.hasobject:
+        raise WeightsError("an array of Python objects (only numeric arrays are allowed)")
+    n = dt.itemsize
+    for d in shape:
+        n *= d
+        if n > limit:
+            break
+    if n > limit:
+        raise WeightsError(f"an array with shape {shape} of {dt} needs more bytes than the file's {limit:,}")
+
+
 class _NumpyOnly(pickle.Unpickler):
+    """Unpickles numpy arrays only; every array's size is checked against the file's before
+    numpy allocates it (a 40-byte pickle can otherwise ask for a terabyte)."""
+
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
 
+    def __init__(self, file, *, limit: int, **kwargs):
+        super().__init__(file, **kwargs)
+        self.limit = limit
+
     def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise WeightsError(f"refusing to unpickle {module}.{name} (only numpy arrays are allowed)")
+        if (module, name) not in self.ALLOWED:
+            raise WeightsError(f"refusing to unpickle {module}.{name} (only numpy arrays are allowed)")
+        found = super().find_class(module, name)
+        limit = self.limit
+        if name == "_reconstruct":
+            def reconstruct(subtype, shape, dtype):
+                _nbytes(shape, dtype, limit)
+                arr = found(_CheckedArray, shape, dtype)
+                arr.limit = limit
+                return arr
+            return reconstruct
+        if name == "ndarray":
+            return _CheckedArray
+        return found
+
+
+class _CheckedArray(np.ndarray):
+    """An ndarray whose pickled state (shape, dtype, data) is checked before it is applied."""
+
+    limit = 0  # set on each instance by _NumpyOnly
+
+    def __new__(cls, *args, **kwargs):  # a pickle calling ndarray(shape) directly: never in numpy's own
+        raise WeightsError("an array built by calling ndarray() (only numpy's own pickles are allowed)")
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise WeightsError("an array with a malformed pickled state")
+        _nbytes(state[-4], state[-3], self.limit)
+        super().__setstate__(state)
 
 
 def _caffe2_to_torchvision(name: str) -> str | None:
@@ -79,20 +133,36 @@ def load_weights_file(path: str) -> tuple[dict[str, torch.Tensor], bool]:
     if not p.exists():
         raise WeightsError(f"weights file not found: {path}")
     if p.suffix == ".pkl":
-        with open(p, "rb") as f:
-            data = _NumpyOnly(f, encoding="latin1").load()
+        try:
+            with open(p, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                data = _NumpyOnly(f, encoding="latin1", limit=size).load()
+        except WeightsError as exc:
+            raise WeightsError(f"{path}: {exc}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+                KeyError, MemoryError, RecursionError, OSError) as exc:
+            raise WeightsError(f"{path}: unreadable weights file ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:120] if str(exc) else 'truncated?'})") from None
         blobs = data.get("model", data.get("blobs", data)) if isinstance(data, dict) else data
+        if not isinstance(blobs, dict):
+            raise WeightsError(f"{path}: not a mapping of names to arrays")
         out: dict[str, torch.Tensor] = {}
         for name, value in blobs.items():
             if not isinstance(value, np.ndarray):
                 continue
             tv = _caffe2_to_torchvision(name) or _detectron2_to_torchvision(name)
             if tv is not None:
-                out[tv] = torch.from_numpy(np.ascontiguousarray(value))
+                out[tv] = torch.from_numpy(np.ascontiguousarray(value.view(np.ndarray)))
         if not out:
             raise WeightsError(f"no ResNet weights recognised in {path}")
         return out, True
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a foreign file
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or refused by weights_only
+        raise WeightsError(f"{path}: unreadable weights file ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     return state, False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from harness.formats.paths import expand_vars
+from harness.formats.paths import expand_vars, redact
 from harness.model.assign.aware import (
     assign_aux,
     assign_detr_hungarian,
@@ -14,7 +14,7 @@ from harness.model.assign.aware import (
     assign_poto_argmax,
 )
 from harness.model.assign.static import assign_anchor, assign_atss, assign_center, assign_fcos
-from harness.model.backbone import ResNetBackbone, TinyBackbone
+from harness.model.backbone import ResNetBackbone, TinyBackbone, WeightsError
 from harness.model.detector import FCNDetector
 from harness.model.fpn import FPN
 from harness.model.head import Predictor, Towers
@@ -63,8 +63,11 @@ def build_detector(model: ModelConfig, *, score_thresh: float = 0.05, topk_per_l
     if bb.name == "tiny":
         backbone = TinyBackbone(width=bb.tiny_width, norm="gn" if bb.norm == "gn" else "bn")
     else:
-        backbone = ResNetBackbone(name=bb.name, freeze_at=bb.freeze_at, norm=bb.norm,
-                                  weights=expand_vars(bb.weights, "model.backbone.weights") if bb.weights else None)
+        try:
+            backbone = ResNetBackbone(name=bb.name, freeze_at=bb.freeze_at, norm=bb.norm,
+                                      weights=expand_vars(bb.weights, "model.backbone.weights") if bb.weights else None)
+        except WeightsError as exc:  # names the file, never a variable's value that is not a path
+            raise WeightsError(redact(str(exc), bb.weights)) from None
     ch = model.fpn.channels
     fpn = FPN(in_channels=backbone.out_channels, channels=ch, init=model.fpn.name)
     towers = Towers(channels=ch, num_convs=model.head.num_convs, norm=model.head.norm, gn_groups=model.head.gn_groups)

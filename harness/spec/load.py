@@ -73,8 +73,9 @@ def _record_lines(node: yaml.Node, data: Any, path: Path, lines: Lines) -> None:
             _record_lines(item_node, item, (*path, i), lines)
 
 
-#: Limits that a spec or override file never needs: the number of nodes after expanding aliases
-#: (a "billion laughs" file stays small on disk) and the nesting depth.
+#: Limits that a spec or override file never needs: its size on disk, the number of nodes after
+#: expanding aliases (a "billion laughs" file stays small on disk) and the nesting depth.
+MAX_BYTES = 1 << 20
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 
@@ -106,9 +107,13 @@ def _check_size(node: yaml.Node, file: str) -> None:
 def read_text(file: str) -> str:
     """A UTF-8 text file, or a one-line error naming the file and where it stops being UTF-8."""
     try:
-        raw = FsPath(file).read_bytes()
+        with open(file, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except OSError as exc:
         raise SpecError(Problem(file, None, "", f"cannot read file: {exc.strerror}")) from None
+    if len(raw) > MAX_BYTES:
+        raise SpecError(Problem(file, None, "", f"larger than {MAX_BYTES:,} bytes; a spec or override file "
+                                                "is never that big"))
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise SpecError(Problem(file, 1, "", "UTF-16 text; save the file as UTF-8"))
     try:
@@ -125,7 +130,13 @@ def read_text(file: str) -> str:
 def load_yaml(file: str | FsPath) -> tuple[Any, Lines]:
     """Parse a YAML file; returns the data and the line of every key path."""
     file = str(file)
-    text = read_text(file)
+    return parse_yaml(read_text(file), file)
+
+
+def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines]:
+    """Parse YAML text (of `file`, for the errors) with the limits above: every error is one line."""
+    if len(text) > MAX_BYTES:
+        raise SpecError(Problem(file, None, "", f"longer than {MAX_BYTES:,} characters"))
     try:
         loader = yaml.SafeLoader(text)
         try:
@@ -145,8 +156,12 @@ def load_yaml(file: str | FsPath) -> tuple[Any, Lines]:
         line = mark.line + 1 if mark else None
         msg = f"YAML syntax error: {' '.join(str(exc.problem or exc.context).split())}"
         raise SpecError(Problem(file, line, "", msg)) from None
+    except yaml.reader.ReaderError as exc:  # a control character: its position, on one line
+        line = text[: exc.position].count("\n") + 1
+        char = f" (U+{exc.character:04X})" if isinstance(exc.character, int) else ""
+        raise SpecError(Problem(file, line, "", f"YAML error: {' '.join(str(exc.reason).split())}{char}")) from None
     except yaml.YAMLError as exc:
-        raise SpecError(Problem(file, None, "", f"YAML error: {exc}")) from None
+        raise SpecError(Problem(file, None, "", f"YAML error: {' '.join(str(exc).split())}")) from None
     lines: Lines = {}
     _record_lines(node, data, (), lines)
     return data, lines
@@ -163,8 +178,10 @@ def pydantic_problems(
         tagged = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         # drop discriminator tags pydantic inserts into the location (e.g. 'poto')
         loc = _strip_union_tags(tagged, schema_root)
-        src, path = (loc_map(loc) if loc_map else (source, (*source.path, *loc)))
         kind = err["type"]
+        if kind == "bool_number":  # raised by a model for one of its fields: name the field
+            loc = (*loc, err["ctx"]["field"])
+        src, path = (loc_map(loc) if loc_map else (source, (*source.path, *loc)))
         if kind == "extra_forbidden":
             # the keys of the variant that rejected it (its tag is in `tagged`), not of all variants
             known = known_fields_at(schema_root, tagged[:-1]) if schema_root else []
@@ -178,7 +195,7 @@ def pydantic_problems(
             ctx = err.get("ctx", {})
             msg = f"unknown value {ctx.get('tag')!r} (known: {ctx.get('expected_tags')})"
             path = (*path, ctx.get("discriminator", "name").strip("'"))
-        elif kind == "value_error":
+        elif kind in ("value_error", "bool_number"):
             msg = str(err["msg"]).removeprefix("Value error, ")
         else:
             msg = f"{err['msg']} (got {err['input']!r})" if "input" in err else err["msg"]
@@ -233,6 +250,8 @@ def load_spec(file: str | FsPath) -> LoadedSpec:
     if not isinstance(raw, dict):
         raise SpecError(Problem(file, 1, "", "a spec must be a YAML mapping"))
     axes = raw.get("axes")
+    if "axes" in raw and not isinstance(axes, dict):  # alone: every row's axis keys would be unknown too
+        raise SpecError(Source(file, lines, ()).problem("must be a mapping: axis -> value -> overrides", ("axes",)))
     if isinstance(axes, dict):  # `value:` with nothing under it means "no overrides"
         for values in axes.values():
             if isinstance(values, dict):

@@ -17,11 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel
 
 from harness.spec.errors import Path, Problem, SpecError, format_path
-from harness.spec.load import Source, load_yaml
+from harness.spec.load import Source, load_yaml, parse_yaml
 from harness.spec.schema import Config
 
 # --------------------------------------------------------------------- schema walking
@@ -147,10 +146,12 @@ def typed_value(root: Any, path: Path, text: str) -> Any:
         if optional and text.strip().lower() in ("null", "none", "~"):
             return None
         return text
-    try:
-        return yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"cannot parse value {text!r}: {exc}") from None
+    if not text.strip():
+        return None
+    try:  # the limits of spec files: no alias bombs, no deep nesting, one-line errors
+        return parse_yaml(text)[0]
+    except SpecError as exc:
+        raise ValueError(f"cannot parse value {text[:60]!r}: {exc.problems[0].message}") from None
 
 
 # --------------------------------------------------------------------------- overrides
@@ -165,10 +166,12 @@ class Override:
 
 def parse_set(item: str, root: Any = Config) -> Override:
     """Parse one ``a.b.c=value`` item from the command line."""
-    text = f"--set {item}"
+    text = f"--set {item if len(item) <= 100 else item[:97] + '...'}"
     if "=" not in item:
         raise SpecError(Problem(None, None, text, "expected KEY=VALUE"))
     key, value = item.split("=", 1)
+    if key.strip() and "" in key.strip().split("."):
+        raise SpecError(Problem(None, None, text, f"empty part in the key {key.strip()!r}"))
     path = _split_key(key.strip())
     source = Source(None, None, path, text=text)
     if not path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 
@@ -51,6 +52,19 @@ def _numeric(annotation) -> bool:
     return annotation in (int, float)
 
 
+def _numeric_items(annotation) -> bool:
+    """A list or tuple of numbers (possibly optional or annotated)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _numeric_items(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_numeric_items(a) for a in typing.get_args(annotation) if a is not type(None))
+    return origin in (list, tuple) and any(_numeric(a) for a in typing.get_args(annotation) if a is not Ellipsis)
+
+
 class Strict(BaseModel):
     #: inf and nan are never valid settings (and could not be hashed into a run key)
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -58,16 +72,24 @@ class Strict(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_booleans_for_numbers(cls, data: Any) -> Any:
-        """YAML's true/false is not 1/0: `max_iter: true` is an error, not one iteration."""
+        """YAML's true/false is not 1/0: `max_iter: true` is an error, not one iteration, and
+        `steps: [true]` is not [1]. The error carries the field, so that it names the field and
+        the file or override that set it (spec.load.pydantic_problems)."""
         if isinstance(data, dict):
             for name, f in cls.model_fields.items():
-                if isinstance(data.get(name), bool) and _numeric(f.annotation):
-                    raise ValueError(f"{name}: expected a number, got {str(data[name]).lower()}")
+                value = data.get(name)
+                if isinstance(value, bool) and _numeric(f.annotation):
+                    raise PydanticCustomError("bool_number", "expected a number, got {value}",
+                                              {"field": name, "value": str(value).lower()})
+                if (isinstance(value, list | tuple) and any(isinstance(v, bool) for v in value)
+                        and _numeric_items(f.annotation)):
+                    raise PydanticCustomError("bool_number", "expected numbers, got {value}",
+                                              {"field": name, "value": str(list(value)).lower()})
         return data
 
 
 #: A seed torch, numpy and Python's random all accept.
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)]
 
 
 # ----------------------------------------------------------------------------- model
@@ -87,6 +109,12 @@ class BackboneConfig(Strict):
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
     #: Width of the tiny CPU backbone (ignored by the ResNets).
     tiny_width: int = Field(16, ge=4)
+
+    @model_validator(mode="after")
+    def _resnet_norm(self) -> BackboneConfig:
+        if self.name != "tiny" and self.norm == "gn":
+            raise ValueError(f"norm: {self.name} supports frozen_bn or bn, not gn (gn is for the tiny backbone)")
+        return self
 
 
 class FPNConfig(Strict):

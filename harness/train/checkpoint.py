@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,12 @@ def save(path: str | Path, *, model, optimizer, scheduler, scaler, iteration: in
         "run_id": run_id or "", "run_key": run_key, "rng": _plain(rng_state()), "health": dict(health or {}),
     }
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a signal: never leave the temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _plain(state: dict) -> dict:
@@ -49,7 +54,9 @@ def _plain(state: dict) -> dict:
 
 
 def load(path: str | Path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # torch warns about the pickle protocol of a foreign file
+        warnings.simplefilter("ignore")
+        state = torch.load(path, map_location="cpu", weights_only=True)
     kind, keys, pos, has_gauss, cached = state["rng"]["numpy"]
     state["rng"]["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
     return state

@@ -16,14 +16,16 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import yaml
 
-from harness.data.build import eval_dataset, load_datasets, train_dataset
+from harness.data.build import Datasets, eval_dataset, load_datasets, train_dataset
 from harness.data.loader import eval_loader, train_loader
+from harness.data.synthetic import synthetic_kind
 from harness.formats.atomic import write_json, write_json_lines, write_text_atomic
 from harness.model.backbone import WeightsError
 from harness.model.build import build_from_config
@@ -111,22 +113,122 @@ def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | 
     resume: None = resume when the cell's checkpoint exists; True = must resume; False = start a
     fresh run (the old checkpoint is set aside). sweep: a sweep trial's parent_run, trial and sweep
     (its run becomes a nested child of the sweep's run).
+
+    Everything a user can get wrong (tracking store, data files, class count, weights file,
+    checkpoint) is checked by `_prepare` before the lock, the data cache or the run exist, so
+    bad input writes nothing.
     """
     rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        resolve_tracking_uri(tracking_uri, workspace)
+    prepared = _prepare(cell, workspace=Path(workspace), resume=resume, spec_file=spec_file)
     if rank != 0:
-        return _run_cell(cell, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
+        return _run_cell(cell, prepared, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
                          spec_file=spec_file, attempt=attempt, progress=progress, sweep=sweep)
-    resolve_tracking_uri(tracking_uri, workspace)
     lock = CellLock(CellPaths.of(workspace, cell.run_key).lock)
     if not lock.acquire():
         print(f"{cell.id}: being trained by another process (lock {lock.path}); not starting it twice",
               file=sys.stderr)
         return EXIT_BUSY
     try:
-        return _run_cell(cell, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
+        return _run_cell(cell, prepared, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
                          spec_file=spec_file, attempt=attempt, progress=progress, sweep=sweep)
     finally:
         lock.release()
+
+
+@dataclass
+class _Prepared:
+    """A cell's pieces, built and checked before anything is written."""
+
+    data: Datasets | None  # None: the synthetic dataset, generated into the cache under the lock
+    model: torch.nn.Module  # not yet wrapped in DDP
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    sched: object
+    health: HealthMonitor
+    device: torch.device
+    checkpoint: tuple | None = None  # the (inode, size, mtime) of the checkpoint loaded, if any
+    start_iter: int = 0
+    run_id: str | None = None
+
+
+def _ckpt_stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _load_checkpoint(path: Path, p: _Prepared) -> None:
+    """Restore model, optimizer, schedule, scaler, RNG and health from `path` into `p`; a file
+    that cannot be read or does not fit the cell is one clear error saying how to go on."""
+    stamp = _ckpt_stamp(path)
+    try:
+        state = ckpt.load(path)
+        unwrap(p.model).load_state_dict(state["model"])
+        p.optimizer.load_state_dict(state["optimizer"])
+        p.scheduler.load_state_dict(state["scheduler"])
+        if p.scaler is not None and state["scaler"]:
+            p.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        p.health.load_state_dict(state.get("health"))  # absent in checkpoints from before health
+        start_iter, run_id = int(state["iteration"]), state["run_id"] or None
+        if not isinstance(run_id, str | None):
+            raise TypeError(f"run_id is {type(run_id).__name__}")
+    except Exception as exc:  # truncated, not a checkpoint, refused by weights_only, another model
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise UserError(Problem(str(path), None, "", (
+            f"cannot resume from this checkpoint ({type(exc).__name__}{': ' + first if first else ''}); "
+            "move the file aside to keep it, or run `harness train` with --fresh to set it aside "
+            "and start the cell again"))) from None
+    p.checkpoint, p.start_iter, p.run_id = stamp, start_iter, run_id
+
+
+def _prepare(cell: Cell, *, workspace: Path, resume, spec_file) -> _Prepared:
+    """Check the inputs and build the model, optimizer and schedule; writes nothing."""
+    cfg = cell.config
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if cfg.train.ims_per_batch % world:
+        raise UserError(Problem(spec_file, None, "train.ims_per_batch",
+                                f"{cfg.train.ims_per_batch} images do not split over {world} processes"))
+    if cfg.data.name == "synthetic":  # generated on first use: checked without generating it
+        data = None
+        kind, classes = synthetic_kind(cfg.data.synthetic.format)
+    else:
+        data = load_datasets(cfg.data, workspace / "cache")
+        kind, classes = data.info.kind, len(data.info.class_names)
+    if classes != cfg.model.num_classes:
+        raise UserError(Problem(spec_file, None, "model.num_classes",
+                                f"{cfg.model.num_classes}, but the dataset has {classes} classes"))
+    if cfg.eval.metrics != kind:
+        raise UserError(Problem(spec_file, None, "eval.metrics",
+                                f"{cfg.eval.metrics!r} needs {cfg.eval.metrics} annotations; this dataset has {kind}"))
+    torch.manual_seed(cfg.seed)
+    t_build = time.time()
+    try:
+        model = build_from_config(cfg).to(device)
+    except WeightsError as exc:
+        raise UserError(Problem(spec_file, None, "model.backbone.weights", str(exc))) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{cell.id}: model built in {time.time() - t_build:.2f} s", flush=True)
+    sched = scaled_schedule(cfg.train, cfg.eval.period)
+    optimizer = build_optimizer(model, cfg.train, sched.base_lr)
+    scheduler = build_scheduler(optimizer, sched, cfg.train)
+    amp_dtype, scaler = _amp(cfg.train, device)
+    health = build_monitor(cfg.train.health, max_iter=sched.max_iter, warmup_iters=sched.warmup_iters)
+    p = _Prepared(data, model, optimizer, scheduler, scaler, amp_dtype, sched, health, device)
+    ckpt_path = CellPaths.of(workspace, cell.run_key).checkpoint
+    if resume is not False and ckpt_path.exists():
+        _load_checkpoint(ckpt_path, p)
+    elif resume:
+        raise UserError(Problem(None, None, "--resume", f"no checkpoint for cell {cell.id} at {ckpt_path}"))
+    return p
 
 
 class Heartbeat:
@@ -154,10 +256,11 @@ class Heartbeat:
         return False
 
 
-def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt, progress, sweep=None) -> int:
+def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec_file, attempt, progress,
+              sweep=None) -> int:
     cfg = cell.config
     rank, world, local_rank = _distributed()
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = p.device
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
@@ -167,49 +270,23 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
     paths = CellPaths.of(workspace, cell.run_key)
     ckpt_path = paths.checkpoint
 
-    # ---- everything a user can get wrong, before any MLflow run exists
-    if cfg.train.ims_per_batch % world:
-        raise UserError(Problem(spec_file, None, "train.ims_per_batch",
-                                f"{cfg.train.ims_per_batch} images do not split over {world} processes"))
-    data = load_datasets(cfg.data, workspace / "cache")
-    if len(data.info.class_names) != cfg.model.num_classes:
-        raise UserError(Problem(spec_file, None, "model.num_classes",
-                                f"{cfg.model.num_classes}, but the dataset has {len(data.info.class_names)} classes"))
-    if cfg.eval.metrics != data.info.kind:
-        raise UserError(Problem(spec_file, None, "eval.metrics",
-                                f"{cfg.eval.metrics!r} needs {cfg.eval.metrics} annotations; this dataset has {data.info.kind}"))
-    torch.manual_seed(cfg.seed)
-    t_build = time.time()
-    try:
-        model = build_from_config(cfg).to(device)
-    except WeightsError as exc:
-        raise UserError(Problem(spec_file, None, "model.backbone.weights", str(exc))) from None
-    if rank == 0:
-        print(f"{cell.id}: model built in {time.time() - t_build:.2f} s", flush=True)
-    sched = scaled_schedule(cfg.train, cfg.eval.period)
-    optimizer = build_optimizer(model, cfg.train, sched.base_lr)
-    scheduler = build_scheduler(optimizer, sched, cfg.train)
-    amp_dtype, scaler = _amp(cfg.train, device)
+    # ---- under the lock: the data cache, the checkpoint as it is now
+    data = p.data
+    if data is None:
+        data = load_datasets(cfg.data, workspace / "cache")
+    model, optimizer, scheduler, scaler, amp_dtype = p.model, p.optimizer, p.scheduler, p.scaler, p.amp_dtype
+    sched, health = p.sched, p.health
+    if resume is False and ckpt_path.exists() and rank == 0:
+        os.replace(ckpt_path, ckpt_path.with_name(f"checkpoint.{int(time.time())}.old.pt"))
+    if resume is not False and _ckpt_stamp(ckpt_path) != p.checkpoint:  # written since _prepare read it
+        if ckpt_path.exists():
+            _load_checkpoint(ckpt_path, p)
+        elif resume:
+            raise UserError(Problem(None, None, "--resume", f"no checkpoint for cell {cell.id} at {ckpt_path}"))
+    start_iter, run_id = p.start_iter, p.run_id
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None)
-
-    health = build_monitor(cfg.train.health, max_iter=sched.max_iter, warmup_iters=sched.warmup_iters)
-    start_iter, run_id = 0, None
-    if resume is False and ckpt_path.exists() and rank == 0:
-        os.replace(ckpt_path, ckpt_path.with_name(f"checkpoint.{int(time.time())}.old.pt"))
-    if resume is not False and ckpt_path.exists():
-        state = ckpt.load(ckpt_path)
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
-        health.load_state_dict(state.get("health"))  # absent in checkpoints from before health
-        start_iter, run_id = int(state["iteration"]), state["run_id"] or None
-    elif resume:
-        raise UserError(Problem(None, None, "--resume", f"no checkpoint for cell {cell.id} at {ckpt_path}"))
 
     # ---- the run
     tracker = NullTracker()

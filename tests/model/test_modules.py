@@ -261,3 +261,27 @@ def test_date_r_anchors_beyond_the_images_own_padded_size_are_left_out():
     assert not (big == IGNORE).all() and torch.equal(big, results[None][1][0])  # full-size image: unchanged
     assert int((small == IGNORE).sum()) > int((results[None][1][1] == IGNORE).sum())
     assert results[32][0] != pytest.approx(results[None][0], rel=1e-6)
+
+
+def test_weights_arrays_larger_than_the_file_are_refused_before_numpy_allocates_them(tmp_path):
+    """A 69-byte pickle asking numpy for a 1 TiB array (and its variants) is one clear error."""
+    cases = {
+        # _reconstruct(ndarray, (2**40,), b'b'): numpy allocates the shape before any data arrives
+        "reconstruct": (b"\x80\x02cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+                        b"\x8a\x06\x00\x00\x00\x00\x00\x01\x85C\x01b\x87R.", "needs more bytes than the file's 69"),
+        "objects": (pickle.dumps({"blobs": {"conv1_w": np.array([1, None], dtype=object)}}, protocol=4),
+                    "an array of Python objects"),
+        "truncated": (pickle.dumps({"blobs": {"conv1_w": np.ones((64, 3, 7, 7), np.float32)}})[:200],
+                      "unreadable weights file"),
+        "not a mapping": (pickle.dumps([1, 2]), "not a mapping of names to arrays"),
+    }
+    for name, (raw, message) in cases.items():
+        path = tmp_path / f"{name}.pkl"
+        path.write_bytes(raw)
+        with pytest.raises(WeightsError) as exc:
+            load_weights_file(str(path))
+        assert message in str(exc.value) and str(path) in str(exc.value) and "\n" not in str(exc.value), name
+    garbage = tmp_path / "w.pth"
+    garbage.write_bytes(b"PK\x03\x04 not a torch file")
+    with pytest.raises(WeightsError, match="unreadable weights file"):
+        load_weights_file(str(garbage))

@@ -196,6 +196,8 @@ LAUGHS = ("name: x\nbase:\n  a: &a [1,1,1,1,1,1,1,1,1,1]\n"
     ("name: caf\xe9\n".encode("latin-1"), "not UTF-8 (byte 9"),
     ("name: x\n".encode("utf-16"), "UTF-16"),
     (b"name: x\x00\n", "NUL byte"),
+    (b"name: x\n# " + b"x" * (1 << 20) + b"\n", "larger than 1,048,576 bytes"),
+    (b"name: a\x07b\n", "special characters are not allowed (U+0007)"),
 ])
 def test_hostile_yaml_is_one_clear_line(tmp_path, raw, message):
     p = tmp_path / "s.yaml"
@@ -223,3 +225,24 @@ def test_seed_in_an_override_file_and_empty_excludes_are_errors(mini_spec, tmp_p
     with pytest.raises(SpecError) as exc:
         load_spec(mini_spec(MINI + "exclude: [{}]\n"))
     assert "exclude" in str(exc.value)
+
+
+def test_a_resnet_with_group_norm_is_a_spec_error(mini_spec):
+    path = mini_spec(MINI.replace("backbone: {name: tiny}", "backbone: {name: resnet18, norm: gn}"))
+    with pytest.raises(SpecError) as exc:
+        expand(load_spec(path))
+    assert "model.backbone: norm: resnet18 supports frozen_bn or bn, not gn" in str(exc.value)
+
+
+def test_axes_that_are_not_a_mapping_are_one_problem(mini_spec):
+    path = mini_spec(MINI.replace("axes:\n  assigner:", "axes: [1, 2]\nx:\n  assigner:"))
+    with pytest.raises(SpecError) as exc:
+        load_spec(path)
+    assert len(exc.value.problems) == 1
+    assert str(exc.value).endswith(": axes: must be a mapping: axis -> value -> overrides")
+
+
+def test_a_seed_is_an_integer_not_a_string_or_float(mini_spec):
+    with pytest.raises(SpecError) as exc:
+        load_spec(mini_spec(MINI.replace("seeds: [0, 1]", "seeds: ['3', 1.0]")))
+    assert [p.path for p in exc.value.problems] == ["seeds[0]", "seeds[1]"]

@@ -100,3 +100,28 @@ def test_set_file_unknown_key_names_file_and_line(tmp_path):
 def test_config_schema_is_the_root():
     assert "seed" in Config.model_fields
     assert MINI_SPEC.startswith("name: mini")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[" * 200 + "]" * 200, "nested more than 64 levels deep"),
+    ("&a [1, *a]", "an alias that contains itself"),
+    ("[1, 2", "YAML syntax error"),
+])
+def test_set_values_are_parsed_with_the_spec_limits(value, message):
+    from harness.spec import parse_set
+
+    with pytest.raises(SpecError) as exc:
+        parse_set(f"train.steps={value}")
+    text = str(exc.value)
+    assert message in text and "\n" not in text and len(text) < 300
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train..max_iter=3", "--set train..max_iter=3: empty part in the key 'train..max_iter'"),
+    ("train.max_iter=true", "--set train.max_iter=true: expected a number, got true [cell A/synthetic/0]"),
+    ("train.steps=[true]", "--set train.steps=[true]: expected numbers, got [true] [cell A/synthetic/0]"),
+])
+def test_a_boolean_from_set_is_named_as_the_override(mini_spec, item, message):
+    with pytest.raises(SpecError) as exc:
+        expand(load_spec(mini_spec()), [parse_set(item)])
+    assert str(exc.value) == message
