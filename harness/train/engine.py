@@ -18,6 +18,7 @@ import torch.distributed as dist
 from harness.data.transforms import nonempty, to_original
 from harness.evaluation.coco import evaluate_coco
 from harness.evaluation.crowdhuman import evaluate_images, images_from_records
+from harness.train.health import Unhealthy
 
 
 class NonFiniteLoss(RuntimeError):
@@ -226,3 +227,74 @@ def score(preds: dict[str, list[dict]], info, val_records, *, metrics: str, back
             if key == headline:
                 out[name] = float(v)
     return out, files
+
+
+def fit(model, optimizer, scheduler, scaler, batches, *, sched, start_iter: int, device, amp_dtype,
+        clip_grad_norm: float | None, log_period: int, guard, health, tracker, bar, save, evaluate,
+        first_iteration=None) -> int:
+    """The training loop, top to bottom; returns the last iteration.
+
+    Each iteration: stop if a signal arrived (`guard`), take a batch, one optimisation step, one
+    schedule step, feed the loss to the health rules, log the window's means every `log_period`
+    iterations, then checkpoint (`save`) and evaluate (`evaluate(iteration, final=False)`) on
+    their periods. A stop (a signal, or submitit requeueing the job) saves the last completed
+    iteration and re-raises; a health flag raises `Unhealthy` after logging what led to it. At
+    the end: the last checkpoint, then the final evaluation.
+    """
+    model.train()
+    iteration = start_iter
+    meter = WindowMeter()
+    t_last = time.perf_counter()
+    try:
+        while iteration < sched.max_iter:
+            guard.check(iteration)
+            t0 = time.perf_counter()
+            batch = to_device(next(batches), device)
+            data_time = time.perf_counter() - t0
+            values = train_step(model, batch, optimizer, scaler, iteration=iteration + 1, amp_dtype=amp_dtype,
+                                clip_grad_norm=clip_grad_norm)
+            scheduler.step()
+            iteration += 1
+            flag = health.update(iteration, values["total_loss"])  # the same value on every rank
+            bar.tick(iteration)
+            if iteration == start_iter + 1 and first_iteration is not None:
+                first_iteration()
+            values["data_time"] = data_time
+            meter.add(values)
+            if iteration % log_period == 0 or iteration == sched.max_iter:
+                now = time.perf_counter()
+                means = log_window(tracker, meter, optimizer, health, iteration,
+                                   iter_per_s=log_period / max(1e-9, now - t_last))
+                t_last = now
+                bar.update(iteration, {"loss": means["total_loss"], "lr": means["lr"]})
+            if flag:
+                if meter.count:  # the unlogged part of the window: the explosion shows in the metrics
+                    tracker.log_metrics({f"train.{k}": v for k, v in meter.means().items()}, step=iteration)
+                    tracker.flush()
+                raise Unhealthy(flag)
+            if iteration % sched.checkpoint_period == 0 and iteration < sched.max_iter:
+                save(iteration)
+            if sched.eval_period and iteration % sched.eval_period == 0 and iteration < sched.max_iter:
+                evaluate(iteration, final=False)
+    except (Stop, SystemExit):  # SystemExit: submitit stopping the job to requeue it
+        save(iteration)  # the last completed iteration: a later run resumes from here
+        raise
+    finally:
+        bar.close()
+    save(iteration)
+    evaluate(iteration, final=True)
+    return iteration
+
+
+def log_window(tracker, meter: WindowMeter, optimizer, health, iteration: int, *, iter_per_s: float) -> dict:
+    """Log the window's means (and lr, speed, the smoothed loss the health rule sees); returns them."""
+    means = meter.means()
+    group = optimizer.param_groups[0]
+    means["lr"] = group["lr"] / group.get("lr_mult", 1.0)
+    means["iter_per_s"] = iter_per_s
+    logged = {f"train.{k}": v for k, v in means.items()}
+    if health.smoothed is not None:
+        logged["health.loss_ema"] = health.smoothed  # what the loss-ratio rule sees
+    tracker.log_metrics(logged, step=iteration)
+    tracker.flush()
+    return means

@@ -45,12 +45,10 @@ from harness.train.engine import (
     NonFiniteLoss,
     Progress,
     Stop,
-    WindowMeter,
+    fit,
     gather,
     predict,
     score,
-    to_device,
-    train_step,
     unwrap,
 )
 from harness.train.exit_codes import EXIT_BUSY, EXIT_DIVERGED, EXIT_FAILED, EXIT_UNHEALTHY
@@ -365,7 +363,6 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
     val = eval_loader(eval_dataset(cfg.data, data.val, cfg.model.backbone.input_format), rank=rank,
                       world_size=world, num_workers=cfg.data.num_workers, divisibility=cfg.data.size_divisibility)
     headline = "nms" if cfg.eval.nms else "nms_free"
-    meter = WindowMeter()
     bar = Progress(sched.max_iter, start_iter, cfg.tracking.log_period, cell.id, enabled=progress and rank == 0,
                    file=paths.progress if rank == 0 else None)
 
@@ -406,53 +403,13 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
         if flag:
             raise Unhealthy(flag)
 
-    model.train()
-    iteration = start_iter
-    data_iter = iter(loader)
-    t_last = time.perf_counter()
-    try:
-        while iteration < sched.max_iter:
-            guard.check(iteration)
-            t0 = time.perf_counter()
-            batch = to_device(next(data_iter), device)
-            data_time = time.perf_counter() - t0
-            values = train_step(model, batch, optimizer, scaler, iteration=iteration + 1, amp_dtype=amp_dtype,
-                                clip_grad_norm=cfg.train.clip_grad_norm)
-            scheduler.step()
-            iteration += 1
-            flag = health.update(iteration, values["total_loss"])  # the same value on every rank
-            bar.tick(iteration)
-            if iteration == start_iter + 1 and rank == 0:
-                print(f"{cell.id}: first iteration at {time.time():.3f}", flush=True)
-            values["data_time"] = data_time
-            meter.add(values)
-            if iteration % cfg.tracking.log_period == 0 or iteration == sched.max_iter:
-                now = time.perf_counter()
-                means = meter.means()
-                means["lr"] = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
-                means["iter_per_s"] = cfg.tracking.log_period / max(1e-9, now - t_last)
-                t_last = now
-                logged = {f"train.{k}": v for k, v in means.items()}
-                if health.smoothed is not None:
-                    logged["health.loss_ema"] = health.smoothed  # what the loss-ratio rule sees
-                tracker.log_metrics(logged, step=iteration)
-                tracker.flush()
-                bar.update(iteration, {"loss": means["total_loss"], "lr": means["lr"]})
-            if flag:
-                if meter.count:  # the unlogged part of the window: the explosion shows in the metrics
-                    tracker.log_metrics({f"train.{k}": v for k, v in meter.means().items()}, step=iteration)
-                    tracker.flush()
-                raise Unhealthy(flag)
-            if iteration % sched.checkpoint_period == 0 and iteration < sched.max_iter:
-                save(iteration)
-            if sched.eval_period and iteration % sched.eval_period == 0 and iteration < sched.max_iter:
-                evaluate(iteration, final=False)
-    except (Stop, SystemExit):  # SystemExit: submitit stopping the job to requeue it
-        save(iteration)  # the last completed iteration: a later run resumes from here
-        raise
-    finally:
-        bar.close()
-    save(iteration)
-    evaluate(iteration, final=True)
+    def first_iteration() -> None:
+        if rank == 0:
+            print(f"{cell.id}: first iteration at {time.time():.3f}", flush=True)
+
+    fit(model, optimizer, scheduler, scaler, iter(loader), sched=sched, start_iter=start_iter, device=device,
+        amp_dtype=amp_dtype, clip_grad_norm=cfg.train.clip_grad_norm, log_period=cfg.tracking.log_period,
+        guard=guard, health=health, tracker=tracker, bar=bar, save=save, evaluate=evaluate,
+        first_iteration=first_iteration)
     if cfg.tracking.log_checkpoint and rank == 0:
         tracker.log_artifact(ckpt_path, "checkpoint")
