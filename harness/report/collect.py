@@ -1,36 +1,47 @@
-"""MLflow -> one row per cell: its latest FINISHED run's final metrics (or its state)."""
+"""MLflow -> one row per cell: the final metrics of the run that counts for its key (or its state)."""
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
 from harness.spec.matrix import Cell
-from harness.track.runs import metric_history, runs_by_key
+from harness.track.runs import Listing, histories, list_runs
 
 
-def collect(cells: list[Cell], uri: str, experiment: str) -> pd.DataFrame:
+def collect(cells: list[Cell], uri: str, experiment: str, listing: Listing | None = None) -> pd.DataFrame:
     """Columns: row, dataset, seed, run_key, status (finished | failed | killed | running | missing),
-    run_id, failure, and one column per final metric (`eval.ap`, `eval.nms_free.ap50`, ...).
-    Which run counts for a cell: `harness.track.runs.runs_by_key` (latest FINISHED, else latest)."""
-    by_key = runs_by_key(uri, experiment)
+    run_id, failure, finished_runs, finished (every FINISHED run of the key: id, commit, start),
+    nan_keys (eval metrics the run logged as NaN: failures, never dropped silently), and one
+    column per final metric (`eval.ap`, `eval.nms_free.ap50`, ...). Which run counts for a cell:
+    `harness.track.runs.list_runs` (latest FINISHED, else latest). Reads the run listing only."""
+    by_key = (listing or list_runs(uri, experiment)).runs
     rows = []
     for c in cells:
         r = by_key.get(c.run_key)
         rec = {"row": c.row, "dataset": c.dataset, "seed": c.seed, "run_key": c.run_key,
-               "status": "missing", "run_id": None, "failure": None, "finished_runs": 0}
+               "status": "missing", "run_id": None, "failure": None, "finished_runs": 0, "finished": (),
+               "nan_keys": (), "heartbeat": None}
         if r is not None:
-            rec.update(status=r.status.lower(), run_id=r.run_id, failure=r.failure, finished_runs=r.finished_runs)
+            rec.update(status=r.status.lower(), run_id=r.run_id, failure=r.failure, finished_runs=r.finished_runs,
+                       finished=r.finished, heartbeat=r.heartbeat)
             if r.status == "FINISHED":
-                rec.update({k: v for k, v in r.metrics.items() if k.startswith("eval.") and pd.notna(v)})
+                evals = {k: v for k, v in r.metrics.items() if k.startswith("eval.")}
+                rec.update(evals)
+                rec["nan_keys"] = tuple(sorted(k for k, v in evals.items() if not math.isfinite(v)))
         rows.append(rec)
     return pd.DataFrame(rows)
 
 
-def histories(df: pd.DataFrame, uri: str, keys: list[str]) -> pd.DataFrame:
-    """Metric histories (row, seed, key, step, value) of the finished runs, for plots."""
+def plot_histories(df: pd.DataFrame, uri: str, keys: list[str], *, max_points: int = 200,
+                   cache_dir=None) -> pd.DataFrame:
+    """Metric histories (row, seed, key, step, value) of the finished runs, for plots only:
+    down-sampled in the store's query, cached by run id."""
+    done = df[df["status"] == "finished"]
+    got = histories(uri, [str(r) for r in done["run_id"]], keys, max_points=max_points, cache_dir=cache_dir)
     out = []
-    for _, r in df[df["status"] == "finished"].iterrows():
+    for row, seed, rid in zip(done["row"], done["seed"], done["run_id"], strict=True):
         for key in keys:
-            for step, value in metric_history(uri, r["run_id"], key):
-                out.append({"row": r["row"], "seed": r["seed"], "key": key, "step": step, "value": value})
+            out += [(row, seed, key, step, value) for step, value in got.get((rid, key), [])]
     return pd.DataFrame(out, columns=["row", "seed", "key", "step", "value"])

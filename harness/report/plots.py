@@ -71,3 +71,13 @@ def loss_curves(hist: pd.DataFrame, rows: list[str], title: str, path: Path) -> 
     ax.set_ylabel("total loss (mean over seeds)")
     ax.set_yscale("log")
     return _save(fig, ax, title, path)
+
+
+def has_data(fn, args) -> bool:
+    """Whether fn(*args) draws anything (the report links only plots that exist)."""
+    if fn is seed_dots:
+        df, key = args[0], args[1]
+        return key in df and bool(df[df["status"] == "finished"][key].notna().any())
+    hist = args[0]
+    key = args[1] if fn is convergence else "train.total_loss"
+    return bool((hist["key"] == key).any())

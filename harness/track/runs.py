@@ -3,9 +3,12 @@ and the few writes the scheduler and the sweep make outside a training process."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlalchemy.*")
 
@@ -20,9 +23,40 @@ class RunInfo:
     attempt: int = 1
     metrics: dict[str, float] = field(default_factory=dict)  # final values
     finished_runs: int = 0  # FINISHED runs with this key (more than 1: the latest counts)
+    commit: str = ""  # the `harness.git_commit` tag
+    #: every FINISHED run of this key as (run id, git commit, start time in ms), latest first
+    finished: tuple[tuple[str, str, int], ...] = ()
 
 
-def runs_by_key(uri: str, experiment: str) -> dict[str, RunInfo]:
+#: The rule that picks one run per key, as reports state it.
+COUNTING_RULE = "the latest FINISHED run (by start time) counts; without one, the latest run"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One paginated search of an experiment: the run that counts per run key, and how many
+    runs were not made by the harness (no `harness.run_key` tag)."""
+
+    experiment_exists: bool
+    runs: dict[str, RunInfo]
+    total: int = 0
+    untagged: int = 0
+
+
+def read_only(uri: str) -> str:
+    """The URI a read command opens: a SQLite store read-only (SQLite refuses every write, and
+    MLflow cannot create or migrate anything); other stores as given."""
+    if uri.startswith("sqlite:///") and "?" not in uri:
+        from urllib.parse import quote
+
+        path = Path(uri[len("sqlite:///"):]).resolve()
+        # the driver-qualified scheme also keeps MLflow from creating the "parent folder" of
+        # the file: URI (relative to the current directory)
+        return f"sqlite+pysqlite:///file:{quote(str(path))}?mode=ro&uri=true"
+    return uri
+
+
+def list_runs(uri: str, experiment: str) -> Listing:
     """run key -> the run that counts for it, read with one paginated search.
 
     The rule (the only one in the harness): a key's latest FINISHED run if it has one, else its
@@ -36,22 +70,62 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, RunInfo]:
     quiet_store_logs()
     set_tracking_uri(uri)
     if MlflowClient(uri).get_experiment_by_name(experiment) is None:
-        return {}
+        return Listing(False, {})
     out: dict[str, RunInfo] = {}
-    finished: dict[str, int] = {}
+    finished: dict[str, list[tuple[str, str, int]]] = {}
+    total = untagged = 0
     for run in search_runs(experiment_names=[experiment], output_format="list"):
+        total += 1
         tags = run.data.tags
         key = tags.get("harness.run_key")
         if not key:
+            untagged += 1
             continue
         hb = tags.get("harness.heartbeat")
+        try:
+            attempt = int(tags.get("harness.attempt", "1"))
+        except ValueError:
+            attempt = 1
         info = RunInfo(run.info.run_id, run.info.status, run.info.start_time or 0, tags.get("harness.failure"),
-                       float(hb) if hb else None, int(tags.get("harness.attempt", "1")), dict(run.data.metrics))
-        finished[key] = finished.get(key, 0) + (info.status == "FINISHED")
+                       _float(hb), attempt, dict(run.data.metrics), commit=tags.get("harness.git_commit", ""))
+        done = finished.setdefault(key, [])
+        if info.status == "FINISHED":
+            done.append((info.run_id, info.commit, info.start_time))
         prev = out.get(key)
         if prev is None or _counts_more(info, prev):
             out[key] = info
-    return {k: replace(v, finished_runs=finished[k]) for k, v in out.items()}
+    runs = {k: replace(v, finished_runs=len(finished[k]),
+                       finished=tuple(sorted(finished[k], key=lambda f: (-f[2], f[0]))))
+            for k, v in out.items()}
+    return Listing(True, runs, total, untagged)
+
+
+def read_listing(uri: str, experiment: str, name: str, what: str = "--tracking-uri") -> Listing:
+    """`list_runs` for read commands: a store MLflow cannot read, or one without the experiment,
+    is a one-line error naming it (name: the store as messages show it)."""
+    from harness.spec.errors import Problem, UserError
+
+    try:
+        listing = list_runs(uri, experiment)
+    except Exception as exc:  # MLflow's and SQLAlchemy's errors: not an MLflow store, unreachable
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(Problem(name, None, what, f"cannot read this tracking store: {first[:200]}")) from None
+    if not listing.experiment_exists:
+        raise UserError(Problem(name, None, what, f"no experiment {experiment!r} in this store (nothing of "
+                                "this spec ran here: wrong --workspace or --tracking-uri?)"))
+    return listing
+
+
+def runs_by_key(uri: str, experiment: str) -> dict[str, RunInfo]:
+    """run key -> the run that counts for it (`list_runs`); {} without the experiment."""
+    return list_runs(uri, experiment).runs
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 def _counts_more(new: RunInfo, old: RunInfo) -> bool:
@@ -66,6 +140,52 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     from mlflow import MlflowClient
 
     return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def histories(uri: str, run_ids: list[str], keys: list[str], *, max_points: int = 200,
+              cache_dir: str | Path | None = None) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """(run id, key) -> up to max_points (step, value) of the metric's history, evenly sampled
+    in the store's own query (first and last point kept), for plots.
+
+    Pass only finished runs: with cache_dir, each run's histories are kept in one JSON file
+    named by its run id (a finished run never changes) and read from there next time.
+    """
+    import json
+
+    from mlflow import MlflowClient
+
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    todo = []
+    cache = Path(cache_dir) if cache_dir else None
+    for rid in run_ids:
+        hit = None
+        if cache is not None:
+            with contextlib.suppress(OSError, ValueError):
+                hit = json.loads((cache / f"{rid}.json").read_text())
+        if hit is not None and hit.get("max_points") == max_points and set(keys) <= set(hit["keys"]):
+            for k in keys:
+                out[(rid, k)] = [tuple(p) for p in hit["keys"][k]]
+        else:
+            todo.append(rid)
+    if not todo:
+        return out
+    store = MlflowClient(uri)._tracking_client.store
+    fetched: dict[str, dict[str, list]] = {rid: {k: [] for k in keys} for rid in todo}
+    for k in keys:
+        for i in range(0, len(todo), 100):
+            for m in store.get_metric_history_bulk_interval(todo[i:i + 100], k, max_points, None, None):
+                fetched[m.run_id][k].append((int(m.step), float(m.value)))
+    for rid, by_key in fetched.items():
+        for k, pts in by_key.items():
+            out[(rid, k)] = sorted(pts)
+        if cache is not None:
+            with contextlib.suppress(OSError):
+                cache.mkdir(parents=True, exist_ok=True)
+                tmp = cache / f".{rid}.{os.getpid()}.tmp"
+                tmp.write_text(json.dumps({"max_points": max_points,
+                                           "keys": {k: sorted(v) for k, v in by_key.items()}}))
+                tmp.replace(cache / f"{rid}.json")
+    return out
 
 
 def write(client, run_id: str, *, params: dict | None = None, tags: dict | None = None,
