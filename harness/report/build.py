@@ -38,22 +38,20 @@ def _mean(df, row, key) -> tuple[float, list[float]]:
 
 def convergence_check(hist: pd.DataFrame, rows: list[str], eval_key: str) -> str:
     """How many finished cells end with a lower training loss than at their first evaluation."""
-    ok, bad, n = 0, [], 0
-    for (row, seed), h in hist[hist["row"].isin(rows)].groupby(["row", "seed"]):
-        loss = h[h["key"] == "train.total_loss"].sort_values("step")
-        evals = h[h["key"] == eval_key]["step"]
-        if loss.empty or evals.empty:
-            continue
-        first = loss[loss["step"] <= evals.min()]
-        if first.empty:
-            continue
-        n += 1
-        start, end = float(first["value"].iloc[-1]), float(loss["value"].iloc[-1])
-        if end < start:
+    h = hist[hist["row"].isin(rows)]
+    loss = h[h["key"] == "train.total_loss"].sort_values(["row", "seed", "step"], kind="stable")
+    first_eval = h[h["key"] == eval_key].groupby(["row", "seed"])["step"].min().rename("first_eval")
+    m = loss.merge(first_eval.reset_index(), on=["row", "seed"], how="inner")
+    start = m[m["step"] <= m["first_eval"]].groupby(["row", "seed"])["value"].last()
+    end = loss.groupby(["row", "seed"])["value"].last()
+    ok, bad = 0, []
+    for (row, seed), first in start.items():
+        last = float(end[(row, seed)])
+        if last < first:
             ok += 1
         else:
-            bad.append(f"{row} seed {seed} ({start:.3g} -> {end:.3g})")
-    text = (f"Convergence: {ok} of {n} finished cells end with a lower training loss than at their "
+            bad.append(f"{row} seed {seed} ({first:.3g} -> {last:.3g})")
+    text = (f"Convergence: {ok} of {len(start)} finished cells end with a lower training loss than at their "
             f"first evaluation")
     return text + (": not " + ", ".join(bad) + "." if bad else ".")
 

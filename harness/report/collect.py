@@ -34,7 +34,7 @@ def collect(cells: list[Cell], uri: str, experiment: str, listing: Listing | Non
     return pd.DataFrame(rows)
 
 
-def plot_histories(df: pd.DataFrame, uri: str, keys: list[str], *, max_points: int = 200,
+def plot_histories(df: pd.DataFrame, uri: str, keys: list[str], *, max_points: int = 100,
                    cache_dir=None) -> pd.DataFrame:
     """Metric histories (row, seed, key, step, value) of the finished runs, for plots only:
     down-sampled in the store's query, cached by run id."""

@@ -294,3 +294,14 @@ def test_data_quality_nan_duplicates_and_running(run_cli, tmp_path):
     notes = table_notes(text)
     assert "39.0 (39.2) n=1/3" in notes and "POTO: seed 1: eval.ap is NaN; seed 2 running." in notes
     assert "POTO (seeds 0, 1, 2): ap 39.0, NaN, —" in text
+
+
+def test_status_reads_the_store_read_only_and_a_wrong_uri_is_an_error(store, run_cli, tmp_path):
+    spec, ws = store
+    db = ws / "mlflow.db"
+    before = digest(db)
+    code, out, err = run_cli("status", spec, "--workspace", ws)
+    assert code == 0, err
+    assert "1 failed, 4 finished, 1 pending" in out and digest(db) == before
+    code, _, err = run_cli("status", spec, "--tracking-uri", f"sqlite:///{tmp_path}/typo/mlflow.db")
+    assert code == 2 and "no tracking store here" in err and not (tmp_path / "typo").exists()
