@@ -243,6 +243,8 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
     spec = loaded.spec
     out_path = Path(out) if out else None
     original = None
+    if check and not readme:
+        raise UserError(Problem(None, None, "--check", "checks the README's tables: give --readme FILE"))
     if readme:  # the README is checked first: a bad one must not leave plots behind
         try:
             original = Path(readme).read_text()

@@ -150,6 +150,12 @@ def test_a_store_without_finished_runs_never_blanks_the_readme(run_cli, tmp_path
     assert "| FCOS | one-to-many | Yes | 3x | — (41.4) | — (59.1) |" in readme.read_text()
 
 
+def test_check_without_a_readme_is_an_error(store, run_cli):
+    spec, ws = store
+    code, _, err = run_cli("report", spec, "--workspace", ws, "--check")
+    assert code == 2 and "--check: checks the README's tables: give --readme FILE" in err
+
+
 def test_check_fails_when_the_readme_has_none_of_the_specs_tables(store, run_cli, tmp_path):
     spec, ws = store
     readme = tmp_path / "R.md"
