@@ -95,6 +95,7 @@ def main() -> None:
     # overhead per cell: launch one fresh cell through the local pool and read its log
     ws = folder / "ws-overhead"
     from harness.data.build import load_datasets
+    from harness.schedule.job import Overrides
     from harness.schedule.local import LocalPool
     from harness.schedule.state import prepare_store
 
@@ -102,7 +103,7 @@ def main() -> None:
     ws.mkdir(exist_ok=True)
     prepare_store(f"sqlite:///{ws / 'mlflow.db'}", "bench", ws)  # as `harness run` does before any job
     load_datasets(cell.config.data, ws / "cache")  # the dataset exists (generated once per workspace)
-    pool = LocalPool(spec_file=str(spec), override_args=[], workspace=str(ws), uri=f"sqlite:///{ws / 'mlflow.db'}",
+    pool = LocalPool(spec_file=str(spec), overrides=Overrides(), workspace=str(ws), uri=f"sqlite:///{ws / 'mlflow.db'}",
                      jobs=1)
     t_decide = time.time()
     pool.run([(cell, True)])

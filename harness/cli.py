@@ -10,8 +10,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from harness.schedule.job import (
+    Overrides,
+    TrainJob,
+    add_override_arguments,
+    add_store_arguments,
+    add_train_arguments,
+)
 from harness.spec import UserError
 from harness.train.exit_codes import ExitCode
 
@@ -21,21 +27,8 @@ EXIT_USAGE = ExitCode.BAD_INPUT
 NOT_YET: dict[str, int] = {}
 
 
-def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                   metavar="KEY=VALUE",
-                   help="override config values, typed by the schema (e.g. train.base_lr=0.02); "
-                        "takes one or more pairs and may be repeated")
-    p.add_argument("--set-file", dest="set_files", action="append", default=[], metavar="FILE",
-                   help="YAML file of overrides (nested mappings or dotted keys); may be repeated")
-
-
-def _add_store(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workspace", default="runs", metavar="DIR",
-                   help="checkpoints, logs, caches and the default SQLite store (default: ./runs)")
-    p.add_argument("--tracking-uri", default=None, metavar="URI",
-                   help="MLflow tracking URI (default: sqlite:///<workspace>/mlflow.db); "
-                        "http://host:port for an mlflow server")
+_add_overrides = add_override_arguments
+_add_store = add_store_arguments
 
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
@@ -74,16 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one cell in this process",
                        description="Train the cell of SPEC picked by --row (and --dataset, "
                                    "--seed) in this process.")
-    p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--row", required=True, metavar="LABEL", help="row label of the cell")
-    p.add_argument("--seed", type=int, default=None, help="one of the spec's seeds (default: first)")
-    p.add_argument("--dataset", default=None, help="dataset axis value (default: first)")
-    _add_overrides(p)
-    _add_store(p)
-    p.add_argument("--resume", action="store_true",
-                   help="resume from the cell's checkpoint (the default when it exists)")
-    p.add_argument("--fresh", action="store_true",
-                   help="start a new run even if the cell has a checkpoint (it is set aside)")
+    add_train_arguments(p)
 
     p = sub.add_parser("status", help="show the state of a spec's cells from MLflow",
                        description="Print the state of every cell of SPEC as recorded in MLflow.")
@@ -242,34 +226,18 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from harness.spec import Problem, SpecError, expand, load_spec, row_labels, select
-
-    loaded = load_spec(args.spec)
-    rows = row_labels(loaded)
-    if args.row not in rows:
-        raise SpecError(Problem(args.spec, None, "--row", f"unknown row {args.row!r} (known: {', '.join(rows)})"))
-    cells = expand(loaded, _overrides(args), rows=(args.row,))  # the overrides (a sweep trial's) need fit this row only
-    cell = select(cells, args.row, args.dataset, args.seed, spec_file=args.spec)
-    from harness.train.run import run_cell
-
-    return run_cell(cell, workspace=args.workspace, tracking_uri=args.tracking_uri,
-                    resume=False if args.fresh else (True if args.resume else None), spec_file=args.spec)
+    return TrainJob.from_args(args).execute()
 
 
-def _override_args(args) -> list[str]:
-    out: list[str] = []
-    for f in args.set_files:
-        out += ["--set-file", str(Path(f).resolve())]  # jobs may start elsewhere
-    if args.overrides:
-        out += ["--set", *args.overrides]
-    return out
+def _job_overrides(args) -> Overrides:
+    return Overrides.of(args.overrides, args.set_files)
 
 
 def cmd_run(args) -> int:
     loaded, cells = _cells(args)
     from harness.schedule.run import run_spec
 
-    return run_spec(cells, spec_name=loaded.spec.name, spec_file=args.spec, override_args=_override_args(args),
+    return run_spec(cells, spec_name=loaded.spec.name, spec_file=args.spec, overrides=_job_overrides(args),
                     workspace=args.workspace, tracking_uri=args.tracking_uri, jobs=args.jobs, rerun=args.rerun,
                     backend=args.backend, detach=args.detach, description=loaded.spec.description)
 
@@ -312,7 +280,7 @@ def cmd_sweep(args) -> int:
     from harness.sweep.driver import Driver
 
     return Driver(sweep, workspace=args.workspace, tracking_uri=args.tracking_uri, storage=args.storage,
-                  jobs=args.jobs, out_dir=args.out_dir).run()
+                  jobs=args.jobs, out_dir=args.out_dir, backend=args.backend).run()
 
 
 def cmd_not_yet(args) -> int:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from harness.formats import odgt
+from harness.formats.atomic import write_text_atomic
 from harness.formats.images import image_size
 from harness.spec.errors import DataError, Problem
 
@@ -42,10 +43,7 @@ def write_json_atomic(data, out: str | Path) -> None:
         raise DataError(Problem(str(out), None, "--out", "is a directory; give a file name"))
     text = json.dumps(data, allow_nan=False)  # a non-finite number is a bug upstream, never written
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        tmp.write_text(text)
-        tmp.replace(out)
+        write_text_atomic(out, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise DataError(Problem(str(out), None, "--out", f"cannot write: {exc.strerror}")) from None

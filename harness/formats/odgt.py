@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness.formats.atomic import write_json_lines
 from harness.formats.checks import box_problem, is_number
 from harness.spec.errors import DataError, Problem
 
@@ -106,9 +107,4 @@ def read_dets(path: str | Path) -> list[dict]:
 
 def write_lines(path: str | Path, records: list[dict]) -> None:
     """Write JSON lines atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-    tmp.replace(path)
+    write_json_lines(path, records)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.report import plots
 from harness.report.claims import line as claim_line
 from harness.report.collect import collect, plot_histories
 from harness.report.readme import regions, rewrite
@@ -95,8 +96,8 @@ def data_quality(df: pd.DataFrame, listing: Listing | None = None) -> list[str]:
 
 def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | None,
                  against: tuple[str, ...] = (), listing: Listing | None = None):
-    """The report's markdown, the README regions, and the plots to draw (drawn by the caller,
-    after every input was checked): (text, tables, [(function, args)])."""
+    """The report's markdown and the README regions: (text, tables). With `out`, the figures are
+    drawn beside it (`report` calls this only after every input was checked)."""
     spec = loaded.spec
     if not spec.tables:
         raise UserError(Problem(loaded.file, None, "tables", "the spec declares no tables to report"))
@@ -125,9 +126,8 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
     tables: dict[str, str] = {}
     hist = None
     if out is not None:  # histories only for plots: the tables need the listing alone
-        keys = sorted({"train.total_loss"} | {LAYOUTS[t.layout][1][0][2] for t in spec.tables.values()})
+        keys = sorted({"train.total_loss"} | {k for t in spec.tables.values() for _, _, k in LAYOUTS[t.layout][1][:2]})
         hist = plot_histories(df, uri, keys, cache_dir=history_cache())
-    drawings = []
     for name, table in spec.tables.items():
         rt = render_table(name, spec, cells, df)
         rows = [r.label for r in spec.rows if r.table == name]
@@ -156,28 +156,42 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
         if idle:
             lines += [f"Rows that did not learn at this scale (headline {metrics[0][0]} below "
                       f"{100 * NOT_LEARNED:.0f}%): " + ", ".join(idle) + ".", ""]
-        if hist is not None:
-            from harness.report import plots
-
-            key = metrics[0][2]
-            todo = [("convergence", plots.convergence, (hist, key, rows, f"{table.title}: {key}",
-                                                        plot_dir / f"{stem}_{name}_convergence.png")),
-                    ("per-seed values", plots.seed_dots, (df, key, rows, f"{key} per seed",
-                                                          plot_dir / f"{stem}_{name}_seeds.png")),
-                    ("training loss", plots.loss_curves, (hist, rows, "training loss",
-                                                          plot_dir / f"{stem}_{name}_loss.png"))]
-            if len(metrics) > 1:
-                todo.append(("per-seed values", plots.seed_dots,
-                             (df, metrics[1][2], rows, f"{metrics[1][2]} per seed",
-                              plot_dir / f"{stem}_{name}_seeds_{metrics[1][1]}.png")))
-            for kind, fn, args in todo:
-                if plots.has_data(fn, args):
-                    drawings.append((fn, args))
-                    lines.append(f"![{kind}]({args[-1].name})")
-            lines.append("")
+        if hist is not None:  # out is given: every input was checked (report), its folder exists
+            lines += figures(spec, name, rows, df, hist, metrics, plot_dir, stem)
     if against:
         lines += reproduction(spec, cells, df, against)
-    return "\n".join(lines).rstrip() + "\n", tables, drawings
+    return "\n".join(lines).rstrip() + "\n", tables
+
+
+def figures(spec, name: str, rows: list[str], df: pd.DataFrame, hist: pd.DataFrame, metrics, plot_dir: Path,
+            stem: str) -> list[str]:
+    """The table's figures, each with a caption saying what its lines, dots and bands are."""
+    prefix = stem if stem == name else f"{stem}_{name}"  # quickstart.md: quickstart_loss.png
+    shown = [(plots.metric_label(header, key), key) for header, _, key in metrics[:2]]
+    both = " and ".join(label for label, _ in shown)
+    baseline = next((r.label for r in spec.rows if r.table == name and r.baseline), None)
+    refs = {r.label: r.compare_to or baseline for r in spec.rows
+            if r.table == name and r.label != baseline and (r.compare_to or baseline)}
+    short = metrics[0][0].replace("↑", "").replace("↓", "").split()[0]
+    lower = "; for mMR, left of 0 is better" if any(k.endswith(".mmr") for _, k in shown) else ""
+    made = [
+        ("Validation metrics during training", plots.convergence(hist, shown, rows, plot_dir / f"{prefix}_convergence.png"),
+         plots.CAPTIONS["convergence"].format(metric=both)),
+        ("Final values per seed", plots.seed_dots(df, shown, rows, plot_dir / f"{prefix}_seeds.png"),
+         plots.CAPTIONS["seeds"].format(metric=both)),
+        (f"{short} with and without NMS per seed",
+         plots.nms_pairs(df, metrics[0][1], short, rows, plot_dir / f"{prefix}_nms.png"),
+         plots.CAPTIONS["nms"].format(metric=short)),
+        ("Difference to the reference row", plots.deltas(df, shown, refs, plot_dir / f"{prefix}_delta.png"),
+         plots.CAPTIONS["delta"].format(lower=lower)),
+        ("Training loss per seed", plots.loss_curves(hist, rows, plot_dir / f"{prefix}_loss.png"),
+         plots.CAPTIONS["loss"]),
+    ]
+    out = []
+    for alt, path, caption in made:
+        if path is not None:
+            out += [f"![{alt}]({path.name})", "", f"*{caption}*", ""]
+    return out
 
 
 def reproduction(spec, cells: list[Cell], df: pd.DataFrame, against: tuple[str, ...]) -> list[str]:
@@ -272,7 +286,9 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
     against_ro = tuple(read_only(a) for a in against)
     for a, a_ro in zip(against, against_ro, strict=True):
         read_listing(a_ro, spec.name, store_name(a), "--against")
-    text, tables, drawings = build_report(loaded, cells, ro, None if check else out_path, against_ro, listing)
+    if out_path is not None and not check:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    text, tables = build_report(loaded, cells, ro, None if check else out_path, against_ro, listing)
     if readme:
         path = Path(readme)
         new, changed = rewrite(original, tables)
@@ -290,9 +306,6 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
     if check:
         return 0
     if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        for fn, args in drawings:
-            fn(*args)
         tmp = out_path.with_name(out_path.name + ".tmp")
         tmp.write_text(text)
         tmp.replace(out_path)

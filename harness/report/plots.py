@@ -1,83 +1,247 @@
-"""Plots (matplotlib, Agg): convergence, per-seed dots, training loss."""
+"""Plots (matplotlib, Agg) for the report: convergence, per-seed values with intervals, training
+loss per seed, NMS against no NMS per row (paired by seed), and Δ against the reference row.
+
+Every figure is saved at 150 dpi with 10-point text; metric values are fractions in MLflow and
+percent here; intervals are clipped to the metric's range (0-100 %). Each function returns the
+path it wrote, or None when there is nothing to draw, and `CAPTIONS` says what its lines,
+dots and bands are (the report prints it under the figure).
+"""
 
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from harness.report.stats import compare, direction, summarize  # noqa: E402
 
 META = {"Software": None}  # no version stamp: the same data gives the same bytes
+DPI = 150
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+         "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3}
+COLORS = plt.get_cmap("tab10").colors
+SEED_MARKERS = "osD^vP*X"
+
+CAPTIONS = {
+    "convergence": "{metric} on the validation set at each evaluation, one colour per row: the thick line with "
+                   "dots is the mean over seeds, the thin lines are the individual seeds.",
+    "seeds": "{metric} of every finished run: one dot per seed, the black tick is the mean over seeds and the "
+             "bar its 95% t-interval (clipped to 0-100 %; none with fewer than 2 seeds).",
+    "loss": "Training loss (total of the loss terms, mean over each logging window) on a log scale: one thin "
+            "line per seed, one colour per row, so a seed that diverges stands apart.",
+    "nms": "{metric} of the same runs with NMS and without it: one panel per row, one line per seed (the "
+           "same detections, post-processed twice). A flat line: the row needs no NMS.",
+    "delta": "Δ of each row's mean against its reference row (its `compare_to`, else the table's baseline), in "
+             "points, with the 95% Welch interval (none with fewer than 2 seeds a side). Right of 0: higher "
+             "than the reference{lower}.",
+}
 
 
-def _save(fig, ax, title: str, path: Path, legend: bool = True) -> Path:
-    ax.set_title(title)
-    if legend:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80, metadata=META)
+def metric_label(header: str, key: str) -> str:
+    """A readable metric name: 'AP50 with NMS' for eval.nms.ap50, the table header otherwise."""
+    name = header.replace("↑", "").replace("↓", "").split()[0]
+    if ".nms_free." in key:
+        return f"{name} without NMS"
+    if ".nms." in key:
+        return f"{name} with NMS"
+    return header.replace("↑", "").replace("↓", "").strip()
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """The 95% t-interval of the mean of fractions, in percent, clipped to 0-100 (nan, nan with
+    fewer than 2 values): a t-interval knows nothing of a metric's range."""
+    s = summarize(values)
+    if math.isnan(s.ci_low):
+        return math.nan, math.nan
+    return max(0.0, 100 * s.ci_low), min(100.0, 100 * s.ci_high)
+
+
+def _figure(width: float, height: float, ncols: int = 1, sharey: bool = False):
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, ncols, figsize=(width, height), sharey=sharey, squeeze=False)
+    return fig, list(axes[0])
+
+
+def _save(fig, path: Path, title: str | None = None) -> Path:
+    with plt.rc_context(STYLE):
+        if title:
+            fig.suptitle("\n".join(textwrap.wrap(title, 70)), fontsize=STYLE["axes.titlesize"])
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI, metadata=META)
     plt.close(fig)
     return path
 
 
-def convergence(hist: pd.DataFrame, key: str, rows: list[str], title: str, path: Path) -> Path | None:
-    """Eval metric vs iteration per row: mean line, min-max band over seeds."""
-    sub = hist[hist["key"] == key]
-    if sub.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in rows:
-        r = sub[sub["row"] == row]
-        if r.empty:
-            continue
-        g = r.groupby("step")["value"]
-        steps = g.mean().index
-        ax.plot(steps, 100 * g.mean().values, marker="o", label=row)
-        ax.fill_between(steps, 100 * g.min().values, 100 * g.max().values, alpha=0.2)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel(key + " (%)")
-    return _save(fig, ax, title, path)
+def _style(ax) -> None:
+    ax.grid(True, alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
 
 
-def seed_dots(df: pd.DataFrame, key: str, rows: list[str], title: str, path: Path) -> Path | None:
+def _finished(df: pd.DataFrame, row: str, key: str) -> pd.DataFrame:
     if key not in df:
+        return df.iloc[0:0]
+    sub = df[(df["row"] == row) & (df["status"] == "finished")]
+    return sub[sub[key].notna()]
+
+
+def convergence(hist: pd.DataFrame, metrics: list[tuple[str, str]], rows: list[str], path: Path) -> Path | None:
+    """Eval metrics [(label, key)] vs iteration: one panel per metric, per row the mean over
+    seeds (thick) and each seed (thin)."""
+    metrics = [(label, key) for label, key in metrics if not hist[hist["key"] == key].empty]
+    if not metrics:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for i, row in enumerate(rows):
-        vals = df[(df["row"] == row) & (df["status"] == "finished")][key].dropna()
-        ax.scatter([i] * len(vals), 100 * vals, s=20)
-        if len(vals):
-            ax.hlines(100 * vals.mean(), i - 0.25, i + 0.25)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel(key + " (%)")
-    return _save(fig, ax, title, path, legend=False)
+    fig, axes = _figure(5.2 * len(metrics), 4.2, len(metrics), sharey=True)
+    for ax, (label, key) in zip(axes, metrics, strict=True):
+        sub = hist[hist["key"] == key]
+        for i, row in enumerate(rows):
+            r = sub[sub["row"] == row]
+            if r.empty:
+                continue
+            color = COLORS[i % len(COLORS)]
+            for _, s in r.groupby("seed"):
+                s = s.sort_values("step")
+                ax.plot(s["step"], 100 * s["value"], color=color, alpha=0.35, linewidth=0.9)
+            mean = r.groupby("step")["value"].mean()
+            ax.plot(mean.index, 100 * mean.values, color=color, marker="o", linewidth=2.2, label=row)
+        ax.set_title(label)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(f"{label} (%)")
+        ax.yaxis.set_tick_params(labelleft=True)
+        _style(ax)
+    axes[0].legend(loc="lower right", frameon=False)
+    return _save(fig, path, "Validation metrics during training")
 
 
-def loss_curves(hist: pd.DataFrame, rows: list[str], title: str, path: Path) -> Path | None:
+def seed_dots(df: pd.DataFrame, metrics: list[tuple[str, str]], rows: list[str], path: Path) -> Path | None:
+    """Per-seed values [(label, key)] per row, with the mean and its 95% interval (clipped)."""
+    metrics = [(label, key) for label, key in metrics if key in df and df[key].notna().any()]
+    if not metrics:
+        return None
+    fig, axes = _figure(max(4.5, 0.9 * len(rows) + 1.8) * len(metrics), 4.4, len(metrics))
+    offsets = np.linspace(-0.12, 0.12, 3)
+    for ax, (label, key) in zip(axes, metrics, strict=True):
+        for i, row in enumerate(rows):
+            sub = _finished(df, row, key)
+            vals = [100 * float(v) for v in sub[key]]
+            if not vals:
+                continue
+            color = COLORS[i % len(COLORS)]
+            xs = [i + offsets[k % len(offsets)] for k in range(len(vals))]
+            ax.scatter(xs, vals, s=28, color=color, zorder=3)
+            mean, (lo, hi) = sum(vals) / len(vals), interval([v / 100 for v in vals])
+            ax.hlines(mean, i - 0.28, i + 0.28, color="black", linewidth=1.6, zorder=4)
+            if not math.isnan(lo):
+                ax.vlines(i + 0.3, lo, hi, color="black", linewidth=1.0)
+                ax.hlines([lo, hi], i + 0.26, i + 0.34, color="black", linewidth=1.0)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(rows, rotation=25, ha="right")
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.set_ylabel(f"{label} (%)")
+        ax.set_title(label)
+        _style(ax)
+    return _save(fig, path, "Final values per seed, mean and 95% interval")
+
+
+def loss_curves(hist: pd.DataFrame, rows: list[str], path: Path) -> Path | None:
+    """Training loss per seed (thin lines, a colour per row), log scale."""
     sub = hist[hist["key"] == "train.total_loss"]
     if sub.empty:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in rows:
+    fig, axes = _figure(7.0, 4.4)
+    ax = axes[0]
+    for i, row in enumerate(rows):
         r = sub[sub["row"] == row]
-        if not r.empty:
-            g = r.groupby("step")["value"].mean()
-            ax.plot(g.index, g.values, label=row)
+        for k, (_, s) in enumerate(r.groupby("seed")):
+            s = s.sort_values("step")
+            ax.plot(s["step"], s["value"], color=COLORS[i % len(COLORS)], linewidth=1.0, alpha=0.8,
+                    label=row if k == 0 else None)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("total loss (mean over seeds)")
+    ax.set_ylabel("total training loss (log scale)")
     ax.set_yscale("log")
-    return _save(fig, ax, title, path)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.legend(loc="upper right", frameon=False)
+    _style(ax)
+    return _save(fig, path, "Training loss, one line per seed")
 
 
-def has_data(fn, args) -> bool:
-    """Whether fn(*args) draws anything (the report links only plots that exist)."""
-    if fn is seed_dots:
-        df, key = args[0], args[1]
-        return key in df and bool(df[df["status"] == "finished"][key].notna().any())
-    hist = args[0]
-    key = args[1] if fn is convergence else "train.total_loss"
-    return bool((hist["key"] == key).any())
+def nms_pairs(df: pd.DataFrame, name: str, label: str, rows: list[str], path: Path) -> Path | None:
+    """eval.nms.<name> vs eval.nms_free.<name> of the same runs: a panel per row, a line per seed."""
+    a, b = f"eval.nms.{name}", f"eval.nms_free.{name}"
+    if a not in df or b not in df:
+        return None
+    shown = [r for r in rows if len(_finished(_finished(df, r, a), r, b))]
+    if not shown:
+        return None
+    fig, axes = _figure(max(5.0, 1.9 * len(shown) + 1.0), 4.0, len(shown), sharey=True)
+    seeds = sorted({int(s) for s in df["seed"]})
+    for ax, row in zip(axes, shown, strict=True):
+        sub = _finished(_finished(df, row, a), row, b)
+        for _, r in sub.sort_values("seed").iterrows():
+            k = seeds.index(int(r["seed"]))
+            ax.plot([0, 1], [100 * r[a], 100 * r[b]], marker=SEED_MARKERS[k % len(SEED_MARKERS)],
+                    color=COLORS[k % len(COLORS)], linewidth=1.4, label=f"seed {int(r['seed'])}")
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels(["NMS", "no NMS"])
+        ax.set_xlim(-0.3, 1.3)
+        ax.set_title("\n".join(textwrap.wrap(row, 14)))
+        ax.yaxis.set_tick_params(labelleft=True)
+        _style(ax)
+    axes[0].set_ylabel(f"{label} (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
+               bbox_to_anchor=(0.5, -0.01))
+    fig.subplots_adjust(bottom=0.2)
+    with plt.rc_context(STYLE):
+        fig.suptitle(f"{label}: with NMS and without, per seed", fontsize=STYLE["axes.titlesize"])
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        fig.savefig(path, dpi=DPI, metadata=META)
+    plt.close(fig)
+    return path
+
+
+def deltas(df: pd.DataFrame, metrics: list[tuple[str, str]], refs: dict[str, str], path: Path) -> Path | None:
+    """Δ (points) of each row's mean against its reference row, with the 95% Welch interval;
+    a panel per metric [(label, key)]. refs: row -> reference row (rows without one are left out)."""
+    panels = []
+    for label, key in metrics:
+        items = []
+        for row, ref in refs.items():
+            a = [float(v) for v in _finished(df, row, key).get(key, [])]
+            b = [float(v) for v in _finished(df, ref, key).get(key, [])]
+            if a and b:
+                c = compare(a, b, paired=False)
+                lo, hi = c.ci_low, c.ci_high
+                items.append((row, ref, 100 * c.delta, max(-100.0, 100 * lo) if not math.isnan(lo) else math.nan,
+                              min(100.0, 100 * hi) if not math.isnan(hi) else math.nan))
+        if items:
+            panels.append((label, key, items))
+    if not panels:
+        return None
+    n = max(len(items) for *_, items in panels)
+    fig, axes = _figure(4.6 * len(panels), 2.2 + 0.5 * n, len(panels), sharey=True)
+    for ax, (label, key, items) in zip(axes, panels, strict=True):
+        ys = list(range(len(items)))[::-1]
+        for y, (_row, _ref, d, lo, hi) in zip(ys, items, strict=True):
+            if not math.isnan(lo):
+                ax.hlines(y, lo, hi, color="black", linewidth=1.4)
+            ax.plot([d], [y], "o", color="black", markersize=5)
+        ax.axvline(0.0, color="grey", linewidth=1.0, linestyle="--")
+        ax.set_yticks(ys)
+        ax.set_yticklabels([f"{row} vs {ref}" for row, ref, *_ in items])
+        ax.set_ylim(-0.7, len(items) - 0.3)
+        better = "lower is better" if direction(key) < 0 else "higher is better"
+        ax.set_xlabel(f"Δ {label} (points; {better})")
+        ax.set_title(label)
+        _style(ax)
+    return _save(fig, path, "Difference to the reference row, 95% interval")

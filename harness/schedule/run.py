@@ -2,92 +2,23 @@
 
 from __future__ import annotations
 
-import re
+import shlex
 import signal
-import sys
 import time
 from pathlib import Path
 
+from harness.schedule.job import Overrides
+from harness.schedule.live import Display, last_progress, read_progress
 from harness.schedule.local import LocalPool, Outcome
-from harness.schedule.state import Decision, decide, end_stale, latest_runs, prepare_store
+from harness.schedule.state import decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
+from harness.spec.workspace import CellPaths
 from harness.track.mlflow_tracker import check_store_exists, resolve_tracking_uri
 from harness.track.runs import explain_missing, read_only
 from harness.train.exit_codes import DIVERGENCE, describe
 
-PROGRESS = re.compile(r"iter (\d+)/(\d+) .* eta (\S+)s")
 
-
-def last_progress(log: Path) -> str:
-    """'iteration/total, ETA' from the tail of a job's log."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4096))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    hits = PROGRESS.findall(tail)
-    if not hits:
-        return ""
-    it, total, eta = hits[-1]
-    return f"{it}/{total}, eta {eta}s"
-
-
-class Display:
-    """A live table on a terminal; one line per event otherwise."""
-
-    def __init__(self, cells: list[Cell], decisions: list[Decision], workspace: str):
-        self.states = {c.run_key: ("pending", "") for c in cells}
-        self.cells = cells
-        self.workspace = workspace
-        self.live = None
-        for d in decisions:
-            if d.action == "skip":
-                self.states[d.cell.run_key] = ("skipped", d.note)
-            elif d.action == "busy":
-                self.states[d.cell.run_key] = ("running elsewhere", d.note)
-        if sys.stdout.isatty():
-            from rich.live import Live
-
-            self.live = Live(self._table(), refresh_per_second=1)
-            self.live.start()
-        for d in decisions:
-            if d.action != "run":
-                self.line(f"{d.cell.id}: {d.note}, skipped" if d.action == "skip" else f"{d.cell.id}: {d.note}")
-
-    def line(self, text: str) -> None:
-        if self.live is None:
-            print(text, flush=True)
-
-    def _table(self):
-        from rich.table import Table
-
-        t = Table(title="harness run")
-        for col in ("cell", "state", "progress", "key"):
-            t.add_column(col)
-        for c in self.cells:
-            state, info = self.states[c.run_key]
-            if state == "running":
-                info = last_progress(Path(self.workspace) / c.run_key / "log.txt")
-            t.add_row(c.id, state, info, c.short_key)
-        return t
-
-    def event(self, kind: str, cell: Cell, attempt: int, log: Path) -> None:
-        state = {"start": "running", "retry": "retrying", "finished": "finished", "failed": "failed",
-                 "busy": "running elsewhere"}.get(kind, kind)
-        self.states[cell.run_key] = (state, f"attempt {attempt}")
-        self.line(f"{cell.id}: {state} (attempt {attempt}, log {log})")
-        if self.live is not None:
-            self.live.update(self._table())
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.update(self._table())
-            self.live.stop()
-
-
-def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, override_args: list[str], workspace: str,
+def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, overrides: Overrides, workspace: str,
              tracking_uri: str | None, jobs: int | None, rerun: bool, backend: str = "local",
              detach: bool = False, description: str = "") -> int:
     uri = resolve_tracking_uri(tracking_uri, workspace)
@@ -102,21 +33,38 @@ def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, override_args
     if not todo:
         if skipped == len(cells):
             print("every cell is already finished; nothing to train")
+            print("\n".join(next_steps(spec_file, overrides, workspace, tracking_uri, uri)))
         return 0
     if backend == "slurm":
         from harness.schedule.slurm import run_slurm
 
-        return run_slurm(todo, spec_file=spec_file, override_args=override_args, workspace=workspace, uri=uri,
+        return run_slurm(todo, spec_file=spec_file, overrides=overrides, workspace=workspace, uri=uri,
                          detach=detach)
-    display = Display(cells, decisions, workspace)
-    pool = LocalPool(spec_file=spec_file, override_args=override_args, workspace=workspace, uri=uri, jobs=jobs,
-                     on_event=display.event)
+    pool = LocalPool(spec_file=spec_file, overrides=overrides, workspace=workspace, uri=uri, jobs=jobs)
+    display = Display(cells, decisions, workspace, jobs=pool.backend.max_jobs)
+    pool.on_event = display.event
     t0 = time.time()
     try:
         outcomes = pool.run(todo)
     finally:
         display.close()
-    return summarise(outcomes, uri, spec_name, skipped, busy, time.time() - t0, pool.stopping)
+    code = summarise(outcomes, uri, spec_name, skipped, busy, time.time() - t0, pool.stopping)
+    if skipped or any(o.state == "finished" for o in outcomes):
+        for line in next_steps(spec_file, overrides, workspace, tracking_uri, uri):
+            print(line)
+    return code
+
+
+def next_steps(spec_file: str, overrides: Overrides, workspace: str, tracking_uri: str | None,
+               uri: str) -> list[str]:
+    """What to do with the finished runs: the report (with the same overrides and store) and the
+    MLflow UI on the same store."""
+    report = ["harness", "report", spec_file, *overrides.argv(), "--workspace", str(workspace)]
+    if tracking_uri:
+        report += ["--tracking-uri", tracking_uri]
+    ui = (f"mlflow ui --backend-store-uri {shlex.quote(uri)}" if not uri.startswith(("http://", "https://"))
+          else f"open {uri} in a browser (the MLflow server's UI)")
+    return ["next:", f"  {shlex.join(report)}   # tables, intervals and plots", f"  {ui}   # the runs in MLflow's UI"]
 
 
 def summarise(outcomes: list[Outcome], uri: str, spec_name: str, skipped: int, busy: int, seconds: float,
@@ -177,7 +125,11 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
         else:
             state = run.status.lower()
         counts[state] = counts.get(state, 0) + 1
-        progress = last_progress(Path(workspace) / d.cell.run_key / "log.txt") if state == "running" else ""
+        progress = ""
+        if state == "running":  # the trainer's progress file, else the tail of its log
+            paths = CellPaths.of(workspace, d.cell.run_key)
+            p = read_progress(paths)
+            progress = f"{p.get('iteration')}/{p.get('total')}" if p else last_progress(paths.log)
         table.add_row(d.cell.id, state, progress, run.run_id[:8] if run else "", str(run.attempt) if run else "",
                       _clip(run.failure or "", 160) if run else "")
     console = Console()

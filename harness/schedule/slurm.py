@@ -10,15 +10,21 @@ accounting make submitit report every state as UNKNOWN.
 
 from __future__ import annotations
 
+import pickle
+import re
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from harness.schedule.local import train_command
+from harness.schedule.job import Overrides, TrainJob
+from harness.schedule.local import Handle
 from harness.schedule.state import latest_runs
 from harness.spec.matrix import Cell
-from harness.train.exit_codes import EXIT_BUSY, EXIT_OK, describe
+from harness.spec.workspace import slurm_folder
+from harness.train.exit_codes import EXIT_BUSY, EXIT_FAILED, EXIT_OK, describe
 
 
 def slurm_parameters(resources) -> dict:
@@ -49,83 +55,123 @@ except ImportError:  # pragma: no cover - submitit is a dependency
     Checkpointable = object  # type: ignore[misc,assignment]
 
 
-def _train_in_process(args: list[str]) -> int:
-    """`harness train ARGS` in this process (the arguments train_command wrote)."""
-    from harness.spec import expand, load_set_file, load_spec, parse_set, select
-    from harness.train.run import run_cell
-
-    spec_file, rest = args[1], args[2:]
-    opts: dict[str, str] = {}
-    files: list[str] = []
-    sets: list[str] = []
-    fresh, i = False, 0
-    while i < len(rest):
-        if rest[i] == "--fresh":
-            fresh, i = True, i + 1
-        elif rest[i] == "--set-file":
-            files.append(rest[i + 1])
-            i += 2
-        elif rest[i] == "--set":
-            i += 1
-            while i < len(rest) and not rest[i].startswith("--"):
-                sets.append(rest[i])
-                i += 1
-        else:
-            opts[rest[i]] = rest[i + 1]
-            i += 2
-    overrides = [o for f in files for o in load_set_file(f)] + [parse_set(s) for s in sets]
-    cell = select(expand(load_spec(spec_file), overrides), opts["--row"], opts["--dataset"], int(opts["--seed"]),
-                  spec_file=spec_file)
-    return run_cell(cell, workspace=opts["--workspace"], tracking_uri=opts["--tracking-uri"],
-                    resume=False if fresh else None, spec_file=spec_file)
-
-
 class SlurmCell(Checkpointable):
-    """Runs `harness train` for one cell inside its Slurm allocation."""
+    """Runs one `TrainJob` inside its Slurm allocation (in the job's process; torchrun for
+    multi-GPU cells)."""
 
-    def __init__(self, command: list[str], gpus: int):
-        self.command, self.gpus = command, gpus
+    def __init__(self, job: TrainJob, gpus: int):
+        self.job, self.gpus = job, gpus
 
     def __call__(self) -> int:
-        if self.gpus > 1:  # torchrun inside the allocation
-            code = subprocess.call(self.command)
-        else:
-            code = _train_in_process(self.command[3:])  # drop "python -m harness"
+        # multi-GPU: torchrun inside the allocation
+        code = subprocess.call(self.job.command(self.gpus)) if self.gpus > 1 else self.job.execute()
         if code not in (EXIT_OK, EXIT_BUSY):  # a failed job; Slurm requeues only preempted / timed-out ones
             raise RuntimeError(f"harness train exited with {code} ({describe(code)})")
         return code
 
     def checkpoint(self, *args, **kwargs):
         """Preemption / timeout: requeue; the next run resumes from the cell's checkpoint."""
-        self.command = [c for c in self.command if c != "--fresh"]
+        self.job = self.job.without_fresh()
         return DelayedSubmission(self, *args, **kwargs)
 
 
-def submit(todo: list[tuple[Cell, bool]], *, spec_file: str, override_args: list[str], workspace: str,
+_EXITED = re.compile(r"harness train exited with (-?\d+)")
+
+
+class SlurmBackend:
+    """A Slurm cluster through submitit: one job per `TrainJob` (a job array per group of equal
+    resources when submitted together). Poll reads squeue and submitit's result file, so it works
+    on clusters without accounting (sacct)."""
+
+    def __init__(self, workspace: str):
+        self.workspace = workspace
+        self.folder = slurm_folder(Path(workspace).resolve())
+
+    def can_start(self, gpus: int) -> bool:
+        return True  # Slurm queues
+
+    def _executor(self, resources):
+        import submitit
+
+        executor = submitit.SlurmExecutor(folder=self.folder, python=sys.executable)
+        executor.update_parameters(job_name="harness", **slurm_parameters(resources))
+        return executor
+
+    @staticmethod
+    def _absolute(job: TrainJob) -> TrainJob:
+        """Jobs may start in another directory."""
+        return replace(job, spec_file=str(Path(job.spec_file).resolve()),
+                       workspace=str(Path(job.workspace).resolve()))
+
+    def submit(self, job: TrainJob, resources, attempt: int = 1, header: str | None = None) -> Handle:
+        return self.submit_many([(job, resources)])[0]
+
+    def submit_many(self, items: list[tuple[TrainJob, object]]) -> list[Handle]:
+        """Submit jobs, one array per group of equal Slurm parameters; handles in input order."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, resources) in enumerate(items):
+            key = tuple(sorted((k, str(v)) for k, v in slurm_parameters(resources).items()))
+            groups.setdefault(key, []).append(i)
+        handles: list[Handle | None] = [None] * len(items)
+        for idx in groups.values():
+            executor = self._executor(items[idx[0]][1])
+            submitted = []
+            with executor.batch():
+                for i in idx:
+                    job, resources = items[i]
+                    job = self._absolute(job)
+                    submitted.append((i, job, executor.submit(SlurmCell(job, resources.gpus))))
+            for i, job, sjob in submitted:
+                paths = job.paths()
+                log = paths.log if paths else Path(self.workspace) / "slurm" / str(sjob.job_id)
+                handles[i] = Handle(job, 1, log, slurm_job=sjob)
+        return handles  # type: ignore[return-value]
+
+    def poll(self, handle: Handle) -> int | None:
+        job = handle.slurm_job
+        if job.job_id in queued([job.job_id]):
+            return None
+        result = job.paths.result_pickle
+        for _ in range(20):  # the result file is written before the job leaves the queue; allow a slow FS
+            if result.exists():
+                break
+            time.sleep(0.25)
+        if not result.exists():
+            return 128 + signal.SIGKILL  # cancelled before it could write a result
+        with open(result, "rb") as f:
+            outcome, payload = pickle.load(f)
+        if outcome == "success":
+            return int(payload)
+        m = _EXITED.search(str(payload))
+        return int(m.group(1)) if m else int(EXIT_FAILED)
+
+    def stop(self, handle: Handle) -> None:
+        """SIGTERM the job's steps: the trainer checkpoints and ends its run KILLED, then exits."""
+        subprocess.run(["scancel", "--signal=TERM", handle.slurm_job.job_id], capture_output=True)
+
+    def wait_stopped(self, handles: list[Handle], grace: float = 60.0) -> None:
+        for h in handles:
+            self.stop(h)
+        deadline = time.time() + grace
+        ids = [h.slurm_job.job_id for h in handles]
+        while queued(ids) and time.time() < deadline:
+            time.sleep(0.5)
+        left = sorted(queued(ids))
+        if left:
+            subprocess.run(["scancel", *left], capture_output=True)
+
+
+def submit(todo: list[tuple[Cell, bool]], *, spec_file: str, overrides: Overrides, workspace: str,
            uri: str) -> dict[str, str]:
     """Submit the cells; returns run key -> Slurm job id."""
-    import submitit
-
-    folder = Path(workspace) / "slurm" / "%j"
-    groups: dict[tuple, list[tuple[Cell, bool]]] = {}
-    for cell, fresh in todo:
-        key = tuple(sorted((k, str(v)) for k, v in slurm_parameters(cell.config.resources).items()))
-        groups.setdefault(key, []).append((cell, fresh))
+    backend = SlurmBackend(workspace)
+    items = [(TrainJob.for_cell(cell, spec_file=spec_file, workspace=workspace, tracking_uri=uri, overrides=overrides,
+                                fresh=fresh), cell.config.resources) for cell, fresh in todo]
+    handles = backend.submit_many(items)
     ids: dict[str, str] = {}
-    for items in groups.values():
-        executor = submitit.SlurmExecutor(folder=folder, python=sys.executable)
-        executor.update_parameters(job_name="harness", **slurm_parameters(items[0][0].config.resources))
-        jobs = []
-        with executor.batch():
-            for cell, fresh in items:
-                gpus = cell.config.resources.gpus
-                cmd = train_command(cell, spec_file=str(Path(spec_file).resolve()), override_args=override_args,
-                                    workspace=str(Path(workspace).resolve()), uri=uri,
-                                    gpus=[str(i) for i in range(gpus)], fresh=fresh)
-                jobs.append(executor.submit(SlurmCell(cmd, gpus)))
-        for (cell, _), job in zip(items, jobs, strict=True):
-            ids[cell.run_key] = job.job_id
-            print(f"{cell.id}: submitted as Slurm job {job.job_id}", flush=True)
+    for (cell, _), handle in zip(todo, handles, strict=True):
+        ids[cell.run_key] = handle.slurm_job.job_id
+        print(f"{cell.id}: submitted as Slurm job {handle.slurm_job.job_id}", flush=True)
     return ids
 
 
@@ -133,13 +179,13 @@ def queued(job_ids: list[str]) -> set[str]:
     """Job ids still known to squeue (pending, running, requeued)."""
     if not job_ids:
         return set()
-    out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True)
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True)
     return {line.strip() for line in out.stdout.splitlines() if line.strip()}
 
 
-def run_slurm(todo: list[tuple[Cell, bool]], *, spec_file: str, override_args: list[str], workspace: str, uri: str,
+def run_slurm(todo: list[tuple[Cell, bool]], *, spec_file: str, overrides: Overrides, workspace: str, uri: str,
               detach: bool = False, poll: float = 5.0) -> int:
-    ids = submit(todo, spec_file=spec_file, override_args=override_args, workspace=workspace, uri=uri)
+    ids = submit(todo, spec_file=spec_file, overrides=overrides, workspace=workspace, uri=uri)
     if detach:
         print(f"{len(ids)} jobs submitted; `harness status {spec_file}` shows their state")
         return 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.spec.matrix import Cell
+from harness.spec.workspace import CellPaths
 from harness.track.runs import RunInfo, end_killed, runs_by_key
 from harness.train.lock import is_locked
 
@@ -42,7 +43,7 @@ def decide(cells: list[Cell], runs: dict[str, RunInfo], workspace: str | Path, *
     out = []
     for cell in cells:
         run = runs.get(cell.run_key)
-        locked = is_locked(Path(workspace) / cell.run_key / "lock")
+        locked = is_locked(CellPaths.of(workspace, cell.run_key).lock)
         if locked:
             out.append(Decision(cell, "busy", run, "running in another process"))
         elif rerun:
@@ -53,7 +54,7 @@ def decide(cells: list[Cell], runs: dict[str, RunInfo], workspace: str | Path, *
             out.append(Decision(cell, "skip", run, "already finished"))
         elif run.status == "RUNNING":
             fresh = run.heartbeat is not None and now - run.heartbeat < STALE_AFTER_S
-            if fresh and not Path(workspace, cell.run_key, "lock").exists():
+            if fresh and not CellPaths.of(workspace, cell.run_key).lock.exists():
                 out.append(Decision(cell, "busy", run, "running elsewhere (recent heartbeat)"))
             else:
                 out.append(Decision(cell, "run", run, "stale run (worker lost): resuming"))

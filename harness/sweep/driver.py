@@ -15,19 +15,20 @@ with its own run key) trained by a `harness train` worker, several at once.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.report.sweep import write_sweep_report
-from harness.schedule.local import discover_gpus, job_env, train_command
+from harness.schedule.job import Overrides, SweepLink, TrainJob
+from harness.schedule.local import Backend, Handle, LocalBackend, discover_gpus
 from harness.schedule.state import latest_runs, prepare_store
 from harness.spec.matrix import Cell
+from harness.spec.workspace import CellPaths, optuna_journal
 from harness.sweep.space import Sweep, current_value, set_item
 from harness.track.mlflow_tracker import check_tracking_uri, client_for, resolve_tracking_uri
+from harness.track.names import headline_key
 from harness.track.runs import metric_history, write
 from harness.train.lock import is_locked
 
@@ -36,14 +37,15 @@ from harness.train.lock import is_locked
 class Running:
     trial: object  # optuna.Trial
     cells: list[Cell]
-    procs: list[subprocess.Popen]
+    handles: list[Handle]
     reported: int = -1
     pruned_at: int | None = None
+    codes: dict[int, int] = field(default_factory=dict)  # handle index -> exit code, once ended
 
 
 class Driver:
     def __init__(self, sweep: Sweep, *, workspace: str, tracking_uri: str | None, storage: str | None,
-                 jobs: int | None, out_dir: str):
+                 jobs: int | None, out_dir: str, backend: str = "local"):
         self.sweep, self.spec = sweep, sweep.spec
         self.workspace, self.out_dir = workspace, Path(out_dir)
         self.uri = resolve_tracking_uri(tracking_uri, workspace, check=False)  # checked in run()
@@ -51,7 +53,13 @@ class Driver:
         self.storage_url = storage
         self.experiment = sweep.base_cells[0].spec_name
         self.stopping: int | None = None
-        self.gpus = discover_gpus()
+        if backend == "slurm":
+            from harness.schedule.slurm import SlurmBackend
+
+            self.backend: Backend = SlurmBackend(workspace)
+        else:  # `jobs` trials at once, each of its cells (seeds) its own process and GPU slot
+            self.backend = LocalBackend(self.jobs * len(sweep.base_cells), discover_gpus())
+        self.trial_gpus = sum(c.config.resources.gpus for c in sweep.base_cells)
 
     # ------------------------------------------------------------------ setup
 
@@ -64,9 +72,9 @@ class Driver:
         if self.storage_url:
             storage = self.storage_url
         else:
-            folder = Path(self.workspace) / "optuna"
-            folder.mkdir(parents=True, exist_ok=True)
-            storage = JournalStorage(JournalFileBackend(str(folder / f"{self.spec.name}.journal")))
+            journal = optuna_journal(self.workspace, self.spec.name)
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            storage = JournalStorage(JournalFileBackend(str(journal)))
         sampler = optuna.samplers.TPESampler(seed=self.spec.sampler.seed,
                                              n_startup_trials=self.spec.sampler.n_startup_trials)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=self.spec.pruner.n_startup_trials,
@@ -95,38 +103,41 @@ class Driver:
     def cells_for(self, params: dict) -> list[Cell]:
         return self.sweep.trial_cells(params)  # the swept row only, as validated
 
-    def override_args(self, params: dict) -> list[str]:
+    def overrides(self, params: dict) -> Overrides:
         items = [set_item(".".join(map(str, o.path)), o.value) for o in self.sweep.fixed]
         items += [set_item(k, v) for k, v in params.items()]
-        return ["--set", *items] if items else []
+        return Overrides(tuple(items))
 
     def launch(self, trial, parent: str) -> Running:
         params = dict(trial.params)
         cells = self.cells_for(params)
-        procs = []
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        link = SweepLink(parent, trial.number, self.spec.name)
+        handles = []
         for cell in cells:
-            cdir = Path(self.workspace) / cell.run_key
-            cdir.mkdir(parents=True, exist_ok=True)
-            cmd = train_command(cell, spec_file=self.sweep.base_file, override_args=self.override_args(params),
-                                workspace=self.workspace, uri=self.uri, gpus=self.gpus[:1], fresh=False)
-            env = job_env(self.gpus[:1], threads, 1)
-            env.update(HARNESS_PARENT_RUN_ID=parent, HARNESS_TRIAL=str(trial.number), HARNESS_SWEEP=self.spec.name)
-            with open(cdir / "log.txt", "a") as log:
-                log.write(f"\n===== trial {trial.number}: {' '.join(cmd)}\n")
-                log.flush()
-                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                              stdin=subprocess.DEVNULL, start_new_session=True))
+            job = TrainJob.for_cell(cell, spec_file=self.sweep.base_file, workspace=self.workspace,
+                                    tracking_uri=self.uri, overrides=self.overrides(params), sweep=link)
+            handles.append(self.backend.submit(job, cell.config.resources, header=f"trial {trial.number}"))
         trial.set_user_attr("run_keys", [c.run_key for c in cells])
         print(f"trial {trial.number}: started {params}", flush=True)
-        return Running(trial, cells, procs)
+        return Running(trial, cells, handles)
+
+    def alive(self, r: Running) -> bool:
+        """Polls the trial's jobs; True while any of them runs."""
+        for i, h in enumerate(r.handles):
+            if i not in r.codes:
+                code = self.backend.poll(h)
+                if code is not None:
+                    r.codes[i] = code
+        return len(r.codes) < len(r.handles)
 
     def objective_history(self, cell: Cell) -> list[tuple[int, float]]:
         runs = latest_runs(self.uri, self.experiment)
         info = runs.get(cell.run_key)
         if info is None:
             return []
-        return metric_history(self.uri, info.run_id, self.spec.objective.metric)
+        key = self.spec.objective.metric  # eval.<name>: the cell's headline mode (harness.track.names)
+        return (metric_history(self.uri, info.run_id, key)
+                or metric_history(self.uri, info.run_id, headline_key(key, cell.config.eval.nms)))
 
     def poll(self, r: Running) -> str | None:
         """Report intermediate values, prune; returns 'done' when the workers exited."""
@@ -136,14 +147,12 @@ class Driver:
             if step > r.reported and r.pruned_at is None:
                 r.trial.report(value, step)
                 r.reported = step
-                if step < last and r.trial.should_prune() and any(p.poll() is None for p in r.procs):
+                if step < last and r.trial.should_prune() and self.alive(r):
                     r.pruned_at = step
-                    for p in r.procs:
-                        if p.poll() is None:
-                            os.killpg(p.pid, signal.SIGTERM)
-        if any(p.poll() is None for p in r.procs):
-            return None
-        return "done"
+                    for i, h in enumerate(r.handles):
+                        if i not in r.codes:
+                            self.backend.stop(h)
+        return None if self.alive(r) else "done"
 
     def finish(self, study, r: Running, parent: str) -> None:
         import optuna
@@ -194,7 +203,7 @@ class Driver:
         for t in study.get_trials(deepcopy=False):
             if t.state == states.RUNNING:  # its driver died: fail it, retry its params
                 keys = t.user_attrs.get("run_keys", [])
-                if any(is_locked(Path(self.workspace) / k / "lock") for k in keys):
+                if any(is_locked(CellPaths.of(self.workspace, k).lock) for k in keys):
                     continue
                 study.tell(t.number, state=states.FAIL)
                 study.enqueue_trial(t.params)
@@ -210,17 +219,13 @@ class Driver:
         try:
             while done() + len(running) < self.spec.n_trials or running:
                 if self.stopping is not None:
-                    for r in running:
-                        for p in r.procs:
-                            if p.poll() is None:
-                                os.killpg(p.pid, signal.SIGTERM)
-                    for r in running:
-                        for p in r.procs:
-                            p.wait()
+                    self.backend.wait_stopped([h for r in running for i, h in enumerate(r.handles)
+                                               if i not in r.codes])
                     print("stopped: the running trials stay RUNNING in the study; rerun to continue")
                     client_for(self.uri).set_terminated(parent, "KILLED")
                     return 128 + self.stopping
-                while len(running) < self.jobs and done() + len(running) < self.spec.n_trials:
+                while (len(running) < self.jobs and done() + len(running) < self.spec.n_trials
+                       and self.backend.can_start(self.trial_gpus)):
                     trial = study.ask(self.distributions())
                     running.append(self.launch(trial, parent))
                 time.sleep(1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +17,7 @@ from harness.spec.overrides import Override, check_path, parse_set
 from harness.spec.schema import Config
 
 COCO = ("ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl")
-CROWDHUMAN = ("ap50", "mmr", "recall", "n_images", "n_valid_gt", "n_dets")
+CROWDHUMAN = ("ap50", "mmr", "recall")  # counts are not metrics (eval.json only): not objectives
 
 
 class Strict(BaseModel):
@@ -223,9 +224,8 @@ def validate_sweep(file: str, extra: list[Override] = (), backend: str = "local"
     the sweep spec and base spec, the space, its bounds and the objective against the swept row's
     cells, and the backend. Raises SpecError (exit 2) naming the sweep file and key."""
     sweep = load_sweep(file, extra)
-    if backend != "local":
-        raise SpecError(Problem(None, None, "--backend", "sweeps run on the local backend for now "
-                                "(trials on Slurm are not implemented yet)"))
+    if backend == "slurm" and shutil.which("sbatch") is None:
+        raise SpecError(Problem(None, None, "--backend", "slurm: sbatch is not on PATH (is this a Slurm login node?)"))
     return sweep
 
 

@@ -301,7 +301,7 @@ def explain_missing(cells, uri: str, experiment: str, runs: dict[str, RunInfo] |
     from mlflow import MlflowClient, search_runs, set_tracking_uri
 
     from harness.spec.matrix import hashed_config
-    from harness.track.mlflow_tracker import flatten
+    from harness.track.names import cell_params
 
     runs = runs_by_key(uri, experiment) if runs is None else runs
     missing = [c for c in cells if c.run_key not in runs]
@@ -323,7 +323,7 @@ def explain_missing(cells, uri: str, experiment: str, runs: dict[str, RunInfo] |
         run = by_cell.get((c.row, c.dataset, str(c.seed)))
         if run is None:
             continue
-        mine = flatten(hashed_config(c.config))
+        mine = cell_params(hashed_config(c.config))  # what a run logs as params (no nulls)
         theirs = run.data.params
         diff = [f"{k} {theirs[k]} there, {v} here" for k, v in sorted(mine.items()) if k in theirs and theirs[k] != v]
         diff += [f"{k} {v} here, absent there" for k, v in sorted(mine.items()) if k not in theirs][: max(0, 3 - len(diff))]

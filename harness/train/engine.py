@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
 import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -74,12 +78,21 @@ def _logged(losses: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 class Progress:
-    """A progress bar on a terminal; plain lines every `period` iterations otherwise."""
+    """A progress bar on a terminal; plain lines every `period` iterations otherwise.
 
-    def __init__(self, total: int, start: int, period: int, label: str, enabled: bool = True):
+    With `file`, it also keeps a small JSON progress file up to date (replaced atomically, at
+    most about once a second): the live table of `harness run` reads it.
+    """
+
+    FILE_PERIOD_S = 1.0
+
+    def __init__(self, total: int, start: int, period: int, label: str, enabled: bool = True,
+                 file: Path | None = None):
         self.total, self.period, self.label, self.enabled = total, period, label, enabled
         self.t0, self.start = time.perf_counter(), start
         self.bar = None
+        self.file, self._written, self._info = file, -math.inf, {}
+        self.tick(start)
         if enabled and sys.stdout.isatty():
             from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
@@ -89,16 +102,35 @@ class Progress:
             self.task = self.bar.add_task(label, total=total, completed=start, info="")
             self.bar.start()
 
+    def eta(self, iteration: int) -> float:
+        done = iteration - self.start
+        rate = done / max(1e-9, time.perf_counter() - self.t0)
+        return (self.total - iteration) / rate if rate > 0 else float("nan")
+
+    def tick(self, iteration: int, force: bool = False) -> None:
+        """Rewrite the progress file (iteration, total, ETA, last loss) when a second has passed."""
+        now = time.perf_counter()
+        if self.file is None or not (force or now - self._written >= self.FILE_PERIOD_S):
+            return
+        self._written = now
+        eta = self.eta(iteration)
+        state = {"iteration": iteration, "total": self.total, "eta_s": None if math.isnan(eta) else round(eta, 1),
+                 "pid": os.getpid(), "time": time.time(), **self._info}
+        tmp = self.file.with_name(self.file.name + f".{os.getpid()}.tmp")
+        with contextlib.suppress(OSError):  # the live table is a convenience: never stop training for it
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, self.file)
+
     def update(self, iteration: int, info: dict[str, float]) -> None:
+        self._info = {k: v for k, v in info.items() if math.isfinite(v)}
+        self.tick(iteration, force=iteration == self.total)
         if not self.enabled:
             return
         text = " ".join(f"{k}={v:.4g}" for k, v in info.items())
         if self.bar is not None:
             self.bar.update(self.task, completed=iteration, info=text)
         elif iteration % self.period == 0 or iteration == self.total:
-            done = iteration - self.start
-            rate = done / max(1e-9, time.perf_counter() - self.t0)
-            eta = (self.total - iteration) / rate if rate > 0 else float("nan")
+            eta = self.eta(iteration)
             print(f"[{self.label}] iter {iteration}/{self.total} {text} eta {eta:.0f}s", flush=True)
 
     def close(self) -> None:

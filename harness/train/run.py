@@ -11,7 +11,6 @@ train.health rule, reason "diverged: ...") or KILLED (signal), with the reason i
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -25,18 +24,20 @@ import yaml
 
 from harness.data.build import eval_dataset, load_datasets, train_dataset
 from harness.data.loader import eval_loader, train_loader
+from harness.formats.atomic import write_json, write_json_lines, write_text_atomic
 from harness.model.backbone import WeightsError
 from harness.model.build import build_from_config
 from harness.spec.errors import Problem, UserError
 from harness.spec.matrix import Cell
+from harness.spec.workspace import CellPaths
 from harness.track.mlflow_tracker import (
     MLflowTracker,
     NullTracker,
     client_for,
-    flatten,
     git_commit,
     resolve_tracking_uri,
 )
+from harness.track.names import axis_tags, cell_params, logged_eval_metrics
 from harness.train import checkpoint as ckpt
 from harness.train.engine import (
     NonFiniteLoss,
@@ -56,10 +57,6 @@ from harness.train.lock import CellLock
 from harness.train.optim import build_optimizer, build_scheduler, scaled_schedule
 
 HEARTBEAT_S = float(os.environ.get("HARNESS_HEARTBEAT_S", "30"))
-
-
-def cell_dir(workspace: str | Path, cell: Cell) -> Path:
-    return Path(workspace) / cell.run_key
 
 
 class SignalGuard:
@@ -108,25 +105,26 @@ def _amp(train, device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None
 
 def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | None = None,
              resume: bool | None = None, spec_file: str | None = None, attempt: int | None = None,
-             progress: bool = True) -> int:
+             progress: bool = True, sweep: dict | None = None) -> int:
     """Train and evaluate one cell; returns the process exit code.
 
     resume: None = resume when the cell's checkpoint exists; True = must resume; False = start a
-    fresh run (the old checkpoint is set aside).
+    fresh run (the old checkpoint is set aside). sweep: a sweep trial's parent_run, trial and sweep
+    (its run becomes a nested child of the sweep's run).
     """
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:
         return _run_cell(cell, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
-                         spec_file=spec_file, attempt=attempt, progress=progress)
+                         spec_file=spec_file, attempt=attempt, progress=progress, sweep=sweep)
     resolve_tracking_uri(tracking_uri, workspace)
-    lock = CellLock(cell_dir(workspace, cell) / "lock")
+    lock = CellLock(CellPaths.of(workspace, cell.run_key).lock)
     if not lock.acquire():
         print(f"{cell.id}: being trained by another process (lock {lock.path}); not starting it twice",
               file=sys.stderr)
         return EXIT_BUSY
     try:
         return _run_cell(cell, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
-                         spec_file=spec_file, attempt=attempt, progress=progress)
+                         spec_file=spec_file, attempt=attempt, progress=progress, sweep=sweep)
     finally:
         lock.release()
 
@@ -156,7 +154,7 @@ class Heartbeat:
         return False
 
 
-def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt, progress) -> int:
+def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt, progress, sweep=None) -> int:
     cfg = cell.config
     rank, world, local_rank = _distributed()
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -166,8 +164,8 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
     workspace = Path(workspace)
     uri = resolve_tracking_uri(tracking_uri, workspace, check=False)  # checked by run_cell before the lock
     workspace.mkdir(parents=True, exist_ok=True)
-    cdir = cell_dir(workspace, cell)
-    ckpt_path = cdir / "checkpoint.pt"
+    paths = CellPaths.of(workspace, cell.run_key)
+    ckpt_path = paths.checkpoint
 
     # ---- everything a user can get wrong, before any MLflow run exists
     if cfg.train.ims_per_batch % world:
@@ -225,38 +223,40 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
         tags = {"harness.run_key": cell.run_key, "harness.row": cell.row, "harness.dataset": cell.dataset,
                 "harness.seed": cell.seed, "harness.spec": spec_file or "", "harness.git_commit": git_commit(),
                 "harness.attempt": attempt or 1, "harness.spec_name": cell.spec_name,
-                "harness.host": os.uname().nodename, "harness.world_size": world}
+                "harness.host": os.uname().nodename, "harness.world_size": world,
+                "harness.headline": "nms" if cfg.eval.nms else "nms_free", **axis_tags(cell.picks)}
         if os.environ.get("SLURM_JOB_ID"):
             tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
-        if os.environ.get("HARNESS_PARENT_RUN_ID"):  # a sweep trial: a nested child run
-            tags["mlflow.parentRunId"] = os.environ["HARNESS_PARENT_RUN_ID"]
-            tags["harness.trial"] = os.environ.get("HARNESS_TRIAL", "")
-            tags["harness.sweep"] = os.environ.get("HARNESS_SWEEP", "")
+        if sweep:  # a sweep trial: a nested child run
+            tags["mlflow.parentRunId"] = sweep["parent_run"]
+            tags["harness.trial"] = sweep["trial"]
+            tags["harness.sweep"] = sweep["sweep"]
         tracker = MLflowTracker.start(uri, cell.spec_name, cell.id, tags, workspace=workspace, resume_run_id=run_id)
         run_id = tracker.run_id
-        params = flatten(cfg.model_dump(mode="json"))
-        params.update({"schedule.lr": sched.base_lr, "schedule.max_iter": sched.max_iter,
-                       "schedule.steps": list(sched.steps), "schedule.warmup_iters": sched.warmup_iters,
-                       "schedule.linear_scale": sched.scale})
+        params = cell_params(cfg.model_dump(mode="json"), slurm=bool(os.environ.get("SLURM_JOB_ID")))
+        if sched.scale != 1.0:  # the schedule actually trained differs from train.*: say how
+            params.update({"schedule.lr": sched.base_lr, "schedule.max_iter": sched.max_iter,
+                           "schedule.steps": list(sched.steps), "schedule.warmup_iters": sched.warmup_iters,
+                           "schedule.linear_scale": sched.scale})
         tracker.log_params(params)
         if start_iter == 0:
-            cdir.mkdir(parents=True, exist_ok=True)
-            (cdir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-            tracker.log_artifact(cdir / "config.yaml")
+            paths.make()
+            write_text_atomic(paths.config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            tracker.log_artifact(paths.config)
         if sched.scale != 1.0:
             print(f"{cell.id}: linear scaling rule: batch {cfg.train.ims_per_batch} vs reference "
                   f"{cfg.train.reference_batch}: lr {cfg.train.base_lr} -> {sched.base_lr:g}, "
                   f"max_iter {cfg.train.max_iter} -> {sched.max_iter}")
         if torch.cuda.is_available() and cfg.tracking.system_metrics != "off" or cfg.tracking.system_metrics == "on":
             tracker.start_system_metrics()
-        print(f"{cell.id}: run {run_id} ({'resumed at iteration ' + str(start_iter) if start_iter else 'new'})",
-              flush=True)
+        print(f"{cell.id}: run {run_id} ({'resumed at iteration ' + str(start_iter) if start_iter else 'new'}), "
+              f"attempt {attempt or 1} in MLflow", flush=True)
 
     try:
         with SignalGuard() as guard, (Heartbeat(tracker) if rank == 0 else contextlib.nullcontext()):
             _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tracker, guard, health,
                    start_iter=start_iter, rank=rank, world=world, device=device, ckpt_path=ckpt_path,
-                   run_id=run_id, cdir=cdir, progress=progress)
+                   run_id=run_id, paths=paths, progress=progress)
             tracker.end("FINISHED")  # still under the guard: a late SIGTERM cannot cut this short
     except Stop as exc:
         tracker.end("KILLED", str(exc))
@@ -279,7 +279,7 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
 
 
 def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tracker, guard,
-           health: HealthMonitor, *, start_iter, rank, world, device, ckpt_path, run_id, cdir, progress) -> None:
+           health: HealthMonitor, *, start_iter, rank, world, device, ckpt_path, run_id, paths, progress) -> None:
     cfg = cell.config
     per_rank = cfg.train.ims_per_batch // world
     loader = train_loader(train_dataset(cfg.data, data.train, cfg.model.backbone.input_format), per_rank,
@@ -289,7 +289,8 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
                       world_size=world, num_workers=cfg.data.num_workers, divisibility=cfg.data.size_divisibility)
     headline = "nms" if cfg.eval.nms else "nms_free"
     meter = WindowMeter()
-    bar = Progress(sched.max_iter, start_iter, cfg.tracking.log_period, cell.id, enabled=progress and rank == 0)
+    bar = Progress(sched.max_iter, start_iter, cfg.tracking.log_period, cell.id, enabled=progress and rank == 0,
+                   file=paths.progress if rank == 0 else None)
 
     def save(iteration: int) -> None:
         if rank == 0:
@@ -313,21 +314,16 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
         metrics, files = score(preds, data.info, data.val, metrics=cfg.eval.metrics, backend=cfg.eval.backend,
                                headline=headline)
         flag = flag or health.check_quality(iteration, metrics["ap" if cfg.eval.metrics == "coco" else "ap50"])
-        tracker.log_metrics({**{f"eval.{k}": v for k, v in metrics.items()}, "health.eval_dets": n_dets},
-                            step=iteration)
+        tracker.log_metrics({**logged_eval_metrics(metrics), "health.eval_dets": n_dets}, step=iteration)
         tracker.flush()
         if final:
             ext = "json" if cfg.eval.metrics == "coco" else "odgt"
             for key, results in files.items():
-                path = cdir / f"detections_{key}.{ext}"
-                with open(path, "w") as f:
-                    if ext == "json":
-                        json.dump(results, f)
-                    else:
-                        f.writelines(json.dumps(r) + "\n" for r in results)
+                path = paths.detections(key, ext)
+                (write_json if ext == "json" else write_json_lines)(path, results)
                 tracker.log_artifact(path, "detections")
-            (cdir / "eval.json").write_text(json.dumps({"iteration": iteration, **metrics}, indent=1))
-            tracker.log_artifact(cdir / "eval.json")
+            write_json(paths.eval_json, {"iteration": iteration, "headline": headline, **metrics}, indent=1)
+            tracker.log_artifact(paths.eval_json)
         if world > 1 and not health.check_eval(iteration, n_dets):  # the others wait for the verdict
             dist.broadcast_object_list([flag], src=0)
         if flag:
@@ -348,6 +344,7 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
             scheduler.step()
             iteration += 1
             flag = health.update(iteration, values["total_loss"])  # the same value on every rank
+            bar.tick(iteration)
             if iteration == start_iter + 1 and rank == 0:
                 print(f"{cell.id}: first iteration at {time.time():.3f}", flush=True)
             values["data_time"] = data_time

@@ -30,6 +30,17 @@ overrides: {{train.max_iter: 8, eval.period: 2, data.synthetic.format: odgt, mod
 """
 
 
+def load_study(ws):
+    """The sweep's study from its journal in the workspace, and Optuna's trial states."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="tiny_sweep",
+                              storage=JournalStorage(JournalFileBackend(str(ws / "optuna" / "tiny_sweep.journal"))))
+    return study, optuna.trial.TrialState
+
+
 def sweep_file(tmp_path, n=6, metric="eval.nms_free.mmr", direction="minimize", extra=""):
     write_spec(tmp_path, rows=("A:poto",), iters=8, ckpt=2)
     path = tmp_path / "sweep.yaml"
@@ -76,13 +87,7 @@ def test_sweep_killed_midway_and_resumed(tmp_path):
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
 
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    study = optuna.load_study(study_name="tiny_sweep",
-                              storage=JournalStorage(JournalFileBackend(str(ws / "optuna" / "tiny_sweep.journal"))))
-    states = optuna.trial.TrialState
+    study, states = load_study(ws)
     assert sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.trials) == 6
     failed = [t for t in study.trials if t.state == states.FAIL and "run_keys" in t.user_attrs]
     assert failed, "the trials running at the kill are failed on resume"
@@ -104,3 +109,49 @@ def test_sweep_killed_midway_and_resumed(tmp_path):
     assert (out / "sweep_tiny_sweep.md").exists() and (out / "sweep_tiny_sweep_history.png").exists()
     assert "best" in parent.iloc[0]["tags.best.trial"] or parent.iloc[0]["tags.best.trial"].isdigit()
     assert (out / "sweep_tiny_sweep_best.yaml").exists()
+
+
+@pytest.mark.slow
+def test_sweep_on_slurm_prunes_and_resumes(slurm, tmp_path):
+    """`harness sweep --backend slurm`: trials are Slurm jobs on the real single-node cluster; the
+    driver is killed midway and rerun, and the study ends with exactly n_trials trials."""
+    from tests.schedule.test_slurm import SLURM_RES
+
+    path = sweep_file(tmp_path, n=5)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec.read_text().replace("  resources: {gpus: 0, max_attempts: 2}", "  " + SLURM_RES))
+    ws, out = tmp_path / "ws", tmp_path / "reports"
+    env = {**ENV, **slurm}
+    cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--backend", "slurm", "--workspace", str(ws),
+           "--jobs", "2", "--out-dir", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    lines = []
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill the driver once a trial ended and two more are running
+        line = proc.stdout.readline()
+        lines.append(line)
+        ended = sum("eval.nms_free.mmr =" in x or "pruned at" in x for x in lines)
+        if ended >= 1 and sum(": started" in x for x in lines) >= ended + 2:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + rest
+    queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
+    assert queue.stdout.strip() == "", "the stopped driver left Slurm jobs behind: " + queue.stdout
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+    study, states = load_study(ws)
+    assert sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.trials) == 5
+    df = runs(ws, "sched")
+    assert "RUNNING" not in set(df["status"])
+    parent = df[df["tags.harness.sweep_parent"] == "tiny_sweep"]
+    children = df[df["tags.mlflow.parentRunId"] == parent.iloc[0]["run_id"]]
+    assert children["tags.harness.slurm_job"].notna().all(), "every trial ran as a Slurm job"
+    assert children["tags.harness.run_key"].value_counts().max() == 1  # nothing trained twice
+    for t in study.trials:
+        if t.state == states.PRUNED:
+            (key,) = t.user_attrs["run_keys"]
+            row = children[children["tags.harness.run_key"] == key].iloc[0]
+            assert row["status"] == "KILLED" and row["tags.harness.failure"].startswith("pruned by Optuna")
+    assert (out / "sweep_tiny_sweep.md").exists()

@@ -58,11 +58,11 @@ def test_sigterm_kills_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert resumed["tags.harness.attempt"] == "2"
     ref = runs(a, "quickstart").iloc[0]
     assert history(b, resumed["run_id"], "train.total_loss") == history(a, ref["run_id"], "train.total_loss")
-    for key in ("eval.ap", "eval.ar100", "eval.nms.ap", "train.total_loss"):
+    for key in ("eval.nms_free.ap", "eval.nms_free.ar100", "eval.nms.ap", "train.total_loss"):
         assert resumed[f"metrics.{key}"] == ref[f"metrics.{key}"], key
     steps = [s for s, _ in history(b, resumed["run_id"], "train.total_loss")]
     assert steps == list(range(1, 41))  # continuous, no duplicates
-    assert history(b, resumed["run_id"], "eval.ap") == history(a, ref["run_id"], "eval.ap")
+    assert history(b, resumed["run_id"], "eval.nms_free.ap") == history(a, ref["run_id"], "eval.nms_free.ap")
     # the health monitor's state came back from the checkpoint: its EMA continues unbroken
     assert history(b, resumed["run_id"], "health.loss_ema") == history(a, ref["run_id"], "health.loss_ema")
 
@@ -129,7 +129,7 @@ def test_real_mlflow_server(tmp_path):
         mlflow.set_tracking_uri(uri)
         df = mlflow.search_runs(experiment_names=["quickstart"])
         assert len(df) == 1 and df.iloc[0]["status"] == "FINISHED"
-        assert "metrics.eval.ap" in df.columns and df.iloc[0]["tags.harness.row"] == "FCOS"
+        assert "metrics.eval.nms.ap" in df.columns and df.iloc[0]["tags.harness.row"] == "FCOS"
         assert not (tmp_path / "ws" / "mlflow.db").exists()
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -1,0 +1,203 @@
+"""A training job: the one description of "train this cell" that every launcher uses.
+
+`harness run` (local pool or Slurm), `harness sweep` and `harness train` itself all go through
+`TrainJob`: the local pool turns it into a `python -m harness train ...` process, the Slurm
+backend pickles it into a submitit job that calls `TrainJob.execute()` in its allocation, and the
+`train` command parses its own arguments into one (`TrainJob.from_args`). The command line is
+written once (`argv`) and read once (`add_train_arguments` + `from_argv`); a test round-trips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from harness.spec.workspace import CellPaths
+
+
+def add_override_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                   metavar="KEY=VALUE",
+                   help="override config values, typed by the schema (e.g. train.base_lr=0.02); "
+                        "takes one or more pairs and may be repeated")
+    p.add_argument("--set-file", dest="set_files", action="append", default=[], metavar="FILE",
+                   help="YAML file of overrides (nested mappings or dotted keys); may be repeated")
+
+
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", default="runs", metavar="DIR",
+                   help="checkpoints, logs, caches and the default SQLite store (default: ./runs)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: sqlite:///<workspace>/mlflow.db); "
+                        "http://host:port for an mlflow server")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `harness train`, which `TrainJob.argv` writes."""
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--row", required=True, metavar="LABEL", help="row label of the cell")
+    p.add_argument("--seed", type=int, default=None, help="one of the spec's seeds (default: first)")
+    p.add_argument("--dataset", default=None, help="dataset axis value (default: first)")
+    add_override_arguments(p)
+    add_store_arguments(p)
+    p.add_argument("--resume", action="store_true",
+                   help="resume from the cell's checkpoint (the default when it exists)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start a new run even if the cell has a checkpoint (it is set aside)")
+    sweep = p.add_argument_group("sweep trials (written by `harness sweep`)")
+    sweep.add_argument("--parent-run", default=None, metavar="RUN_ID",
+                       help="the sweep's MLflow run: this run becomes its nested child")
+    sweep.add_argument("--trial", type=int, default=None, metavar="N", help="the Optuna trial number")
+    sweep.add_argument("--sweep", default=None, metavar="NAME", help="the sweep's name")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """`--set` items and `--set-file` files, as the user gave them (files made absolute: a job may
+    start in another directory)."""
+
+    sets: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, sets: Sequence[str] = (), files: Sequence[str] = ()) -> Overrides:
+        return cls(tuple(sets), tuple(str(Path(f).resolve()) for f in files))
+
+    def argv(self) -> list[str]:
+        out: list[str] = []
+        for f in self.files:
+            out += ["--set-file", f]
+        if self.sets:
+            out += ["--set", *self.sets]
+        return out
+
+    def parsed(self) -> list:
+        """The typed overrides: files first, then the items, as on the command line."""
+        from harness.spec import load_set_file, parse_set
+
+        return [o for f in self.files for o in load_set_file(f)] + [parse_set(s) for s in self.sets]
+
+    def plus(self, sets: Sequence[str]) -> Overrides:
+        return replace(self, sets=self.sets + tuple(sets))
+
+
+@dataclass(frozen=True)
+class SweepLink:
+    """A sweep trial's place in its sweep: the parent MLflow run, the trial number, the sweep."""
+
+    parent_run: str
+    trial: int
+    sweep: str
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Train one cell: the spec file, the cell's coordinates, its overrides and where it goes."""
+
+    spec_file: str
+    row: str
+    dataset: str | None
+    seed: int | None
+    workspace: str
+    tracking_uri: str | None
+    overrides: Overrides = field(default_factory=Overrides)
+    fresh: bool = False
+    resume: bool = False
+    sweep: SweepLink | None = None
+    run_key: str | None = None  # the cell's key when the launcher knows it (its log goes there)
+
+    @classmethod
+    def for_cell(cls, cell, *, spec_file: str, workspace: str, tracking_uri: str,
+                 overrides: Overrides = Overrides(), fresh: bool = False, sweep: SweepLink | None = None) -> TrainJob:
+        return cls(spec_file=spec_file, row=cell.row, dataset=cell.dataset, seed=cell.seed, workspace=workspace,
+                   tracking_uri=tracking_uri, overrides=overrides, fresh=fresh, sweep=sweep, run_key=cell.run_key)
+
+    # ------------------------------------------------------------------ argv
+
+    def argv(self) -> list[str]:
+        """`harness train` arguments (without the program)."""
+        out = ["train", self.spec_file, "--row", self.row]
+        if self.dataset is not None:
+            out += ["--dataset", self.dataset]
+        if self.seed is not None:
+            out += ["--seed", str(self.seed)]
+        out += ["--workspace", self.workspace]
+        if self.tracking_uri is not None:
+            out += ["--tracking-uri", self.tracking_uri]
+        out += self.overrides.argv()
+        if self.fresh:
+            out.append("--fresh")
+        if self.resume:
+            out.append("--resume")
+        if self.sweep is not None:
+            out += ["--parent-run", self.sweep.parent_run, "--trial", str(self.sweep.trial),
+                    "--sweep", self.sweep.sweep]
+        return out
+
+    def command(self, gpus: int = 0) -> list[str]:
+        """The process to start: `python -m harness train ...`, under torchrun for multi-GPU cells."""
+        if gpus > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus),
+                    "-m", "harness", *self.argv()]
+        return [sys.executable, "-m", "harness", *self.argv()]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainJob:
+        sweep = None
+        if args.parent_run is not None:
+            sweep = SweepLink(args.parent_run, args.trial if args.trial is not None else -1, args.sweep or "")
+        return cls(spec_file=args.spec, row=args.row, dataset=args.dataset, seed=args.seed,
+                   workspace=args.workspace, tracking_uri=args.tracking_uri,
+                   overrides=Overrides(tuple(args.overrides), tuple(args.set_files)),
+                   fresh=args.fresh, resume=args.resume, sweep=sweep)
+
+    @classmethod
+    def from_argv(cls, argv: Sequence[str]) -> TrainJob:
+        """Inverse of `argv()` (the first element is "train")."""
+        argv = list(argv)
+        if not argv or argv[0] != "train":
+            raise ValueError(f"not a `harness train` command line: {argv[:1]}")
+        parser = argparse.ArgumentParser(prog="harness train")
+        add_train_arguments(parser)
+        return cls.from_args(parser.parse_args(argv[1:]))
+
+    def without_fresh(self) -> TrainJob:
+        """The same job resumed (a requeue after preemption must not start over)."""
+        return replace(self, fresh=False)
+
+    # --------------------------------------------------------------- running
+
+    def paths(self) -> CellPaths | None:
+        return CellPaths.of(self.workspace, self.run_key) if self.run_key else None
+
+    def cell(self):
+        """Load the spec, apply the overrides and pick this job's cell (SpecError on bad input)."""
+        from harness.spec import Problem, SpecError, expand, load_spec, row_labels, select
+
+        loaded = load_spec(self.spec_file)
+        rows = row_labels(loaded)
+        if self.row not in rows:
+            raise SpecError(Problem(self.spec_file, None, "--row",
+                                    f"unknown row {self.row!r} (known: {', '.join(rows)})"))
+        # the overrides (a sweep trial's) need fit this row only
+        cells = expand(loaded, self.overrides.parsed(), rows=(self.row,))
+        return select(cells, self.row, self.dataset, self.seed, spec_file=self.spec_file)
+
+    def execute(self) -> int:
+        """Train the cell in this process; returns `harness train`'s exit code."""
+        cell = self.cell()
+        from harness.train.run import run_cell
+
+        sweep = None
+        if self.sweep is not None:
+            sweep = {"parent_run": self.sweep.parent_run, "trial": self.sweep.trial, "sweep": self.sweep.sweep}
+        return run_cell(cell, workspace=self.workspace, tracking_uri=self.tracking_uri,
+                        resume=False if self.fresh else (True if self.resume else None), spec_file=self.spec_file,
+                        sweep=sweep)
+
+
+__all__ = ["Overrides", "SweepLink", "TrainJob", "add_override_arguments", "add_store_arguments",
+           "add_train_arguments"]

@@ -1,0 +1,78 @@
+"""The workspace layout, in one place.
+
+A workspace holds one directory per cell, named by the cell's run key::
+
+    <workspace>/<run_key>/lock                  held while a process trains the cell
+    <workspace>/<run_key>/log.txt               the job's stdout and stderr, every attempt appended
+    <workspace>/<run_key>/progress.json         the trainer's progress, for the live table and status
+    <workspace>/<run_key>/checkpoint.pt         the last checkpoint (resume point)
+    <workspace>/<run_key>/config.yaml           the resolved config (also an MLflow artifact)
+    <workspace>/<run_key>/eval.json             the last evaluation's metrics
+    <workspace>/<run_key>/detections_<kind>.<ext>  the last evaluation's detections
+
+and, beside the cells, ``mlflow.db`` (the default SQLite store), ``cache/`` (built datasets),
+``optuna/`` (sweep journals) and ``slurm/`` (submitit's folders).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CellPaths:
+    """The files of one cell in a workspace."""
+
+    workspace: Path
+    run_key: str
+
+    @classmethod
+    def of(cls, workspace: str | Path, run_key: str) -> CellPaths:
+        return cls(Path(workspace), run_key)
+
+    @property
+    def dir(self) -> Path:
+        return self.workspace / self.run_key
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / "lock"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "log.txt"
+
+    @property
+    def progress(self) -> Path:
+        """The trainer's progress (iteration, total, ETA, loss), replaced about once a second."""
+        return self.dir / "progress.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def eval_json(self) -> Path:
+        return self.dir / "eval.json"
+
+    def detections(self, kind: str, ext: str) -> Path:
+        """``detections_<kind>.<ext>``: kind is nms or nms_free, ext json (COCO) or odgt."""
+        return self.dir / f"detections_{kind}.{ext}"
+
+    def make(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self.dir
+
+
+def slurm_folder(workspace: str | Path) -> Path:
+    """Where submitit keeps its scripts, logs and result pickles (``%j``: the Slurm job id)."""
+    return Path(workspace) / "slurm" / "%j"
+
+
+def optuna_journal(workspace: str | Path, study: str) -> Path:
+    return Path(workspace) / "optuna" / f"{study}.journal"

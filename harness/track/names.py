@@ -1,0 +1,73 @@
+"""What a run shows in MLflow besides its curves: the params that identify its cell, the tags of
+its axis values, and the names of its evaluation metrics.
+
+Metric names. Every evaluation is scored twice, from the same predictions: with NMS and without
+(`eval.nms.<name>`, `eval.nms_free.<name>`). Only those two names go to MLflow, so a column of
+the runs table never mixes the two modes. `eval.<name>` without a mode means the cell's headline
+mode (`eval.nms` of its config: NMS for FCOS, NMS-free for the one-to-one rows); readers resolve
+it with `headline_key` / `with_headline`. Runs logged before this rule also carry `eval.<name>`
+itself, with the same value. Values are fractions (0-1), as the evaluators return them; reports
+print percent. Counts (`n_images`, `n_valid_gt`, `n_dets`) are not metrics: they are in the run's
+`eval.json` artifact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MODES = ("nms", "nms_free")
+COUNTS = frozenset({"n_images", "n_valid_gt", "n_dets"})
+
+
+def logged_eval_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """An evaluation's values as MLflow metrics: `eval.<mode>.<name>` only, no counts."""
+    out = {}
+    for key, value in metrics.items():
+        mode, _, name = key.rpartition(".")
+        if mode in MODES and name not in COUNTS:
+            out[f"eval.{key}"] = value
+    return out
+
+
+def headline_key(key: str, nms: bool) -> str:
+    """`eval.ap` -> `eval.nms.ap` or `eval.nms_free.ap` (the cell's headline mode); other keys as given."""
+    prefix, _, name = key.rpartition(".")
+    return f"eval.{'nms' if nms else 'nms_free'}.{name}" if prefix == "eval" else key
+
+
+def with_headline(metrics: dict[str, float], nms: bool) -> dict[str, float]:
+    """The final metrics of a run plus `eval.<name>` for each `eval.<headline mode>.<name>` (kept
+    as logged where the run has it already)."""
+    mode = "eval.nms." if nms else "eval.nms_free."
+    out = dict(metrics)
+    for key, value in metrics.items():
+        if key.startswith(mode):
+            out.setdefault("eval." + key[len(mode):], value)
+    return out
+
+
+def axis_tags(picks: dict[str, str]) -> dict[str, str]:
+    """`harness.axis.<axis>` = the value the cell picks (searchable and groupable in the UI)."""
+    return {f"harness.axis.{axis}": value for axis, value in picks.items()}
+
+
+def cell_params(config: dict[str, Any], *, slurm: bool = False) -> dict[str, str]:
+    """The params that identify a cell: its resolved config, flattened, minus what does not apply.
+
+    Left out: unset options and sections (null values: no `model.aux` on a row without Aux, no
+    `data.train` on synthetic data), `resources.slurm.*` off Slurm, a predictor's 3DMF options
+    when it has no 3DMF, `train.momentum` with AdamW. The full config stays the run's
+    `config.yaml` artifact.
+    """
+    from harness.track.mlflow_tracker import flatten
+
+    flat = flatten(config)
+    drop = set()
+    for key, value in flat.items():
+        if value == "None" or (not slurm and key.startswith("resources.slurm.")):
+            drop.add(key)
+        elif key.endswith(".filter") and value == "none":
+            drop.update(f"{key}_{opt}" for opt in ("kernel", "tau", "score"))
+    if flat.get("train.optimizer") == "adamw":
+        drop.add("train.momentum")
+    return {k: v for k, v in flat.items() if k not in drop}
