@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report import plots
 from harness.report.claims import line as claim_line
 from harness.report.collect import collect, plot_histories
 from harness.report.readme import regions, rewrite
@@ -166,6 +165,7 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
 def figures(spec, name: str, rows: list[str], df: pd.DataFrame, hist: pd.DataFrame, metrics, plot_dir: Path,
             stem: str) -> list[str]:
     """The table's figures, each with a caption saying what its lines, dots and bands are."""
+    from harness.report import plots  # matplotlib: imported only when figures are drawn
     prefix = stem if stem == name else f"{stem}_{name}"  # quickstart.md: quickstart_loss.png
     shown = [(plots.metric_label(header, key), key) for header, _, key in metrics[:2]]
     both = " and ".join(label for label, _ in shown)

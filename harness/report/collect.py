@@ -43,8 +43,15 @@ def plot_histories(df: pd.DataFrame, uri: str, keys: list[str], *, max_points: i
     down-sampled in the store's query, cached by run id. `eval.<name>` reads the run's own
     `eval.<name>` where it logged one (stores before issue 15), else its headline mode's."""
     done = df[df["status"] == "finished"]
-    wanted = sorted({k for key in keys for k in (key, headline_key(key, True), headline_key(key, False))})
-    got = histories(uri, [str(r) for r in done["run_id"]], wanted, max_points=max_points, cache_dir=cache_dir)
+    ids = [str(r) for r in done["run_id"]]
+    got = histories(uri, ids, keys, max_points=max_points, cache_dir=cache_dir)
+    nms_of = dict(zip(ids, done["nms"] if "nms" in done else [False] * len(ids), strict=True))
+    lacking = {(rid, headline_key(k, bool(nms_of[rid]))) for rid in ids for k in keys
+               if not got.get((rid, k)) and headline_key(k, bool(nms_of[rid])) != k}
+    if lacking:  # runs logged after issue 15: eval.<name> only under its headline mode's name
+        more = sorted({k for _, k in lacking})
+        got.update(histories(uri, sorted({rid for rid, _ in lacking}), more, max_points=max_points,
+                             cache_dir=None))
     out = []
     nms = done["nms"] if "nms" in done else [False] * len(done)
     for row, seed, rid, mode in zip(done["row"], done["seed"], done["run_id"], nms, strict=True):

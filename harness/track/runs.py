@@ -204,9 +204,12 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 #: (run_uuid, key, step) index: a scan of every logged point (1.5 M rows for 1,000 runs) is what
 #: made reports slow.
 _SAMPLE = """WITH RECURSIVE
- r(run_uuid, lo, hi) AS (SELECT run_uuid, MIN(step), MAX(step) FROM metrics INDEXED BY index_metrics_run_uuid_key_step
-    WHERE key = ?1 AND run_uuid IN ({marks}) GROUP BY run_uuid),
- t(run_uuid, i, lo, hi) AS (SELECT run_uuid, 0, lo, hi FROM r
+ ids(id) AS (VALUES {marks}),
+ r(run_uuid, lo, hi) AS (SELECT id,
+    (SELECT MIN(step) FROM metrics INDEXED BY index_metrics_run_uuid_key_step WHERE run_uuid = ids.id AND key = ?1),
+    (SELECT MAX(step) FROM metrics INDEXED BY index_metrics_run_uuid_key_step WHERE run_uuid = ids.id AND key = ?1)
+    FROM ids),
+ t(run_uuid, i, lo, hi) AS (SELECT run_uuid, 0, lo, hi FROM r WHERE lo IS NOT NULL
     UNION ALL SELECT run_uuid, i + 1, lo, hi FROM t WHERE i + 1 < ?2),
  s(run_uuid, step) AS (SELECT DISTINCT run_uuid, (SELECT MIN(step) FROM metrics INDEXED BY index_metrics_run_uuid_key_step
     WHERE run_uuid = t.run_uuid AND key = ?1 AND step >= t.lo + (t.hi - t.lo) * t.i / MAX(?2 - 1, 1)) FROM t)
@@ -247,7 +250,7 @@ def histories(uri: str, run_ids: list[str], keys: list[str], *, max_points: int 
             for k in keys:
                 for i in range(0, len(todo), 500):
                     chunk = todo[i:i + 500]
-                    marks = ",".join(f"?{j + 3}" for j in range(len(chunk)))
+                    marks = ",".join(f"(?{j + 3})" for j in range(len(chunk)))
                     for rid, step, value, is_nan in con.execute(_SAMPLE.format(marks=marks), (k, max_points, *chunk)):
                         fetched[rid][k].append((int(step), float("nan") if is_nan else float(value)))
         finally:
