@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite the <!-- harness:table NAME --> regions of FILE")
     p.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 when the README regions are stale")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write the report and README tables even when no cell of the spec has finished "
+                        "(otherwise an error: a wrong store must not blank a filled table)")
     p.add_argument("--against", action="append", default=[], metavar="URI",
                    help="another tracking store holding the same cells (a fresh workspace, another "
                         "machine): the report adds its row means against this store's 95%% intervals; "
@@ -263,7 +266,7 @@ def cmd_report(args) -> int:
         check_tracking_uri(other)
         check_store_exists(other, "--against")
     return report(loaded, cells, uri=uri, out=args.out, readme=args.readme, check=args.check,
-                  against=tuple(args.against))
+                  against=tuple(args.against), allow_empty=args.allow_empty)
 
 
 def cmd_sweep(args) -> int:

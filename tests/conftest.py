@@ -33,6 +33,19 @@ seeds: [0, 1]
 """
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _history_cache(tmp_path_factory):
+    """Reports cache plot histories by run id ($HARNESS_CACHE): tests use their own folder, never
+    the user's ~/.cache."""
+    old = os.environ.get("HARNESS_CACHE")
+    os.environ["HARNESS_CACHE"] = str(tmp_path_factory.mktemp("history-cache"))
+    yield
+    if old is None:
+        os.environ.pop("HARNESS_CACHE", None)
+    else:
+        os.environ["HARNESS_CACHE"] = old
+
+
 @pytest.fixture
 def mini_spec(tmp_path):
     """Write a spec (the minimal one, or `text`) and return its path."""

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 
-from harness.report import plots
-from harness.report.collect import collect, histories
+from harness.report.claims import line as claim_line
+from harness.report.collect import collect, plot_histories
 from harness.report.readme import regions, rewrite
-from harness.report.stats import compare, holm, summarize
+from harness.report.stats import summarize
 from harness.report.tables import LAYOUTS, confidence_table, pct, render_table, reproduction_table
 from harness.spec.errors import Problem, UserError
 from harness.spec.load import LoadedSpec
 from harness.spec.matrix import Cell
-from harness.track.runs import explain_missing
+from harness.track.runs import (
+    COUNTING_RULE,
+    Listing,
+    explain_missing,
+    list_runs,
+    read_listing,
+    read_only,
+    sqlite_file,
+)
 
 NOT_LEARNED = 0.01  # headline AP (or AP50) below 1 % after training: the row did not learn
 
@@ -27,119 +37,84 @@ def _mean(df, row, key) -> tuple[float, list[float]]:
     return (sum(vals) / len(vals) if vals else math.nan), vals
 
 
-def _by_seed(df, row, key) -> dict[int, float]:
-    done = df[(df["row"] == row) & (df["status"] == "finished")]
-    if key not in done:
-        return {}
-    return {int(s): float(v) for s, v in zip(done["seed"], done[key], strict=True) if pd.notna(v)}
-
-
-#: The papers' claims checked on the quickstart: (text, row a, metric a, row b, metric b,
-#: sign (+1: a above b claimed, -1: a below b), margin in points (non-inferiority), paired).
-CLAIMS = (
-    ("FCOS without NMS is below FCOS with NMS (AP50; the same runs, paired by seed)",
-     "FCOS", "eval.nms_free.ap50", "FCOS", "eval.nms.ap50", -1, 0.0, True),
-    ("POTO without NMS is within 3 AP50 points of FCOS with NMS, or better",
-     "POTO", "eval.nms_free.ap50", "FCOS", "eval.nms.ap50", 1, 3.0, False),
-    ("POTO without NMS beats FCOS without NMS (AP50)",
-     "POTO", "eval.nms_free.ap50", "FCOS", "eval.nms_free.ap50", 1, 0.0, False),
-    ("POTO + 3DMF without NMS is at least POTO without NMS (AP50)",
-     "POTO+3DMF", "eval.nms_free.ap50", "POTO", "eval.nms_free.ap50", 1, 0.0, False),
-    ("POTO + 3DMF + Aux without NMS is at least POTO + 3DMF without NMS (AP50)",
-     "POTO+3DMF+Aux", "eval.nms_free.ap50", "POTO+3DMF", "eval.nms_free.ap50", 1, 0.0, False),
-    ("POTO's recall without NMS is at least FCOS's with NMS",
-     "POTO", "eval.nms_free.recall", "FCOS", "eval.nms.recall", 1, 0.0, False),
-)
-
-
 def convergence_check(hist: pd.DataFrame, rows: list[str], eval_key: str) -> str:
     """How many finished cells end with a lower training loss than at their first evaluation."""
-    ok, bad, n = 0, [], 0
-    for (row, seed), h in hist[hist["row"].isin(rows)].groupby(["row", "seed"]):
-        loss = h[h["key"] == "train.total_loss"].sort_values("step")
-        evals = h[h["key"] == eval_key]["step"]
-        if loss.empty or evals.empty:
-            continue
-        first = loss[loss["step"] <= evals.min()]
-        if first.empty:
-            continue
-        n += 1
-        start, end = float(first["value"].iloc[-1]), float(loss["value"].iloc[-1])
-        if end < start:
+    h = hist[hist["row"].isin(rows)]
+    loss = h[h["key"] == "train.total_loss"].sort_values(["row", "seed", "step"], kind="stable")
+    first_eval = h[h["key"] == eval_key].groupby(["row", "seed"])["step"].min().rename("first_eval")
+    m = loss.merge(first_eval.reset_index(), on=["row", "seed"], how="inner")
+    start = m[m["step"] <= m["first_eval"]].groupby(["row", "seed"])["value"].last()
+    end = loss.groupby(["row", "seed"])["value"].last()
+    ok, bad = 0, []
+    for (row, seed), first in start.items():
+        last = float(end[(row, seed)])
+        if last < first:
             ok += 1
         else:
-            bad.append(f"{row} seed {seed} ({start:.3g} -> {end:.3g})")
-    text = (f"Convergence: {ok} of {n} finished cells end with a lower training loss than at their "
+            bad.append(f"{row} seed {seed} ({first:.3g} -> {last:.3g})")
+    text = (f"Convergence: {ok} of {len(start)} finished cells end with a lower training loss than at their "
             f"first evaluation")
     return text + (": not " + ", ".join(bad) + "." if bad else ".")
 
 
-def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+def history_cache() -> Path:
+    """Where plot histories of finished runs are cached by run id ($HARNESS_CACHE, else
+    ~/.cache/harness/histories)."""
+    root = os.environ.get("HARNESS_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "harness" / "histories"
 
 
-def phenomena(df: pd.DataFrame, rows: list[str]) -> list[str]:
-    """The papers' claims, checked on the quickstart runs (whichever way they fall).
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000)) if ms else "?"
 
-    Each claim is one-sided: its p-value tests "the claim holds" against "it does not"
-    (a margin makes it a non-inferiority test), paired t for NMS vs NMS-free of the same runs,
-    Welch otherwise. Holm's correction runs over the claims listed here. A claim is called
-    observed only when it is significant after Holm with at least 3 seeds on each side; with
-    fewer seeds no test is made.
-    """
-    found = []
-    for text, ra, ka, rb, kb, sign, margin, paired in CLAIMS:
-        if not {ra, rb} <= set(rows):
-            continue
-        a, b = _by_seed(df, ra, ka), _by_seed(df, rb, kb)
-        if paired:
-            seeds = sorted(set(a) & set(b))
-            cmp = compare([a[s] for s in seeds], [b[s] for s in seeds], paired=True, sign=sign,
-                          margin=margin / 100)
-        else:
-            cmp = compare(list(a.values()), list(b.values()), paired=False, sign=sign, margin=margin / 100)
-        found.append((text, a, b, sign, margin, cmp))
-    adjusted = holm([c.p if min(c.n_a, c.n_b) >= 3 else math.nan for *_, c in found])
+
+def data_quality(df: pd.DataFrame, listing: Listing | None = None) -> list[str]:
+    """Warnings about the data behind the tables: runs that are not the harness's, a key finished
+    more than once (which run counts and by which rule), non-finite metrics, running cells."""
     out = []
-    for (text, a, b, sign, margin, c), p_holm in zip(found, adjusted, strict=True):
-        if c.n_a == 0 or c.n_b == 0:
-            out.append(f"- {text}: not enough finished runs to tell.")
-            continue
-        ma, mb = sum(a.values()) / len(a), sum(b.values()) / len(b)
-        ci = "" if math.isnan(c.ci_low) else f", 95% CI {100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}"
-        if math.isnan(p_holm):
-            verdict = f"**untested** (n = {c.n_a}/{c.n_b}: a test needs 3 seeds per side)"
-        elif p_holm < 0.05:
-            verdict = "**observed**"
-        elif sign * c.delta > -margin / 100:
-            verdict = "**same direction, not significant**"
-        else:
-            verdict = "**not observed**"
-        test = "" if math.isnan(p_holm) else f"; one-sided {c.test}, {_p(c.p)}, Holm {_p(p_holm)}"
-        out.append(f"- {text}: {verdict} ({pct(ma)} vs {pct(mb)}, Δ {100 * c.delta:+.1f} points{ci}{test}, "
-                   f"n = {c.n_a}/{c.n_b}).")
+    if listing is not None and listing.untagged:
+        out.append(f"{listing.untagged} of {listing.total} runs in the experiment carry no `harness.run_key` tag "
+                   "(not made by harness run): ignored.")
+    for r in df[df["finished_runs"] > 1].itertuples():
+        runs = ", ".join(f"{rid[:8]} (commit {(commit or 'unknown')[:10]}, {_when(start)})"
+                         for rid, commit, start in r.finished)
+        out.append(f"{r.row}/{r.dataset}/{r.seed} finished {r.finished_runs} times under one run key: {runs}; "
+                   f"{COUNTING_RULE}: {str(r.run_id)[:8]}.")
+    for r in df[df["nan_keys"].map(bool)].itertuples():
+        out.append(f"{r.row}/{r.dataset}/{r.seed}: {', '.join(r.nan_keys)} NaN in run {str(r.run_id)[:8]}: "
+                   "counted as a failure of that metric, not as a value.")
+    running = df[df["status"] == "running"]
+    if len(running):
+        now = time.time()
+        out.append("Running (not in the tables yet): " + "; ".join(
+            f"{r.row}/{r.dataset}/{r.seed} run {str(r.run_id)[:8]}"
+            + (f" (heartbeat {now - r.heartbeat:.0f} s ago)" if isinstance(r.heartbeat, float) and not math.isnan(r.heartbeat) else "")
+            for r in running.itertuples()) + ".")
     return out
 
 
 def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | None,
-                 against: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
+                 against: tuple[str, ...] = (), listing: Listing | None = None):
+    """The report's markdown and the README regions: (text, tables). With `out`, the figures are
+    drawn beside it (`report` calls this only after every input was checked)."""
     spec = loaded.spec
     if not spec.tables:
         raise UserError(Problem(loaded.file, None, "tables", "the spec declares no tables to report"))
-    df = collect(cells, uri, spec.name)
+    listing = listing or list_runs(uri, spec.name)
+    df = collect(cells, uri, spec.name, listing)
     n_finished = int((df["status"] == "finished").sum())
     plot_dir = (out.parent if out else Path("reports"))
     stem = out.stem if out else spec.name
     lines = [f"# Report: {spec.name}", "", spec.description, "",
              f"{n_finished} of {len(cells)} cells finished (spec `{loaded.file}`, {len(spec.seeds)} seeds per row). "
              "Numbers are percentages; every cell of a table is the mean ± sample standard deviation over seeds.", ""]
-    repeated = df[df["finished_runs"] > 1]
-    if len(repeated):  # the same run key finished more than once (a --rerun): say which run counts
-        lines += [f"> {len(repeated)} cell(s) finished more than once under the same run key; each uses its latest "
-                  "finished run: " + ", ".join(f"{r.row}/{r.dataset}/{r.seed} ({r.finished_runs} runs)"
-                                               for r in repeated.itertuples()), ""]
+    quality = data_quality(df, listing)
+    for q in quality:
+        print(f"warning: {q}", file=sys.stderr)
+    if quality:
+        lines += [f"> {q}" for q in quality] + [""]
     if n_finished < len(cells):
-        other = explain_missing(cells, uri, spec.name)
+        other = explain_missing(cells, uri, spec.name, listing.runs)
         if other:
             print("\n".join(other), file=sys.stderr)
             lines += [f"> {other[0]}", ""] + [f"> - {x}" for x in other[1:]] + [""]
@@ -148,22 +123,29 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
         lines += ["Diverged cells (FAILED, left out of the means): "
                   + "; ".join(f"{r.row}/{r.dataset}/{r.seed}: {r.failure}" for r in diverged.itertuples()) + ".", ""]
     tables: dict[str, str] = {}
-    hist = histories(df, uri, sorted({"train.total_loss"} | {k for t in spec.tables.values()
-                                                             for _, _, k in LAYOUTS[t.layout][1]}))
+    hist = None
+    if out is not None:  # histories only for plots: the tables need the listing alone
+        keys = sorted({"train.total_loss"} | {k for t in spec.tables.values() for _, _, k in LAYOUTS[t.layout][1][:2]})
+        hist = plot_histories(df, uri, keys, cache_dir=history_cache())
     for name, table in spec.tables.items():
         rt = render_table(name, spec, cells, df)
         rows = [r.label for r in spec.rows if r.table == name]
-        legend = rt.noise.split("\n\n")[-1]
-        tables[name] = f"{rt.markdown}\n\n{legend} Per-seed values, intervals and tests: `harness report`."
-        lines += [f"## {rt.title}", "", rt.markdown, "", rt.noise, ""]
+        tables[name] = f"{rt.markdown}\n\n{rt.legend} Per-seed values, intervals and tests: `harness report`."
+        lines += [f"## {rt.title}", "", rt.markdown, "", rt.noise, "", rt.legend, ""]
+        if rt.results:
+            head = ("The papers' phenomena at this scale" if table.layout == "quickstart"
+                    else "Claims")
+            lines += [f"### {head}", "",
+                      f"Holm's correction over the {len(rt.results)} claims this table declares; a claim is "
+                      f"significant at adjusted p < 0.05, tested only with at least 3 seeds per side. With 3 "
+                      f"seeds a test finds only large effects (a real gain of 2 seed-stds is significant a "
+                      f"few times in a hundred after Holm): read the intervals, not the verdicts alone.", ""]
+            lines += [f"- {claim_line(r)}" for r in rt.results] + [""]
         lines += ["Per-seed values:", ""] + [f"- {f}" for f in rt.footnotes] + [""]
         lines += ["95% t-intervals:", "", confidence_table(name, spec, df), ""]
         _, metrics = LAYOUTS[table.layout]
-        lines += [convergence_check(hist, rows, metrics[0][2]), ""]
-        if table.layout == "quickstart":
-            found = phenomena(df, rows)
-            if found:
-                lines += ["### The papers' phenomena at this scale", ""] + found + [""]
+        if hist is not None:
+            lines += [convergence_check(hist, rows, metrics[0][2]), ""]
         idle = []
         for r in rows:
             key = metrics[0][2] if table.layout != "quickstart" else ("eval.nms.ap50" if _nms(cells, r) else "eval.nms_free.ap50")
@@ -173,7 +155,7 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
         if idle:
             lines += [f"Rows that did not learn at this scale (headline {metrics[0][0]} below "
                       f"{100 * NOT_LEARNED:.0f}%): " + ", ".join(idle) + ".", ""]
-        if out is not None:
+        if hist is not None:  # out is given: every input was checked (report), its folder exists
             lines += figures(spec, name, rows, df, hist, metrics, plot_dir, stem)
     if against:
         lines += reproduction(spec, cells, df, against)
@@ -183,6 +165,7 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
 def figures(spec, name: str, rows: list[str], df: pd.DataFrame, hist: pd.DataFrame, metrics, plot_dir: Path,
             stem: str) -> list[str]:
     """The table's figures, each with a caption saying what its lines, dots and bands are."""
+    from harness.report import plots  # matplotlib: imported only when figures are drawn
     prefix = stem if stem == name else f"{stem}_{name}"  # quickstart.md: quickstart_loss.png
     shown = [(plots.metric_label(header, key), key) for header, _, key in metrics[:2]]
     both = " and ".join(label for label, _ in shown)
@@ -218,7 +201,7 @@ def reproduction(spec, cells: list[Cell], df: pd.DataFrame, against: tuple[str, 
              "The same cells (same run keys) trained again in other stores; each entry is the other "
              "store's mean over its seeds, against this report's 95% t-interval (✓ inside).", ""]
     for k, other_uri in enumerate(against, 1):
-        other = collect(cells, other_uri, spec.name)
+        other = collect(cells, other_uri, spec.name)  # already read-only (report)
         done = int((other["status"] == "finished").sum())
         lines += [f"### Store {k} ({redact(other_uri)}): {done} of {len(cells)} cells finished", ""]
         for name in spec.tables:
@@ -241,10 +224,21 @@ def identical_cells(a: pd.DataFrame, b: pd.DataFrame) -> tuple[int, int]:
     return same, len(common)
 
 
+def store_name(uri: str) -> str:
+    """A store as error messages name it: a SQLite file by its path, others without credentials."""
+    from urllib.parse import urlsplit
+
+    if uri.startswith("sqlite:///"):
+        return uri[len("sqlite:///"):]
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
+
 def redact(uri: str) -> str:
     """A store's name for a report: no credentials, no machine-specific directories."""
-    if uri.startswith("sqlite:"):
-        return "sqlite: " + Path(uri.split("///", 1)[-1]).parent.name + "/" + Path(uri).name
+    if uri.startswith("sqlite"):  # sqlite:///PATH, or read_only's sqlite+pysqlite:///file:PATH?mode=ro
+        path = Path(sqlite_file(uri) or uri.split("///", 1)[-1])
+        return f"sqlite: {path.parent.name}/{path.name}"
     from urllib.parse import urlsplit
 
     parts = urlsplit(uri)
@@ -255,15 +249,16 @@ def _nms(cells: list[Cell], row: str) -> bool:
     return next((c.config.eval.nms for c in cells if c.row == row), False)
 
 
-def _any_finished(loaded: LoadedSpec, cells: list[Cell], uri: str) -> bool:
-    return bool((collect(cells, uri, loaded.spec.name)["status"] == "finished").any())
-
-
 def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, readme: str | None,
-           check: bool, against: tuple[str, ...] = ()) -> int:
-    """Every input is checked before anything is written (plots, report, README)."""
+           check: bool, against: tuple[str, ...] = (), allow_empty: bool = False) -> int:
+    """Every input is checked before anything is written (plots, report, README): the README,
+    then the store (opened read-only), its experiment and finished runs. A store without a
+    finished cell of the spec is an error unless allow_empty."""
+    spec = loaded.spec
     out_path = Path(out) if out else None
     original = None
+    if check and not readme:
+        raise UserError(Problem(None, None, "--check", "checks the README's tables: give --readme FILE"))
     if readme:  # the README is checked first: a bad one must not leave plots behind
         try:
             original = Path(readme).read_text()
@@ -272,15 +267,28 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
         found = regions(original)
         if not found:
             raise UserError(Problem(readme, None, "", "no <!-- harness:table NAME --> regions to rewrite"))
-        if not set(found) & set(loaded.spec.tables):
-            raise UserError(Problem(readme, None, "", f"no region for the tables of {loaded.spec.name} "
-                                    f"({', '.join(sorted(loaded.spec.tables))}); it has: {', '.join(found)}"))
-        if not check and not _any_finished(loaded, cells, uri):
-            raise UserError(Problem(readme, None, "", f"no finished run of {loaded.spec.name} in {redact(uri)}: "
-                                    "refusing to replace the README's tables with empty ones"))
+        if not set(found) & set(spec.tables):
+            raise UserError(Problem(readme, None, "", f"no region for the tables of {spec.name} "
+                                    f"({', '.join(sorted(spec.tables))}); it has: {', '.join(found)}"))
+    if out_path is not None and out_path.is_dir():
+        raise UserError(Problem(str(out_path), None, "--out", "is a directory; give the markdown file to write"))
+    ro = read_only(uri)
+    listing = read_listing(ro, spec.name, store_name(uri))
+    keys = {c.run_key for c in cells}
+    if not any(r.status == "FINISHED" for k, r in listing.runs.items() if k in keys) and not allow_empty:
+        tagged = listing.total - listing.untagged
+        why = (f"the experiment holds {listing.total} run(s)"
+               + (f", {listing.untagged} without harness tags" if listing.untagged else "")
+               + (f", {tagged} with run keys of other cells or not finished" if tagged else ""))
+        action = "replace the README's tables with empty ones" if readme else "write a report of empty tables"
+        raise UserError(Problem(store_name(uri), None, "", f"no finished run of {spec.name}'s {len(cells)} cells "
+                                f"({why}): refusing to {action} (--allow-empty to do it anyway)"))
+    against_ro = tuple(read_only(a) for a in against)
+    for a, a_ro in zip(against, against_ro, strict=True):
+        read_listing(a_ro, spec.name, store_name(a), "--against")
     if out_path is not None and not check:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-    text, tables = build_report(loaded, cells, uri, None if check else out_path, against)
+    text, tables = build_report(loaded, cells, ro, None if check else out_path, against_ro, listing)
     if readme:
         path = Path(readme)
         new, changed = rewrite(original, tables)

@@ -1,41 +1,61 @@
-"""MLflow -> one row per cell: its latest FINISHED run's final metrics (or its state)."""
+"""MLflow -> one row per cell: the final metrics of the run that counts for its key (or its state)."""
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
 from harness.spec.matrix import Cell
 from harness.track.names import headline_key, with_headline
-from harness.track.runs import metric_history, runs_by_key
+from harness.track.runs import Listing, histories, list_runs
 
 
-def collect(cells: list[Cell], uri: str, experiment: str) -> pd.DataFrame:
+def collect(cells: list[Cell], uri: str, experiment: str, listing: Listing | None = None) -> pd.DataFrame:
     """Columns: row, dataset, seed, run_key, status (finished | failed | killed | running | missing),
-    run_id, failure, and one column per final metric (`eval.ap`, `eval.nms_free.ap50`, ...).
-    Which run counts for a cell: `harness.track.runs.runs_by_key` (latest FINISHED, else latest)."""
-    by_key = runs_by_key(uri, experiment)
+    run_id, failure, finished_runs, finished (every FINISHED run of the key: id, commit, start),
+    nan_keys (eval metrics the run logged as NaN: failures, never dropped silently), nms (the
+    cell's headline mode), and one column per final metric (`eval.nms_free.ap50`, ...; `eval.ap`
+    is the cell's headline mode). Which run counts for a cell: `harness.track.runs.list_runs`
+    (latest FINISHED, else latest). Reads the run listing only."""
+    by_key = (listing or list_runs(uri, experiment)).runs
     rows = []
     for c in cells:
         r = by_key.get(c.run_key)
         rec = {"row": c.row, "dataset": c.dataset, "seed": c.seed, "run_key": c.run_key,
-               "status": "missing", "run_id": None, "failure": None, "finished_runs": 0, "nms": c.config.eval.nms}
+               "status": "missing", "run_id": None, "failure": None, "finished_runs": 0, "finished": (),
+               "nan_keys": (), "heartbeat": None, "nms": c.config.eval.nms}
         if r is not None:
-            rec.update(status=r.status.lower(), run_id=r.run_id, failure=r.failure, finished_runs=r.finished_runs)
+            rec.update(status=r.status.lower(), run_id=r.run_id, failure=r.failure, finished_runs=r.finished_runs,
+                       finished=r.finished, heartbeat=r.heartbeat)
             if r.status == "FINISHED":
                 metrics = with_headline(r.metrics, c.config.eval.nms)  # eval.ap: the cell's headline mode
-                rec.update({k: v for k, v in metrics.items() if k.startswith("eval.") and pd.notna(v)})
+                evals = {k: v for k, v in metrics.items() if k.startswith("eval.")}
+                rec.update(evals)
+                rec["nan_keys"] = tuple(sorted(k for k, v in evals.items() if not math.isfinite(v)))
         rows.append(rec)
     return pd.DataFrame(rows)
 
 
-def histories(df: pd.DataFrame, uri: str, keys: list[str]) -> pd.DataFrame:
-    """Metric histories (row, seed, key, step, value) of the finished runs, for plots."""
+def plot_histories(df: pd.DataFrame, uri: str, keys: list[str], *, max_points: int = 100,
+                   cache_dir=None) -> pd.DataFrame:
+    """Metric histories (row, seed, key, step, value) of the finished runs, for plots only:
+    down-sampled in the store's query, cached by run id. `eval.<name>` reads the run's own
+    `eval.<name>` where it logged one (stores before issue 15), else its headline mode's."""
+    done = df[df["status"] == "finished"]
+    ids = [str(r) for r in done["run_id"]]
+    got = histories(uri, ids, keys, max_points=max_points, cache_dir=cache_dir)
+    nms_of = dict(zip(ids, done["nms"] if "nms" in done else [False] * len(ids), strict=True))
+    lacking = {(rid, headline_key(k, bool(nms_of[rid]))) for rid in ids for k in keys
+               if not got.get((rid, k)) and headline_key(k, bool(nms_of[rid])) != k}
+    if lacking:  # runs logged after issue 15: eval.<name> only under its headline mode's name
+        more = sorted({k for _, k in lacking})
+        got.update(histories(uri, sorted({rid for rid, _ in lacking}), more, max_points=max_points,
+                             cache_dir=None))
     out = []
-    for _, r in df[df["status"] == "finished"].iterrows():
+    nms = done["nms"] if "nms" in done else [False] * len(done)
+    for row, seed, rid, mode in zip(done["row"], done["seed"], done["run_id"], nms, strict=True):
         for key in keys:
-            # eval.<name>: logged under the cell's headline mode only since issue 15
-            points = metric_history(uri, r["run_id"], key) or metric_history(uri, r["run_id"],
-                                                                             headline_key(key, bool(r["nms"])))
-            for step, value in points:
-                out.append({"row": r["row"], "seed": r["seed"], "key": key, "step": step, "value": value})
+            points = got.get((rid, key)) or got.get((rid, headline_key(key, bool(mode))), [])
+            out += [(row, seed, key, step, value) for step, value in points]
     return pd.DataFrame(out, columns=["row", "seed", "key", "step", "value"])

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.report.stats import Summary, direction, holm, pooled_std, summarize, welch
+from harness.report.claims import ALPHA, MIN_N, MIN_STD, Result, claims_of, evaluate, family, points
+from harness.report.stats import Summary, pooled_std, summarize
 from harness.spec.matrix import Cell
 from harness.spec.schema import Spec
 
@@ -31,42 +32,40 @@ LAYOUTS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str, str]]]] = {
                     ("recall NMS", "recall", "eval.nms.recall"), ("recall no NMS", "recall", "eval.nms_free.recall")]),
 }
 NOTE_LAYOUTS = {"defcn_ablation"}
-ALPHA = 0.05
 
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def fmt_summary(s: Summary, expected: int) -> str:
-    if s.n == 0:
-        return "—"
-    text = pct(s.mean) if s.n < 2 else f"{pct(s.mean)} ± {pct(s.std)}"
-    return text + (f" (n={s.n}/{expected})" if s.n < expected else "")
+def fmt_std(std: float) -> str:
+    """A std in points: 0.1 steps, two decimals below 0.05 (never a bare "0.0"), "0" only when
+    every seed gave exactly the same value."""
+    v = 100 * std
+    if std < MIN_STD:  # float noise around identical values
+        return "0"
+    if v < 0.05:
+        return f"{v:.2f}" if v >= 0.005 else "<0.01"
+    return f"{v:.1f}"
 
 
-@dataclass
-class Comparison:
-    row: str
-    other: str
-    metric: str  # source key
-    delta: float
-    p: float
-    p_holm: float = math.nan
-
-    @property
-    def significant(self) -> bool:
-        return not math.isnan(self.p_holm) and self.p_holm < ALPHA
+def fmt_summary(s: Summary, expected: int, paper: float | None = None) -> str:
+    """`37.5 ± 0.4 (37.3)`: mean ± sample std over seeds (paper value); `n=k/N` when seeds miss."""
+    text = "—" if s.n == 0 else pct(s.mean) if s.n < 2 else f"{pct(s.mean)} ± {fmt_std(s.std)}"
+    if paper is not None:
+        text += f" ({paper:.1f})"
+    return text + (f" n={s.n}/{expected}" if 0 < s.n < expected else "")
 
 
 @dataclass
 class RenderedTable:
     name: str
     title: str
-    markdown: str
-    footnotes: list[str] = field(default_factory=list)
+    markdown: str  # the table and the notes under it (footnotes, claims family)
+    footnotes: list[str] = field(default_factory=list)  # per-seed values, one line per row
     noise: str = ""
-    comparisons: list[Comparison] = field(default_factory=list)
+    legend: str = ""
+    results: list[Result] = field(default_factory=list)
 
 
 def _values(df: pd.DataFrame, row: str, key: str) -> list[float]:
@@ -83,76 +82,90 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _clip(text: str, limit: int = 70) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shortfalls(df: pd.DataFrame, row: str, keys: list[str]) -> list[str]:
+    """Why `row` has fewer values than cells, per seed: not finished (with the failure reason),
+    still running, or a table metric that is NaN or was never logged."""
+    out = []
+    multi = "dataset" in df and df["dataset"].nunique() > 1
+    for s in df[df["row"] == row].sort_values(["dataset", "seed"]).itertuples():
+        who = f"{s.dataset} seed {s.seed}" if multi else f"seed {s.seed}"
+        if s.status != "finished":
+            why = s.status + (f" ({_clip(s.failure)})" if isinstance(s.failure, str) and s.failure else "")
+            out.append(f"{who} {why}")
+            continue
+        nan = s.nan_keys if "nan_keys" in df and isinstance(s.nan_keys, tuple) else ()
+        bad = [f"{k} {'is NaN' if k in nan else 'not logged'}" for k in keys if not _finite(df, s.Index, k)]
+        if bad:
+            out.append(f"{who}: " + ", ".join(bad))
+    return out
+
+
+def _finite(df: pd.DataFrame, idx, key: str) -> bool:
+    if key not in df:
+        return False
+    v = df.at[idx, key]
+    return bool(pd.notna(v) and math.isfinite(float(v)))
+
+
 def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> RenderedTable:
     table = spec.tables[name]
     text_cols, metrics = LAYOUTS[table.layout]
     rows = [r for r in spec.rows if r.table == name]
     labels = [r.label for r in rows]
-    baseline = next((r.label for r in rows if r.baseline), None)
-    expected = len(spec.seeds) * max(1, len({c.dataset for c in cells}))
+    per_row = {lab: sum(c.row == lab for c in cells) for lab in labels}
+    expected = max(per_row.values(), default=len(spec.seeds)) or len(spec.seeds)
     nms_of = {c.row: c.config.eval.nms for c in cells}
 
-    # comparisons: each row against its compare_to row, else the table's baseline; Holm over the table
-    comps: list[Comparison] = []
-    for r in rows:
-        other = r.compare_to or (baseline if r.label != baseline else None)
-        if other is None:
-            continue
-        for _, _, key in _first_per_metric(metrics):
-            a, b = _values(df, r.label, key), _values(df, other, key)
-            if a and b:
-                comps.append(Comparison(r.label, other, key, sum(a) / len(a) - sum(b) / len(b), welch(a, b)))
-    for c, p in zip(comps, holm([c.p for c in comps]), strict=True):
-        c.p_holm = p
-    comp_by = {(c.row, c.metric): c for c in comps}
-
-    paper_metrics = [m for m in dict.fromkeys(metric for _, metric, _ in metrics)
-                     if any(m in r.paper for r in rows)]
+    results = evaluate(claims_of(spec, name, metrics[0][1]), df)
+    header_of = {}
+    for h, m, _ in metrics:
+        header_of.setdefault(m, h.replace(" no NMS", "").replace(" NMS", ""))
+    delta_metrics = [m for m in dict.fromkeys(m for _, m, _ in metrics)
+                     if any(r.claim.metric == m for r in results)]
+    delta_metrics += [m for m in dict.fromkeys(r.claim.metric for r in results) if m not in delta_metrics]
     header = [h for h, _ in text_cols] + [h for h, _, _ in metrics]
-    header += [f"paper {h}" for h, metric, _ in _first_per_metric(metrics) if metric in paper_metrics]
-    header += [f"Δ paper {h}" for h, metric, _ in _first_per_metric(metrics) if metric in paper_metrics]
-    delta_metrics = _first_per_metric(metrics)
-    header += [f"Δ vs ref. {h}" for h, _, _ in delta_metrics]
     if table.layout in NOTE_LAYOUTS:
         header.append("note")
+    header += [f"Δ {header_of.get(m, m)}" for m in delta_metrics]
 
     body = []
     for r in rows:
         text = {"model": r.model or r.label, "assignment": r.assignment, "lr_sched": r.lr_sched,
                 "with_nms": r.with_nms or ("Yes" if nms_of.get(r.label) else "No")}
         line = [text[k] for _, k in text_cols]
-        sums = {key: summarize(_values(df, r.label, key)) for _, _, key in metrics}
-        line += [fmt_summary(sums[key], expected) for _, _, key in metrics]
-        for _, metric, _key in _first_per_metric(metrics):
-            if metric in paper_metrics:
-                line.append(f"{r.paper[metric]:.1f}" if metric in r.paper else "")
-        for _, metric, key in _first_per_metric(metrics):
-            if metric in paper_metrics:
-                s = sums[key]
-                line.append(f"{100 * s.mean - r.paper[metric]:+.1f}" if metric in r.paper and s.n else "")
-        for _, _, key in delta_metrics:
-            c = comp_by.get((r.label, key))
-            if c is None:
-                line.append("ref." if r.label == baseline else "")
-            else:
-                better = c.delta * direction(key) > 0
-                mark = (" ✓" if better else " ✗") if c.significant else ""
-                line.append(f"{100 * c.delta:+.1f}{mark}")
+        for _, metric, key in metrics:
+            paper = r.paper.get(metric) if key == f"eval.{metric}" else None
+            line.append(fmt_summary(summarize(_values(df, r.label, key)), per_row.get(r.label) or expected, paper))
         if table.layout in NOTE_LAYOUTS:
             line.append(r.note)
+        for m in delta_metrics:
+            mine = [x for x in results if x.claim.row == r.label and x.claim.metric == m]
+            if mine:
+                line.append(", ".join(
+                    (f"{points(x.test.delta)}{' ' + x.mark if x.mark else ''}" if x.test.n_a and x.test.n_b else "—")
+                    + f" [{x.number}]" for x in mine))
+            elif any(x.claim.vs == r.label and x.claim.metric == m for x in results):
+                line.append("ref.")
+            else:
+                line.append("")
         body.append(line)
 
+    keys = list(dict.fromkeys(k for _, _, k in metrics))
     foot = []
     for r in rows:
         sub = df[df["row"] == r.label].sort_values(["dataset", "seed"])
         parts = []
         for _, m, key in _first_per_metric(metrics):
-            vals = [f"{pct(v)}" if pd.notna(v) else "—" for v in sub.get(key, [])]
+            vals = [(f"{pct(v)}" if pd.notna(v) else "NaN") if st == "finished" else "—"
+                    for v, st in zip(sub.get(key, [math.nan] * len(sub)), sub["status"], strict=True)]
             if vals:
                 parts.append(f"{m} " + ", ".join(vals))
         seeds = ", ".join(str(s) for s in sub["seed"])
-        bad = [f"seed {s.seed}: {s.status}" + (f" ({s.failure})" if isinstance(s.failure, str) and s.failure else "")
-               for s in sub.itertuples() if s.status != "finished"]
+        bad = shortfalls(df, r.label, keys)
         foot.append(f"{r.label} (seeds {seeds}): " + "; ".join(parts) + (" — " + "; ".join(bad) if bad else ""))
     noise_parts = []
     for h, _, key in metrics:
@@ -163,15 +176,22 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
         "Observed seed noise: needs at least two finished seeds per row"
     if table.remark:
         noise += f"; the paper says: {table.remark}"
-    reference = "the row's `compare_to` or the table's baseline" + (f" ({baseline})" if baseline else "")
-    legend = (f"Cells: mean ± sample std over seeds, in percent. Δ vs ref.: against {reference}, Welch's "
-              f"t-test with Holm correction over the table; ✓ / ✗ = significantly better / worse (adjusted "
-              f"p < {ALPHA}; mMR: lower is better). (n=k/N): only k of the N seeds finished; — : none did.")
-    md = _markdown(header, body)
+    has_paper = any(r.paper for r in rows)
+    legend = ("Cells: mean ± sample std over seeds, in percent" + ("; (x): the paper's value" if has_paper else "")
+              + "; n=k/N: k of N seeds count (why: below); —: none. Δ [k]: claim k, difference of means in "
+              f"points; ✓ / ✗: significantly better / worse (Holm over the table's claims, p < {ALPHA}; mMR: "
+              f"lower is better); no mark below {MIN_N} seeds per side or with identical seeds.")
+    notes = []
     if any(r.assignment.endswith("*") for r in rows):  # the seed tables' footnote on "mixture*"
-        md += ("\n\n\\* mixture: the one-to-one assignment (POTO) trains the filtered score, the "
-               "one-to-many auxiliary loss the raw classification score.")
-    return RenderedTable(name, table.title, md, foot, noise + "\n\n" + legend, comps)
+        notes.append("\\* mixture: the one-to-one assignment (POTO) trains the filtered score, the "
+                     "one-to-many auxiliary loss the raw classification score.")
+    short = [f"{lab}: " + "; ".join(b) for lab in labels if (b := shortfalls(df, lab, keys))]
+    if short:
+        notes.append("Fewer seeds than cells: " + " · ".join(short) + ".")
+    if results:
+        notes.append(family(results))
+    md = _markdown(header, body) + "".join(f"\n\n{n}" for n in notes)
+    return RenderedTable(name, table.title, md, foot, noise, legend, results)
 
 
 def _first_per_metric(metrics):

@@ -13,8 +13,8 @@ from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths
-from harness.track.mlflow_tracker import resolve_tracking_uri
-from harness.track.runs import explain_missing
+from harness.track.mlflow_tracker import check_store_exists, resolve_tracking_uri
+from harness.track.runs import explain_missing, read_only
 from harness.train.exit_codes import DIVERGENCE, describe
 
 
@@ -105,7 +105,10 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
     from rich.table import Table
 
     uri = resolve_tracking_uri(tracking_uri, workspace)
-    runs = latest_runs(uri, spec_name) if Path(workspace).exists() or not uri.startswith("sqlite") else {}
+    if tracking_uri is not None:  # a store named explicitly must exist: a typo is not "all pending"
+        check_store_exists(uri)
+    fresh = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()  # nothing ran yet
+    runs = {} if fresh else latest_runs(read_only(uri), spec_name)  # read-only: status never writes
     decisions = decide(cells, runs, workspace)
     table = Table(title=f"{spec_name}: {len(cells)} cells")
     for col in ("cell", "state", "progress", "run", "attempt", "failure"):
@@ -133,7 +136,7 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if counts.get("pending") and runs:
-        for line in explain_missing(cells, uri, spec_name, runs):
+        for line in explain_missing(cells, read_only(uri), spec_name, runs):
             console.print(line, markup=False, highlight=False)
     return 0
 

@@ -308,6 +308,18 @@ def _check_semantics(ld: LoadedSpec) -> None:
         if row.compare_to is not None and row.compare_to not in labels:
             problems.append(ld.source("rows", i, "compare_to").problem(
                 f"unknown row {row.compare_to!r} (known: {', '.join(labels)})"))
+    for name, table in spec.tables.items():
+        for i, claim in enumerate(table.claims):
+            for side, label in (("row", claim.row), ("vs", claim.vs)):
+                if label not in labels:
+                    problems.append(ld.source("tables", name, "claims", i, side).problem(
+                        f"unknown row {label!r} (known: {', '.join(labels)})"))
+            if claim.row == claim.vs and claim.post == claim.vs_post:
+                problems.append(ld.source("tables", name, "claims", i).problem(
+                    "a claim compares a row with itself: give post and vs_post (nms / nms_free)"))
+            if claim.margin and claim.expect != "better":
+                problems.append(ld.source("tables", name, "claims", i, "margin").problem(
+                    "a margin needs expect: better (within margin points, or better)"))
     for section in ("include", "exclude"):
         for i, combo in enumerate(getattr(spec, section)):
             for axis, value in combo.items():

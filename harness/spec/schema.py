@@ -560,6 +560,28 @@ class Row(Strict):
     paper: dict[Literal[METRICS], float] = Field(default_factory=dict)  # type: ignore[valid-type]
 
 
+class Claim(Strict):
+    """One comparison a table declares: `row` (with its postprocessing `post`) against `vs`
+    (with `vs_post`) on one metric. Presentation only: claims never enter a run key.
+
+    post / vs_post: `nms` or `nms_free` reads `eval.nms.<metric>` / `eval.nms_free.<metric>`
+    (both are logged by every run); absent, the row's own headline `eval.<metric>`. Both sides
+    on the same row are the same runs: a paired t-test on the per-seed differences; otherwise
+    Welch's t-test. expect: what the claim says of `row` against `vs` in the metric's direction
+    (`better`, `worse`; `differs` is two-sided); margin (points) turns `better` into "within
+    margin points, or better" (non-inferiority).
+    """
+
+    row: str
+    vs: str
+    post: Literal["nms", "nms_free"] | None = None
+    vs_post: Literal["nms", "nms_free"] | None = None
+    metric: Literal[METRICS] | None = None  # type: ignore[valid-type]  # default: the layout's first
+    expect: Literal["better", "worse", "differs"] = "better"
+    margin: float = Field(default=0.0, ge=0.0)
+    text: str = ""
+
+
 class Table(Strict):
     title: str
     layout: Literal[
@@ -567,6 +589,10 @@ class Table(Strict):
         "quickstart",
     ]  # fmt: skip
     remark: str = ""
+    #: The comparisons the Δ column, its marks and the Holm family are made of. Without any,
+    #: each row against its `compare_to` row or the table's baseline on the first metric,
+    #: two-sided.
+    claims: list[Claim] = Field(default_factory=list)
 
 
 class Spec(Strict):

@@ -3,9 +3,12 @@ and the few writes the scheduler and the sweep make outside a training process."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlalchemy.*")
 
@@ -20,15 +23,100 @@ class RunInfo:
     attempt: int = 1
     metrics: dict[str, float] = field(default_factory=dict)  # final values
     finished_runs: int = 0  # FINISHED runs with this key (more than 1: the latest counts)
+    commit: str = ""  # the `harness.git_commit` tag
+    #: every FINISHED run of this key as (run id, git commit, start time in ms), latest first
+    finished: tuple[tuple[str, str, int], ...] = ()
 
 
-def runs_by_key(uri: str, experiment: str) -> dict[str, RunInfo]:
+#: The rule that picks one run per key, as reports state it.
+COUNTING_RULE = "the latest FINISHED run (by start time) counts; without one, the latest run"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One paginated search of an experiment: the run that counts per run key, and how many
+    runs were not made by the harness (no `harness.run_key` tag)."""
+
+    experiment_exists: bool
+    runs: dict[str, RunInfo]
+    total: int = 0
+    untagged: int = 0
+
+
+def read_only(uri: str) -> str:
+    """The URI a read command opens: a SQLite store read-only (SQLite refuses every write, and
+    MLflow cannot create or migrate anything); other stores as given."""
+    if uri.startswith("sqlite:///") and "?" not in uri:
+        from urllib.parse import quote
+
+        path = Path(uri[len("sqlite:///"):]).resolve()
+        # the driver-qualified scheme also keeps MLflow from creating the "parent folder" of
+        # the file: URI (relative to the current directory)
+        return f"sqlite+pysqlite:///file:{quote(str(path))}?mode=ro&uri=true"
+    return uri
+
+
+def list_runs(uri: str, experiment: str) -> Listing:
     """run key -> the run that counts for it, read with one paginated search.
 
     The rule (the only one in the harness): a key's latest FINISHED run if it has one, else its
     latest run by start time. A finished cell stays finished when a later attempt at the same key
     fails or is still running; `harness run --rerun` is how a user asks for it again.
     """
+    path = sqlite_file(uri)
+    found = _sqlite_runs(path, experiment) if path is not None else _mlflow_runs(uri, experiment)
+    if found is None:
+        return Listing(False, {})
+    out: dict[str, RunInfo] = {}
+    finished: dict[str, list[tuple[str, str, int]]] = {}
+    total = untagged = 0
+    for run_id, status, start, tags, metrics in found:
+        total += 1
+        key = tags.get("harness.run_key")
+        if not key:
+            untagged += 1
+            continue
+        hb = tags.get("harness.heartbeat")
+        try:
+            attempt = int(tags.get("harness.attempt", "1"))
+        except ValueError:
+            attempt = 1
+        info = RunInfo(run_id, status, start or 0, tags.get("harness.failure"),
+                       _float(hb), attempt, metrics, commit=tags.get("harness.git_commit", ""))
+        done = finished.setdefault(key, [])
+        if info.status == "FINISHED":
+            done.append((info.run_id, info.commit, info.start_time))
+        prev = out.get(key)
+        if prev is None or _counts_more(info, prev):
+            out[key] = info
+    runs = {k: replace(v, finished_runs=len(finished[k]),
+                       finished=tuple(sorted(finished[k], key=lambda f: (-f[2], f[0]))))
+            for k, v in out.items()}
+    return Listing(True, runs, total, untagged)
+
+
+def sqlite_file(uri: str) -> str | None:
+    """The database file of a SQLite tracking URI (plain or as `read_only` writes it), else None."""
+    from urllib.parse import unquote
+
+    if uri.startswith("sqlite+pysqlite:///file:"):
+        return unquote(uri[len("sqlite+pysqlite:///file:"):].split("?", 1)[0])
+    if uri.startswith("sqlite:///") and "?" not in uri:
+        return uri[len("sqlite:///"):]
+    return None
+
+
+def _connect(path: str):
+    """A read-only connection (SQLite refuses every write through it)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    return sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True)
+
+
+def _mlflow_runs(uri: str, experiment: str):
+    """(run id, status, start ms, tags, final metrics) of the experiment's active runs, through
+    MLflow's paginated search; None without the experiment."""
     from mlflow import MlflowClient, search_runs, set_tracking_uri
 
     from harness.track.mlflow_tracker import quiet_store_logs
@@ -36,22 +124,65 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, RunInfo]:
     quiet_store_logs()
     set_tracking_uri(uri)
     if MlflowClient(uri).get_experiment_by_name(experiment) is None:
-        return {}
-    out: dict[str, RunInfo] = {}
-    finished: dict[str, int] = {}
-    for run in search_runs(experiment_names=[experiment], output_format="list"):
-        tags = run.data.tags
-        key = tags.get("harness.run_key")
-        if not key:
-            continue
-        hb = tags.get("harness.heartbeat")
-        info = RunInfo(run.info.run_id, run.info.status, run.info.start_time or 0, tags.get("harness.failure"),
-                       float(hb) if hb else None, int(tags.get("harness.attempt", "1")), dict(run.data.metrics))
-        finished[key] = finished.get(key, 0) + (info.status == "FINISHED")
-        prev = out.get(key)
-        if prev is None or _counts_more(info, prev):
-            out[key] = info
-    return {k: replace(v, finished_runs=finished[k]) for k, v in out.items()}
+        return None
+    return [(r.info.run_id, r.info.status, r.info.start_time, dict(r.data.tags), dict(r.data.metrics))
+            for r in search_runs(experiment_names=[experiment], output_format="list")]
+
+
+def _sqlite_runs(path: str, experiment: str):
+    """The same listing as `_mlflow_runs`, read from the SQLite file in three queries over a
+    read-only connection: MLflow's search builds full run objects (every param) and took 6-10 s
+    for 1,000 runs; a report needs the harness tags and final metrics only. MLflow's own tables:
+    runs, tags (harness.* only), latest_metrics (the value at the highest step, as search returns)."""
+    con = _connect(path)
+    try:
+        exp = con.execute("SELECT experiment_id FROM experiments WHERE name = ? ORDER BY experiment_id",
+                          (experiment,)).fetchone()
+        if exp is None:
+            return None
+        runs = con.execute("SELECT run_uuid, status, start_time FROM runs WHERE experiment_id = ? "
+                           "AND lifecycle_stage = 'active' ORDER BY start_time DESC, run_uuid", exp).fetchall()
+        tags: dict[str, dict[str, str]] = {r[0]: {} for r in runs}
+        metrics: dict[str, dict[str, float]] = {r[0]: {} for r in runs}
+        for rid, key, value in con.execute(
+                "SELECT t.run_uuid, t.key, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid "
+                "WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active' AND t.key LIKE 'harness.%'", exp):
+            tags[rid][key] = value
+        for rid, key, value, is_nan in con.execute(
+                "SELECT m.run_uuid, m.key, m.value, m.is_nan FROM latest_metrics m JOIN runs r "
+                "ON r.run_uuid = m.run_uuid WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active'", exp):
+            metrics[rid][key] = float("nan") if is_nan else float(value)
+    finally:
+        con.close()
+    return [(rid, status, start, tags[rid], metrics[rid]) for rid, status, start in runs]
+
+
+def read_listing(uri: str, experiment: str, name: str, what: str = "--tracking-uri") -> Listing:
+    """`list_runs` for read commands: a store MLflow cannot read, or one without the experiment,
+    is a one-line error naming it (name: the store as messages show it)."""
+    from harness.spec.errors import Problem, UserError
+
+    try:
+        listing = list_runs(uri, experiment)
+    except Exception as exc:  # MLflow's and SQLAlchemy's errors: not an MLflow store, unreachable
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(Problem(name, None, what, f"cannot read this tracking store: {first[:200]}")) from None
+    if not listing.experiment_exists:
+        raise UserError(Problem(name, None, what, f"no experiment {experiment!r} in this store (nothing of "
+                                "this spec ran here: wrong --workspace or --tracking-uri?)"))
+    return listing
+
+
+def runs_by_key(uri: str, experiment: str) -> dict[str, RunInfo]:
+    """run key -> the run that counts for it (`list_runs`); {} without the experiment."""
+    return list_runs(uri, experiment).runs
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 def _counts_more(new: RunInfo, old: RunInfo) -> bool:
@@ -66,6 +197,84 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     from mlflow import MlflowClient
 
     return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+#: Up to ?2 points per run of metric ?1, evenly spaced in steps between the run's first and last
+#: (each target step rounds up to the next logged one), read with seeks in MLflow's
+#: (run_uuid, key, step) index: a scan of every logged point (1.5 M rows for 1,000 runs) is what
+#: made reports slow.
+_SAMPLE = """WITH RECURSIVE
+ ids(id) AS (VALUES {marks}),
+ r(run_uuid, lo, hi) AS (SELECT id,
+    (SELECT MIN(step) FROM metrics INDEXED BY index_metrics_run_uuid_key_step WHERE run_uuid = ids.id AND key = ?1),
+    (SELECT MAX(step) FROM metrics INDEXED BY index_metrics_run_uuid_key_step WHERE run_uuid = ids.id AND key = ?1)
+    FROM ids),
+ t(run_uuid, i, lo, hi) AS (SELECT run_uuid, 0, lo, hi FROM r WHERE lo IS NOT NULL
+    UNION ALL SELECT run_uuid, i + 1, lo, hi FROM t WHERE i + 1 < ?2),
+ s(run_uuid, step) AS (SELECT DISTINCT run_uuid, (SELECT MIN(step) FROM metrics INDEXED BY index_metrics_run_uuid_key_step
+    WHERE run_uuid = t.run_uuid AND key = ?1 AND step >= t.lo + (t.hi - t.lo) * t.i / MAX(?2 - 1, 1)) FROM t)
+SELECT m.run_uuid, m.step, m.value, m.is_nan FROM s CROSS JOIN metrics AS m INDEXED BY index_metrics_run_uuid_key_step
+WHERE m.run_uuid = s.run_uuid AND m.key = ?1 AND m.step = s.step"""
+
+
+def histories(uri: str, run_ids: list[str], keys: list[str], *, max_points: int = 100,
+              cache_dir: str | Path | None = None) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """(run id, key) -> up to max_points (step, value) of the metric's history, evenly sampled
+    in the store's own query (first and last point kept), for plots.
+
+    Pass only finished runs: with cache_dir, each run's histories are kept in one JSON file
+    named by its run id (a finished run never changes) and read from there next time.
+    """
+    import json
+
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    todo = []
+    cache = Path(cache_dir) if cache_dir else None
+    for rid in run_ids:
+        hit = None
+        if cache is not None:
+            with contextlib.suppress(OSError, ValueError):
+                hit = json.loads((cache / f"{rid}.json").read_text())
+        if hit is not None and hit.get("max_points") == max_points and set(keys) <= set(hit["keys"]):
+            for k in keys:
+                out[(rid, k)] = [tuple(p) for p in hit["keys"][k]]
+        else:
+            todo.append(rid)
+    if not todo:
+        return out
+    fetched: dict[str, dict[str, list]] = {rid: {k: [] for k in keys} for rid in todo}
+    path = sqlite_file(uri)
+    if path is not None:  # one query per key and 500 runs: index seeks only (see _SAMPLE)
+        con = _connect(path)
+        try:
+            for k in keys:
+                for i in range(0, len(todo), 500):
+                    chunk = todo[i:i + 500]
+                    marks = ",".join(f"(?{j + 3})" for j in range(len(chunk)))
+                    for rid, step, value, is_nan in con.execute(_SAMPLE.format(marks=marks), (k, max_points, *chunk)):
+                        fetched[rid][k].append((int(step), float("nan") if is_nan else float(value)))
+        finally:
+            con.close()
+    else:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri)
+        for rid in todo:
+            for k in keys:
+                pts = sorted((m.step, m.value) for m in client.get_metric_history(rid, k))
+                stride = max(1, -(-len(pts) // max_points))
+                fetched[rid][k] = [p for i, p in enumerate(pts) if i % stride == 0 or i == len(pts) - 1]
+    for rid, by_key in fetched.items():
+        for k, pts in by_key.items():
+            out[(rid, k)] = sorted(pts)
+        if cache is not None:
+            with contextlib.suppress(OSError):
+                cache.mkdir(parents=True, exist_ok=True)
+                tmp = cache / f".{rid}.{os.getpid()}.tmp"
+                tmp.write_text(json.dumps({"max_points": max_points,
+                                           "keys": {k: sorted(v) for k, v in by_key.items()}}))
+                tmp.replace(cache / f"{rid}.json")
+    return out
 
 
 def write(client, run_id: str, *, params: dict | None = None, tags: dict | None = None,

@@ -1,4 +1,4 @@
-"""The quickstart's claims: one-sided paired / Welch tests against scipy, Holm, honest verdicts."""
+"""Declared claims: one-sided paired / Welch tests against scipy, Holm over the claims, honest verdicts."""
 
 import math
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from harness.report.build import phenomena
+from harness.report.claims import evaluate, line
 from harness.report.stats import compare
 
 A, B = [0.50, 0.60, 0.55], [0.40, 0.45, 0.52]
@@ -41,35 +41,81 @@ def frame(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
     recs = {}
     for (row, key), vals in values.items():
         for seed, v in enumerate(vals):
-            recs.setdefault((row, seed), {"row": row, "seed": seed, "status": "finished"})[key] = v
+            recs.setdefault((row, seed), {"row": row, "dataset": "synthetic", "seed": seed,
+                                          "status": "finished"})[key] = v
     return pd.DataFrame(list(recs.values()))
 
 
-def test_verdicts():
+def quickstart_claims():
+    from harness.spec import load_spec
+
+    return load_spec("experiments/quickstart.yaml").spec.tables["quickstart"].claims
+
+
+def test_the_quickstart_declares_its_claims():
+    claims = quickstart_claims()
+    first = claims[0]
+    assert (first.row, first.post, first.vs, first.vs_post, first.expect) == ("FCOS", "nms_free", "FCOS", "nms", "worse")
+    poto = claims[1]  # the paper's claim: POTO without NMS against FCOS with NMS
+    assert (poto.row, poto.post, poto.vs, poto.vs_post, poto.margin) == ("POTO", "nms_free", "FCOS", "nms", 3)
+
+
+def test_verdicts_against_scipy():
     df = frame({
         ("FCOS", "eval.nms.ap50"): [0.76, 0.77, 0.75], ("FCOS", "eval.nms_free.ap50"): [0.52, 0.55, 0.53],
         ("FCOS", "eval.nms.recall"): [0.90, 0.91, 0.89],
         ("POTO", "eval.nms_free.ap50"): [0.70, 0.80, 0.75], ("POTO", "eval.nms_free.recall"): [0.97, 0.97, 0.98],
     })
-    lines = phenomena(df, ["FCOS", "POTO"])
-    text = dict(line.split(": ", 1) for line in lines)
-    assert text["- FCOS without NMS is below FCOS with NMS (AP50; the same runs, paired by seed)"].startswith("**observed**")
-    assert "paired t" in lines[0] and "Holm" in lines[0]
+    results = evaluate(quickstart_claims(), df)
+    lines = [line(r) for r in results]
+    # paired for the same runs, one-sided "worse"
+    ref = stats.ttest_rel([0.52, 0.55, 0.53], [0.76, 0.77, 0.75], alternative="less").pvalue
+    assert results[0].paired and results[0].p_two == pytest.approx(ref, rel=1e-12)
+    assert "**significant**" in lines[0] and "one-sided paired t" in lines[0] and "Holm" in lines[0]
+    assert results[0].mark == "✗"  # significantly worse, as claimed
     # POTO 75.0 vs FCOS+NMS 76.0: inside the 3-point margin, but too noisy to be significant
-    assert "**same direction, not significant**" in lines[1] and "Δ -1.0" in lines[1]
-    assert "**observed**" in lines[2]
-    assert not any("p = 0.000" in line for line in lines)
-    assert len(lines) == 4  # the 3DMF and Aux claims need their rows
+    assert "**same direction, not significant**" in lines[1] and "Δ -1.0" in lines[1] and results[1].mark == ""
+    assert not results[1].paired
+    assert "**significant**" in lines[2] and results[2].mark == "✓"
+    # the 3DMF and Aux claims have no runs: they still count in Holm's family (6 claims)
+    assert "not enough finished runs" in lines[3] and results[3].untested
+    ps = [r.p_two for r in results if not r.untested]
+    m = len(results)
+    assert min(r.p_holm for r in results if not r.untested) == pytest.approx(min(1.0, m * min(ps)))
+    assert not any("p = 0.000" in x for x in lines)
 
 
-def test_claim_against_the_data_and_small_n():
+def test_no_test_below_three_seeds_or_with_identical_seeds():
     df = frame({("POTO", "eval.nms_free.ap50"): [0.70, 0.71, 0.69], ("POTO+3DMF", "eval.nms_free.ap50"): [0.60, 0.61],
-                ("FCOS", "eval.nms.ap50"): [0.9, 0.9, 0.91], ("FCOS", "eval.nms_free.ap50"): [0.5, 0.5, 0.52]})
-    lines = phenomena(df, ["FCOS", "POTO", "POTO+3DMF"])
-    three_dmf = next(line for line in lines if "POTO + 3DMF without NMS" in line)
-    assert "**untested** (n = 2/3" in three_dmf and "Δ -9.5" in three_dmf
-    within = next(line for line in lines if "within 3" in line)
-    assert "**not observed**" in within
+                ("FCOS", "eval.nms.ap50"): [0.9, 0.9, 0.9], ("FCOS", "eval.nms_free.ap50"): [0.5, 0.5, 0.52]})
+    results = evaluate(quickstart_claims(), df)
+    three_dmf = next(r for r in results if r.claim.row == "POTO+3DMF")
+    assert three_dmf.untested.startswith("n = 2/3") and three_dmf.mark == ""
+    assert "**untested (n = 2/3: a test needs 3 seeds per side)**" in line(three_dmf) and "Δ -9.5" in line(three_dmf)
+    within = results[1]  # FCOS with NMS gave 0.9 on every seed: not replicates
+    assert "identical values" in within.untested and within.mark == "" and math.isnan(within.p_holm)
+
+
+def test_the_opposite_of_a_claim_and_two_sided_claims():
+    from harness.spec.schema import Claim
+
+    df = frame({("A", "eval.ap"): [0.30, 0.31, 0.29], ("B", "eval.ap"): [0.40, 0.41, 0.42],
+                ("A", "eval.mmr"): [0.40, 0.41, 0.42], ("B", "eval.mmr"): [0.50, 0.52, 0.51]})
+    better, differs, mmr = evaluate([Claim(row="A", vs="B", metric="ap"),
+                                     Claim(row="A", vs="B", metric="ap", expect="differs"),
+                                     Claim(row="A", vs="B", metric="mmr")], df)
+    assert better.verdict == "not observed" and better.mark == "✗"  # the contrary is significant
+    two = stats.ttest_ind([0.30, 0.31, 0.29], [0.40, 0.41, 0.42], equal_var=False).pvalue
+    assert differs.p_two == pytest.approx(two, rel=1e-9) and differs.mark == "✗"
+    assert mmr.verdict == "significant" and mmr.mark == "✓"  # lower mMR is better
+
+
+def test_points_never_show_minus_zero():
+    from harness.report.claims import points
+    from harness.report.tables import fmt_std
+
+    assert points(-0.0004) == "0.0" and points(0.0004) == "0.0" and points(-0.012) == "-1.2"
+    assert fmt_std(0.0) == "0" and fmt_std(1e-17) == "0" and fmt_std(0.0003) == "0.03" and fmt_std(0.004) == "0.4"
 
 
 def test_reproduction_table_against_intervals():

@@ -204,3 +204,38 @@ def test_postgresql_without_its_driver_is_a_clear_error(monkeypatch):
         check_tracking_uri("postgresql://bob:pw@127.0.0.1:1/mlflow")
     text = str(exc.value)
     assert "driver 'psycopg2' is not installed" in text and "pip install psycopg2-binary" in text and "pw" not in text
+
+
+def test_the_sqlite_listing_reads_what_mlflow_search_returns(tmp_path):
+    # the report reads SQLite stores with three read-only queries instead of MLflow's search
+    # (6 s -> 0.03 s for 1,000 runs): both must give the same runs, tags and final metrics
+    from harness.track.runs import _mlflow_runs, _sqlite_runs, histories, list_runs, read_only
+
+    uri = resolve_tracking_uri(None, tmp_path)
+    client = client_for(uri)
+    exp = ensure_experiment(client, "e", uri, tmp_path)
+    a = make_run(client, exp, "a", "FINISHED", 1000, {"eval.ap": 0.4, "eval.mmr": float("nan")})
+    write(client, a, metrics={"eval.ap": 0.45}, step=20)  # the final value: highest step
+    write(client, a, tags={"harness.git_commit": "abc", "harness.heartbeat": "12.5", "other": "x"})
+    make_run(client, exp, "b", "RUNNING", 2000)
+    gone = make_run(client, exp, "c", "FINISHED", 3000)
+    client.delete_run(gone)  # deleted runs are not listed by either
+    client.create_run(exp, start_time=4000)  # untagged
+    for step in range(0, 1000, 10):
+        write(client, a, metrics={"train.total_loss": 1.0 / (step + 1)}, step=step)
+
+    def norm(found):
+        return sorted((rid, status, start, {k: v for k, v in tags.items() if k.startswith("harness.")},
+                       {k: ("nan" if v != v else v) for k, v in metrics.items()}) for rid, status, start, tags, metrics in found)
+
+    path = str(tmp_path / "mlflow.db")
+    assert norm(_sqlite_runs(path, "e")) == norm(_mlflow_runs(uri, "e"))
+    assert _sqlite_runs(path, "nope") is None
+    listing = list_runs(read_only(uri), "e")
+    assert (listing.total, listing.untagged, set(listing.runs)) == (3, 1, {"a", "b"})
+    assert listing.runs["a"].metrics["eval.ap"] == 0.45 and listing.runs["a"].commit == "abc"
+    sampled = histories(read_only(uri), [a], ["train.total_loss"], max_points=10, cache_dir=tmp_path / "cache")
+    pts = sampled[(a, "train.total_loss")]
+    assert pts[0] == (0, 1.0) and pts[-1] == (990, 1.0 / 991) and 8 <= len(pts) <= 10
+    assert [s for s, _ in pts] == sorted(s for s, _ in pts)
+    assert (tmp_path / "cache" / f"{a}.json").is_file()  # a finished run's histories are cached
