@@ -79,7 +79,7 @@ def test_console_entry_point_without_traceback(mini_spec):
     assert "duplicate row label" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["plan", "run", "train", "status", "report", "sweep",
+@pytest.mark.parametrize("command", ["plan", "run", "train", "status", "sync", "report", "sweep",
                                      "evaluate", "data"])
 def test_help_for_every_command(command):
     proc = subprocess.run([sys.executable, "-m", "harness", command, "--help"],

@@ -11,9 +11,10 @@ from pathlib import Path
 from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import Decision, decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
-from harness.track.mlflow_tracker import resolve_tracking_uri
+from harness.track.mlflow_tracker import resolve_tracking_uri, sync_cell
 from harness.track.runs import explain_missing
 from harness.train.exit_codes import DIVERGENCE, describe
+from harness.train.lock import is_locked
 
 PROGRESS = re.compile(r"iter (\d+)/(\d+) .* eta (\S+)s")
 
@@ -92,6 +93,7 @@ def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, override_args
              detach: bool = False, description: str = "") -> int:
     uri = resolve_tracking_uri(tracking_uri, workspace)
     prepare_store(uri, spec_name, workspace, description)  # before any worker: parallel first migrations corrupt SQLite
+    sync_cells(cells, uri, workspace)  # runs that ended while the store was away: their end decides
     decisions = decide(cells, latest_runs(uri, spec_name), workspace, rerun=rerun)
     end_stale(uri, decisions)
     todo = [(d.cell, rerun) for d in decisions if d.action == "run"]
@@ -145,6 +147,25 @@ def summarise(outcomes: list[Outcome], uri: str, spec_name: str, skipped: int, b
     return 1 if failed else 0
 
 
+def sync_cells(cells: list[Cell], uri: str, workspace: str | Path) -> tuple[int, int]:
+    """Send the spooled tracking writes of cells that no process is training (`harness sync`, and
+    `harness run` before it decides what to run); (records sent, cells synced)."""
+    records = synced = 0
+    for c in cells:
+        cdir = Path(workspace) / c.run_key
+        if not cdir.is_dir() or is_locked(cdir / "lock"):  # a live worker's sender owns its spool
+            continue
+        n = sync_cell(cdir, uri)
+        if n:
+            print(f"{c.id}: sent {n} spooled tracking record(s)", flush=True)
+            records, synced = records + n, synced + 1
+    return records, synced
+
+
+def unsynced(workspace: str | Path, cell: Cell) -> bool:
+    return (Path(workspace) / cell.run_key / "unsynced").exists()
+
+
 def _clip(text: str, n: int) -> str:
     """The first line of a failure reason, at most n characters (a diverged run's reason, with
     its iteration, fits)."""
@@ -173,6 +194,8 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
             state = "stale (worker lost)"
         else:
             state = run.status.lower()
+        if d.action != "busy" and unsynced(workspace, d.cell):
+            state = "unsynced (harness sync)"
         counts[state] = counts.get(state, 0) + 1
         progress = last_progress(Path(workspace) / d.cell.run_key / "log.txt") if state == "running" else ""
         table.add_row(d.cell.id, state, progress, run.run_id[:8] if run else "", str(run.attempt) if run else "",
@@ -186,4 +209,4 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
     return 0
 
 
-__all__ = ["run_spec", "status_table", "signal"]
+__all__ = ["run_spec", "status_table", "sync_cells", "signal"]

@@ -190,57 +190,77 @@ def ensure_experiment(client, name: str, uri: str, workspace: str | Path | None,
         return exp.experiment_id
 
 
+#: how long a cell's end waits for a tracking server to take the spooled writes before it leaves
+#: them on disk (marked `unsynced`) for `harness sync`
+SYNC_WAIT_S = float(os.environ.get("HARNESS_SYNC_WAIT_S", "60"))
+
+
+def _quick_http_retries() -> None:
+    """MLflow retries a failed HTTP call for minutes by default; the spool's sender retries on
+    its own, so one call gives up within seconds (a user's explicit setting wins)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
 class MLflowTracker:
-    def __init__(self, client, run_id: str):
+    """Writes of one run. With a spool directory (training) every write is appended to the cell's
+    spool and sent by a background thread, so the caller never waits on the store; without one
+    (tools, tests) writes go straight to the store."""
+
+    def __init__(self, client, run_id: str, spool_dir: str | Path | None = None, *, remote: bool = False):
+        from harness.track.spool import Sender, Spool
+
         self.client, self.run_id = client, run_id
         self._buffer: list = []
         self._ended = False
         self._monitor = None
+        self.remote = remote
+        self.synced = True
+        self._sender = Sender(client, run_id)
+        self._spool = Spool(spool_dir, self._sender) if spool_dir is not None else None
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, Any], *, workspace=None,
-              resume_run_id: str | None = None) -> MLflowTracker:
+              resume_run_id: str | None = None, spool_dir: str | Path | None = None) -> MLflowTracker:
+        remote = uri.startswith(("http://", "https://"))
+        if remote:
+            _quick_http_retries()
         client = client_for(uri)
         if resume_run_id is not None:
             client.update_run(resume_run_id, status="RUNNING")
-            tracker = cls(client, resume_run_id)
+            tracker = cls(client, resume_run_id, spool_dir, remote=remote)
             tracker.set_tags(tags)
             return tracker
         exp_id = ensure_experiment(client, experiment, uri, workspace)
         run = client.create_run(exp_id, tags={k: str(v) for k, v in tags.items()}, run_name=run_name)
-        return cls(client, run.info.run_id)
+        return cls(client, run.info.run_id, spool_dir, remote=remote)
+
+    def _write(self, op: str, **fields: Any) -> None:
+        if self._spool is not None:
+            self._spool.append(op, **fields)
+        else:
+            self._sender.send([{"op": op, "run_id": self.run_id, "ts": int(time.time() * 1000), **fields}])
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        existing = self.client.get_run(self.run_id).data.params
-        items = [Param(_clip(k, MAX_KEY), _clip(str(v), MAX_PARAM)) for k, v in params.items()]
-        items = [p for p in items if p.key not in existing]  # params are immutable: resume skips them
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i:i + PARAMS_PER_BATCH])
+        self._write("params", data={_clip(k, MAX_KEY): _clip(str(v), MAX_PARAM) for k, v in params.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        self._buffer.extend([k, float(v), ts, int(step)] for k, v in metrics.items())
         if len(self._buffer) >= METRICS_PER_BATCH:
             self.flush()
 
     def flush(self) -> None:
+        """Hand the buffered metrics over (to the spool: an append, never a network call)."""
         while self._buffer:
             chunk, self._buffer = self._buffer[:METRICS_PER_BATCH], self._buffer[METRICS_PER_BATCH:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            self._write("metrics", data=chunk)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, _clip(str(v), 8000)) for k, v in tags.items()]
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=items[i:i + PARAMS_PER_BATCH])
+        self._write("tags", data={k: _clip(str(v), 8000) for k, v in tags.items()})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._write("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
     def start_system_metrics(self) -> None:
         try:
@@ -252,7 +272,11 @@ class MLflowTracker:
             print(f"system metrics unavailable: {exc}")
 
     def end(self, status: str, reason: str | None = None) -> None:
-        """FINISHED, FAILED or KILLED; a reason is kept in the `harness.failure` tag."""
+        """FINISHED, FAILED or KILLED; a reason is kept in the `harness.failure` tag.
+
+        With a spool, waits for the store to take every write (a remote one at most
+        HARNESS_SYNC_WAIT_S); when it does not, `synced` is False and the spool stays on disk,
+        marked `unsynced`, until `harness sync` or the next `harness run` sends it."""
         if self._ended:
             return
         self._ended = True
@@ -262,14 +286,27 @@ class MLflowTracker:
             if self._monitor is not None:
                 with contextlib.suppress(Exception):
                     self._monitor.finish()
-            if reason:
-                self.set_tags({"harness.failure": reason})
-            elif status == "FINISHED":  # a resumed run that finishes no longer carries an old failure
-                tags = self.client.get_run(self.run_id).data.tags
-                if "harness.failure" in tags:
-                    self.set_tags({"harness.resumed_after": tags["harness.failure"]})
-                    self.client.delete_tag(self.run_id, "harness.failure")
-            self.client.set_terminated(self.run_id, status=status)
+            self._write("end", status=status, reason=reason)
+            if self._spool is not None:
+                self.synced = self._spool.close(SYNC_WAIT_S if self.remote else 600.0)
+
+
+def sync_cell(cell_dir: str | Path, uri: str) -> int:
+    """Send a cell's spooled writes that its store does not have yet (see harness.track.spool);
+    the number sent. A store that does not take them is one clear error."""
+    from harness.track.spool import pending, sync
+
+    if not pending(cell_dir) and not (Path(cell_dir) / "unsynced").exists():
+        return 0
+    if uri.startswith(("http://", "https://")):
+        _quick_http_retries()
+    try:
+        return sync(cell_dir, lambda: client_for(uri))
+    except Exception as exc:
+        raise UserError(Problem(str(Path(cell_dir) / "spool.jsonl"), None, "--tracking-uri",
+                                f"cannot send the spooled tracking records to {without_credentials(uri)}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+                                .replace(uri, without_credentials(uri)))) from None
 
 
 def git_commit() -> str:

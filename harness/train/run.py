@@ -36,6 +36,7 @@ from harness.track.mlflow_tracker import (
     flatten,
     git_commit,
     resolve_tracking_uri,
+    sync_cell,
 )
 from harness.train import checkpoint as ckpt
 from harness.train.engine import (
@@ -216,6 +217,9 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
     # ---- the run
     tracker = NullTracker()
     if rank == 0:
+        sent = sync_cell(cdir, uri)  # an earlier attempt's writes that never reached the store
+        if sent:
+            print(f"{cell.id}: sent {sent} spooled tracking record(s) of an earlier attempt", flush=True)
         if run_id is not None:
             previous = client_for(uri).get_run(run_id)
             if previous.info.status == "FINISHED" and start_iter >= sched.max_iter:
@@ -232,7 +236,8 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
             tags["mlflow.parentRunId"] = os.environ["HARNESS_PARENT_RUN_ID"]
             tags["harness.trial"] = os.environ.get("HARNESS_TRIAL", "")
             tags["harness.sweep"] = os.environ.get("HARNESS_SWEEP", "")
-        tracker = MLflowTracker.start(uri, cell.spec_name, cell.id, tags, workspace=workspace, resume_run_id=run_id)
+        tracker = MLflowTracker.start(uri, cell.spec_name, cell.id, tags, workspace=workspace, resume_run_id=run_id,
+                                      spool_dir=cdir)
         run_id = tracker.run_id
         params = flatten(cfg.model_dump(mode="json"))
         params.update({"schedule.lr": sched.base_lr, "schedule.max_iter": sched.max_iter,
@@ -258,6 +263,10 @@ def _run_cell(cell: Cell, *, workspace, tracking_uri, resume, spec_file, attempt
                    start_iter=start_iter, rank=rank, world=world, device=device, ckpt_path=ckpt_path,
                    run_id=run_id, cdir=cdir, progress=progress)
             tracker.end("FINISHED")  # still under the guard: a late SIGTERM cannot cut this short
+        if not getattr(tracker, "synced", True):
+            print(f"{cell.id}: trained, but the tracking store is unreachable: its writes stay in "
+                  f"{cdir / 'spool.jsonl'} (marked unsynced); `harness sync SPEC` or the next `harness run` "
+                  "sends them", file=sys.stderr, flush=True)
     except Stop as exc:
         tracker.end("KILLED", str(exc))
         print(f"{cell.id}: {exc}", file=sys.stderr)
