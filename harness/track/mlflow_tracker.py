@@ -69,7 +69,17 @@ def without_credentials(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+def _default_postgres_driver() -> str:
+    """SQLAlchemy's driver for a plain postgresql:// URL (psycopg since SQLAlchemy 2.1)."""
+    try:
+        from sqlalchemy.engine.url import make_url
+
+        return make_url("postgresql://h/db").get_dialect().driver
+    except Exception:
+        return "psycopg"
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0, what: str = "--tracking-uri") -> None:
     """Fail fast and clearly when the store cannot be used (before any training)."""
     if uri.startswith(("http://", "https://")):
         base = uri.rstrip("/")
@@ -87,30 +97,31 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                 if err.code >= 500:
                     raise OSError(f"its tracking API answers HTTP {err.code}") from None
         except (OSError, urllib.error.URLError) as exc:
-            raise UserError(Problem(None, None, "--tracking-uri",
+            raise UserError(Problem(None, None, what,
                                     f"cannot reach the MLflow server at {without_credentials(uri)}: "
                                     f"{str(exc).replace(uri, without_credentials(uri))}")) from None
     elif uri.startswith(("postgresql:", "postgresql+")):
         import importlib.util
 
-        driver = uri.split(":", 1)[0].partition("+")[2] or "psycopg2"
-        module = {"psycopg2": "psycopg2", "psycopg": "psycopg", "pg8000": "pg8000"}.get(driver, driver)
+        driver = uri.split(":", 1)[0].partition("+")[2] or _default_postgres_driver()
+        module = {"psycopg2cffi": "psycopg2cffi", "asyncpg": "asyncpg"}.get(driver, driver)
         if importlib.util.find_spec(module) is None:
-            raise UserError(Problem(None, None, "--tracking-uri",
+            raise UserError(Problem(None, None, what,
                                     f"{without_credentials(uri)}: the PostgreSQL driver '{module}' is not installed "
-                                    f"(pip install {'psycopg2-binary' if module == 'psycopg2' else module})"))
+                                    f"(install harness[postgres]"
+                                    + ("" if module == "psycopg" else f", or pip install {module}") + ")"))
     elif uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if path.is_file():
             with open(path, "rb") as f:
                 head = f.read(16)
             if head and head != b"SQLite format 3\x00":
-                raise UserError(Problem(str(path), None, "--tracking-uri",
+                raise UserError(Problem(str(path), None, what,
                                         "not a SQLite database (corrupt or another kind of file)"))
         elif path.exists():
-            raise UserError(Problem(str(path), None, "--tracking-uri", "not a file"))
+            raise UserError(Problem(str(path), None, what, "not a file"))
     elif uri.startswith("file:") or "://" not in uri:
-        raise UserError(Problem(None, None, "--tracking-uri",
+        raise UserError(Problem(None, None, what,
                                 f"{uri}: MLflow 3 refuses the file store; use sqlite:///PATH or http://HOST:PORT"))
 
 
@@ -178,8 +189,8 @@ def ensure_experiment(client, name: str, uri: str, workspace: str | Path | None,
             if exp.tags.get(k) != v:
                 client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:") and workspace is not None:
+    location = None  # a database store (SQLite, PostgreSQL) keeps artifacts in the workspace
+    if not uri.startswith(("http://", "https://")) and workspace is not None:
         location = (Path(workspace).resolve() / "mlartifacts").as_uri()
     try:
         return client.create_experiment(name, artifact_location=location, tags=tags)
