@@ -28,7 +28,12 @@ from harness.schedule.local import discover_gpus, job_env, train_command
 from harness.schedule.state import latest_runs, prepare_store
 from harness.spec.matrix import Cell
 from harness.sweep.space import Sweep, current_value, set_item
-from harness.track.mlflow_tracker import check_tracking_uri, client_for, resolve_tracking_uri
+from harness.track.mlflow_tracker import (
+    check_tracking_uri,
+    client_for,
+    credentials_to_environment,
+    resolve_tracking_uri,
+)
 from harness.track.runs import metric_history, write
 from harness.train.lock import is_locked
 
@@ -75,7 +80,7 @@ class Driver:
         self.workspace, self.out_dir = workspace, Path(out_dir)
         self.uri = resolve_tracking_uri(tracking_uri, workspace, check=False)  # checked in run()
         self.jobs = jobs or 1
-        self.storage_url = storage
+        self.storage_url = credentials_to_environment(storage) if storage else None  # never printed
         self.experiment = sweep.base_cells[0].spec_name
         self.stopping: int | None = None
         self.gpus = discover_gpus()

@@ -89,11 +89,19 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, what: str = "--tracking-u
                     raise OSError(f"HTTP {resp.status}")
             # /health can answer while the tracking API fails (its database down): ask the API
             # too; any answer below 500 (a 404 for the made-up name included) means it works
-            probe = base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=harness-health-probe"
+            probe = urllib.request.Request(
+                base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=harness-health-probe",
+                headers=_auth_header())
             try:
                 with urllib.request.urlopen(probe, timeout=timeout):
                     pass
             except urllib.error.HTTPError as err:
+                if err.code in (401, 403):
+                    given = "the credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD were refused"
+                    raise UserError(Problem(None, None, what, (
+                        f"the MLflow server at {without_credentials(uri)} asks for a login (HTTP {err.code}): "
+                        + (given if _auth_header() else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"))
+                    )) from None
                 if err.code >= 500:
                     raise OSError(f"its tracking API answers HTTP {err.code}") from None
         except (OSError, urllib.error.URLError) as exc:
@@ -125,9 +133,41 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, what: str = "--tracking-u
                                 f"{uri}: MLflow 3 refuses the file store; use sqlite:///PATH or http://HOST:PORT"))
 
 
+def _auth_header() -> dict[str, str]:
+    """Basic auth from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, as MLflow sends it."""
+    import base64
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not user or password is None:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def credentials_to_environment(uri: str) -> str:
+    """A URI's user and password moved out of it: into MLFLOW_TRACKING_USERNAME / _PASSWORD for a
+    server, into PGPASSWORD for PostgreSQL (its user stays: it is not a secret). The URI that comes
+    back is what every later step sees, prints, logs and hands to its jobs (which inherit the
+    environment), so the password never appears in a command line, a log, a param or a tag."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None and not (parts.username and uri.startswith(("http://", "https://"))):
+        return uri
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    if uri.startswith(("http://", "https://")):
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
+        return urlunsplit(parts._replace(netloc=host))
+    if uri.startswith(("postgresql:", "postgresql+")):
+        os.environ["PGPASSWORD"] = unquote(parts.password or "")
+        return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host))
+    return uri
+
+
 def resolve_tracking_uri(tracking_uri: str | None, workspace: str | Path, *, check: bool = True) -> str:
-    """The one place that defaults the tracking URI (the workspace's SQLite store) and checks it."""
-    uri = tracking_uri or default_tracking_uri(workspace)
+    """The one place that defaults the tracking URI (the workspace's SQLite store) and checks it;
+    credentials in it move to the environment (credentials_to_environment)."""
+    uri = credentials_to_environment(tracking_uri) if tracking_uri else default_tracking_uri(workspace)
     if check:
         check_tracking_uri(uri)
     return uri
