@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import Decision, decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
-from harness.track.mlflow_tracker import resolve_tracking_uri, sync_cell
+from harness.track.mlflow_tracker import check_store_exists, resolve_tracking_uri, sync_cell
 from harness.track.runs import explain_missing
 from harness.train.exit_codes import DIVERGENCE, describe
 from harness.train.lock import is_locked
@@ -178,7 +178,10 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
     from rich.table import Table
 
     uri = resolve_tracking_uri(tracking_uri, workspace)
-    runs = latest_runs(uri, spec_name) if Path(workspace).exists() or not uri.startswith("sqlite") else {}
+    if tracking_uri:  # a store the user named must exist: reading it would create an empty one
+        check_store_exists(uri)
+    local = uri.startswith("sqlite:///")
+    runs = latest_runs(uri, spec_name) if not local or Path(uri[len("sqlite:///"):]).is_file() else {}
     decisions = decide(cells, runs, workspace)
     table = Table(title=f"{spec_name}: {len(cells)} cells")
     for col in ("cell", "state", "progress", "run", "attempt", "failure"):

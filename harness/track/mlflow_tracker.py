@@ -126,6 +126,9 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, what: str = "--tracking-u
             if head and head != b"SQLite format 3\x00":
                 raise UserError(Problem(str(path), None, what,
                                         "not a SQLite database (corrupt or another kind of file)"))
+            if head and not _is_mlflow_sqlite(path):
+                raise UserError(Problem(str(path), None, what,
+                                        "not an MLflow database (a corrupt SQLite file, or another program's)"))
         elif path.exists():
             raise UserError(Problem(str(path), None, what, "not a file"))
     elif uri.startswith("file:") or "://" not in uri:
@@ -164,10 +167,32 @@ def credentials_to_environment(uri: str) -> str:
     return uri
 
 
+def _is_mlflow_sqlite(path: Path) -> bool:
+    """Whether a SQLite file holds MLflow's tables (read-only; an empty file is a new store)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    return not tables or {"experiments", "runs", "alembic_version"} <= tables
+
+
 def resolve_tracking_uri(tracking_uri: str | None, workspace: str | Path, *, check: bool = True) -> str:
     """The one place that defaults the tracking URI (the workspace's SQLite store) and checks it;
-    credentials in it move to the environment (credentials_to_environment)."""
+    credentials in it move to the environment (credentials_to_environment). The default store
+    is created with its workspace; a SQLite file named by the user must be in a folder that exists
+    (a typo in the path is not a new store)."""
     uri = credentials_to_environment(tracking_uri) if tracking_uri else default_tracking_uri(workspace)
+    if check and tracking_uri and uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise UserError(Problem(str(folder), None, "--tracking-uri",
+                                    "no such directory for the SQLite store; nothing was created"))
     if check:
         check_tracking_uri(uri)
     return uri
