@@ -179,7 +179,8 @@ def _is_mlflow_sqlite(path: Path) -> bool:
             con.close()
     except sqlite3.Error:
         return False
-    return not tables or {"experiments", "runs", "alembic_version"} <= tables
+    # any of MLflow's first tables: a store being created by another process has only some of them
+    return not tables or bool(tables & {"experiments", "runs", "metrics", "params", "tags", "alembic_version"})
 
 
 def resolve_tracking_uri(tracking_uri: str | None, workspace: str | Path, *, check: bool = True) -> str:
