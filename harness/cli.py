@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     _add_store(p)
 
+    p = sub.add_parser("sync", help="send tracking writes spooled while the store was away",
+                       description="Send the spooled tracking writes (metrics, params, tags, artifacts, the "
+                                   "run's end) of SPEC's cells that ended while their tracking store was "
+                                   "unreachable. `harness run` does the same before it decides what to run.")
+    p.add_argument("spec", metavar="SPEC")
+    _add_overrides(p)
+    _add_store(p)
+
     p = sub.add_parser("report", help="rebuild a spec's tables from MLflow",
                        description="Aggregate the finished runs of SPEC across seeds and render "
                                    "the tables (markdown, plots, README regions).")
@@ -251,6 +259,19 @@ def cmd_status(args) -> int:
                         tracking_uri=args.tracking_uri)
 
 
+def cmd_sync(args) -> int:
+    _, cells = _cells(args)
+    from harness.schedule.run import sync_cells
+    from harness.track.mlflow_tracker import check_store_exists, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, args.workspace)
+    check_store_exists(uri)
+    records, synced = sync_cells(cells, uri, args.workspace)
+    print(f"{records} record(s) of {synced} cell(s) sent; nothing left unsynced" if records
+          else "nothing to send: every cell's tracking writes are in the store")
+    return 0
+
+
 def cmd_report(args) -> int:
     loaded, cells = _cells(args)
     from harness.report.build import report
@@ -293,7 +314,7 @@ def cmd_not_yet(args) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate, "data": cmd_data, "train": cmd_train,
-            "run": cmd_run, "status": cmd_status, "report": cmd_report,
+            "run": cmd_run, "status": cmd_status, "sync": cmd_sync, "report": cmd_report,
             "sweep": cmd_sweep}
 
 

@@ -79,10 +79,32 @@ def test_console_entry_point_without_traceback(mini_spec):
     assert "duplicate row label" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["plan", "run", "train", "status", "report", "sweep",
+@pytest.mark.parametrize("command", ["plan", "run", "train", "status", "sync", "report", "sweep",
                                      "evaluate", "data"])
 def test_help_for_every_command(command):
     proc = subprocess.run([sys.executable, "-m", "harness", command, "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "usage: harness" in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["status", "report", "sync", "run", "train"])
+def test_bad_sqlite_stores_exit_2_with_one_line_and_create_nothing(run_cli, tmp_path, command):
+    import sqlite3
+
+    other = tmp_path / "other.db"  # a valid SQLite file of another program
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE notes (x TEXT)")
+    con.commit()
+    con.close()
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"SQLite format 3\x00" + b"\x07" * 200)
+    extra = ["--row", "POTO"] if command == "train" else []
+    for uri, says in ((f"sqlite:///{tmp_path}/no/such/dir/x.db", "no such directory for the SQLite store"),
+                      (f"sqlite:///{other}", "not an MLflow database"),
+                      (f"sqlite:///{corrupt}", "not an MLflow database")):
+        code, out, err = run_cli(command, EXPERIMENTS / "quickstart.yaml", *extra, "--workspace", tmp_path / "ws",
+                                 "--tracking-uri", uri)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, (uri, out, err)
+        assert not (tmp_path / "ws").exists() and not (tmp_path / "no").exists()
+    assert other.read_bytes()[:16] == b"SQLite format 3\x00"

@@ -13,9 +13,10 @@ from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths
-from harness.track.mlflow_tracker import check_store_exists, resolve_tracking_uri
+from harness.track.mlflow_tracker import check_store_exists, resolve_tracking_uri, sync_cell
 from harness.track.runs import explain_missing, read_only
 from harness.train.exit_codes import DIVERGENCE, describe
+from harness.train.lock import is_locked
 
 
 def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, overrides: Overrides, workspace: str,
@@ -23,6 +24,7 @@ def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, overrides: Ov
              detach: bool = False, description: str = "") -> int:
     uri = resolve_tracking_uri(tracking_uri, workspace)
     prepare_store(uri, spec_name, workspace, description)  # before any worker: parallel first migrations corrupt SQLite
+    sync_cells(cells, uri, workspace)  # runs that ended while the store was away: their end decides
     decisions = decide(cells, latest_runs(uri, spec_name), workspace, rerun=rerun)
     end_stale(uri, decisions)
     todo = [(d.cell, rerun) for d in decisions if d.action == "run"]
@@ -93,6 +95,26 @@ def summarise(outcomes: list[Outcome], uri: str, spec_name: str, skipped: int, b
     return 1 if failed else 0
 
 
+def sync_cells(cells: list[Cell], uri: str, workspace: str | Path) -> tuple[int, int]:
+    """Send the spooled tracking writes of cells that no process is training (`harness sync`, and
+    `harness run` before it decides what to run); (records sent, cells synced)."""
+    records = synced = 0
+    for c in cells:
+        paths = CellPaths.of(workspace, c.run_key)
+        cdir = paths.dir
+        if not cdir.is_dir() or is_locked(paths.lock):  # a live worker's sender owns its spool
+            continue
+        n = sync_cell(cdir, uri)
+        if n:
+            print(f"{c.id}: sent {n} spooled tracking record(s)", flush=True)
+            records, synced = records + n, synced + 1
+    return records, synced
+
+
+def unsynced(workspace: str | Path, cell: Cell) -> bool:
+    return CellPaths.of(workspace, cell.run_key).unsynced.exists()
+
+
 def _clip(text: str, n: int) -> str:
     """The first line of a failure reason, at most n characters (a diverged run's reason, with
     its iteration, fits)."""
@@ -124,6 +146,8 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
             state = "stale (worker lost)"
         else:
             state = run.status.lower()
+        if d.action != "busy" and unsynced(workspace, d.cell):
+            state = "unsynced (harness sync)"
         counts[state] = counts.get(state, 0) + 1
         progress = ""
         if state == "running":  # the trainer's progress file, else the tail of its log
@@ -141,4 +165,4 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
     return 0
 
 
-__all__ = ["run_spec", "status_table", "signal"]
+__all__ = ["run_spec", "status_table", "sync_cells", "signal"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.spec.matrix import Cell
-from harness.spec.workspace import CellPaths
+from harness.spec.workspace import CellPaths, store_lock
 from harness.track.runs import RunInfo, end_killed, runs_by_key
 from harness.train.lock import is_locked
 
@@ -77,7 +77,7 @@ def prepare_store(uri: str, experiment: str, workspace: str | Path, description:
     from harness.train.lock import CellLock
 
     Path(workspace).mkdir(parents=True, exist_ok=True)
-    lock = CellLock(Path(workspace) / ".store.lock")  # two `harness run` at once: one migrates
+    lock = CellLock(store_lock(workspace))  # two `harness run` at once: one migrates
     while not lock.acquire():
         time.sleep(0.2)
     try:

@@ -10,7 +10,10 @@ A workspace holds one directory per cell, named by the cell's run key::
     <workspace>/<run_key>/eval.json             the last evaluation's metrics
     <workspace>/<run_key>/detections_<kind>.<ext>  the last evaluation's detections
 
-and, beside the cells, ``mlflow.db`` (the default SQLite store), ``cache/`` (built datasets),
+    <workspace>/<run_key>/spool.jsonl           tracking writes not yet sent (spool.sent: how far;
+                                                unsynced: the cell ended while its store was away)
+
+and, beside the cells, ``.store.lock`` (held while the store is created or migrated), ``mlflow.db`` (the default SQLite store), ``cache/`` (built datasets),
 ``optuna/`` (sweep journals) and ``slurm/`` (submitit's folders).
 """
 
@@ -49,6 +52,11 @@ class CellPaths:
         return self.dir / "progress.json"
 
     @property
+    def unsynced(self) -> Path:
+        """Present while tracking writes of a finished cell wait in its spool (`harness sync`)."""
+        return self.dir / "unsynced"
+
+    @property
     def checkpoint(self) -> Path:
         return self.dir / "checkpoint.pt"
 
@@ -76,3 +84,8 @@ def slurm_folder(workspace: str | Path) -> Path:
 
 def optuna_journal(workspace: str | Path, study: str) -> Path:
     return Path(workspace) / "optuna" / f"{study}.journal"
+
+
+def store_lock(workspace: str | Path) -> Path:
+    """Held while the SQLite store is created or migrated, and while a sweep finds its parent run."""
+    return Path(workspace) / ".store.lock"

@@ -15,7 +15,9 @@ with its own run key) trained by a `harness train` worker, several at once.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +27,14 @@ from harness.schedule.job import Overrides, SweepLink, TrainJob
 from harness.schedule.local import Backend, Handle, LocalBackend, discover_gpus
 from harness.schedule.state import latest_runs, prepare_store
 from harness.spec.matrix import Cell
-from harness.spec.workspace import CellPaths, optuna_journal
+from harness.spec.workspace import CellPaths, optuna_journal, store_lock
 from harness.sweep.space import Sweep, current_value, set_item
-from harness.track.mlflow_tracker import check_tracking_uri, client_for, resolve_tracking_uri
+from harness.track.mlflow_tracker import (
+    check_tracking_uri,
+    client_for,
+    credentials_to_environment,
+    resolve_tracking_uri,
+)
 from harness.track.names import headline_key
 from harness.track.runs import metric_history, write
 from harness.train.lock import is_locked
@@ -43,6 +50,32 @@ class Running:
     codes: dict[int, int] = field(default_factory=dict)  # handle index -> exit code, once ended
 
 
+#: this driver, as its trials record it: several drivers may share one study (an RDB storage)
+DRIVER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def driver_alive(trial) -> bool:
+    """Whether the driver of a RUNNING trial still runs: on this host, its process is alive; a
+    trial asked a moment ago, before its driver wrote its name, counts as alive too. (A driver on
+    another host cannot be asked: its trial is taken as lost, as before several drivers.)"""
+    import datetime
+
+    owner = trial.user_attrs.get("driver")
+    if owner is None:
+        start = trial.datetime_start
+        return start is not None and (datetime.datetime.now() - start).total_seconds() < 60
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()
+
+
 class Driver:
     def __init__(self, sweep: Sweep, *, workspace: str, tracking_uri: str | None, storage: str | None,
                  jobs: int | None, out_dir: str, backend: str = "local"):
@@ -50,7 +83,7 @@ class Driver:
         self.workspace, self.out_dir = workspace, Path(out_dir)
         self.uri = resolve_tracking_uri(tracking_uri, workspace, check=False)  # checked in run()
         self.jobs = jobs or 1
-        self.storage_url = storage
+        self.storage_url = credentials_to_environment(storage) if storage else None  # never printed
         self.experiment = sweep.base_cells[0].spec_name
         self.stopping: int | None = None
         if backend == "slurm":
@@ -83,6 +116,17 @@ class Driver:
                                    direction=self.spec.objective.direction, load_if_exists=True)
 
     def parent_run(self) -> str:
+        from harness.train.lock import CellLock
+
+        lock = CellLock(store_lock(self.workspace))  # two drivers at once: one parent run
+        while not lock.acquire():
+            time.sleep(0.2)
+        try:
+            return self._parent_run()
+        finally:
+            lock.release()
+
+    def _parent_run(self) -> str:
         client = client_for(self.uri)
         exp = client.get_experiment_by_name(self.experiment)
         found = client.search_runs([exp.experiment_id], f"tags.`harness.sweep_parent` = '{self.spec.name}'")
@@ -196,6 +240,8 @@ class Driver:
         import optuna
 
         check_tracking_uri(self.uri)
+        if self.storage_url and self.storage_url.startswith(("postgresql:", "postgresql+")):
+            check_tracking_uri(self.storage_url, what="--storage")  # its driver is installed
         prepare_store(self.uri, self.experiment, self.workspace)
         study = self.study()
         parent = self.parent_run()
@@ -203,7 +249,7 @@ class Driver:
         for t in study.get_trials(deepcopy=False):
             if t.state == states.RUNNING:  # its driver died: fail it, retry its params
                 keys = t.user_attrs.get("run_keys", [])
-                if any(is_locked(CellPaths.of(self.workspace, k).lock) for k in keys):
+                if any(is_locked(CellPaths.of(self.workspace, k).lock) for k in keys) or driver_alive(t):
                     continue
                 study.tell(t.number, state=states.FAIL)
                 study.enqueue_trial(t.params)
@@ -211,22 +257,25 @@ class Driver:
         if not study.trials:
             study.enqueue_trial({k: current_value(self.sweep.base_cells[0], k) for k in self.spec.space})
 
-        def done() -> int:
-            return sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.get_trials(deepcopy=False))
+        def counted() -> int:  # every driver's: several drivers on one RDB storage share the budget
+            return len(study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING)))
 
         running: list[Running] = []
         old = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while done() + len(running) < self.spec.n_trials or running:
+            while counted() < self.spec.n_trials or running:
                 if self.stopping is not None:
                     self.backend.wait_stopped([h for r in running for i, h in enumerate(r.handles)
                                                if i not in r.codes])
                     print("stopped: the running trials stay RUNNING in the study; rerun to continue")
                     client_for(self.uri).set_terminated(parent, "KILLED")
                     return 128 + self.stopping
-                while (len(running) < self.jobs and done() + len(running) < self.spec.n_trials
+                while (len(running) < self.jobs and counted() < self.spec.n_trials
                        and self.backend.can_start(self.trial_gpus)):
                     trial = study.ask(self.distributions())
+                    trial.set_user_attr("driver", DRIVER)
+                    if self.surplus(study, trial):  # another driver asked at the same moment
+                        break
                     running.append(self.launch(trial, parent))
                 time.sleep(1.0)
                 for r in list(running):
@@ -239,6 +288,20 @@ class Driver:
         client_for(self.uri).set_terminated(parent, "FINISHED")
         write_sweep_report(study, self.spec, self.out_dir)
         return 0
+
+    def surplus(self, study, trial) -> bool:
+        """Drivers that ask at the same moment can overshoot n_trials: the trials numbered past the
+        budget (counting those before them that are running or done) are failed unrun."""
+        import optuna
+
+        states = optuna.trial.TrialState
+        before = [t for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING))
+                  if t.number < trial.number]
+        if len(before) < self.spec.n_trials:
+            return False
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=states.FAIL)
+        return True
 
     def distributions(self) -> dict:
         import optuna

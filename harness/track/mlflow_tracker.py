@@ -69,7 +69,17 @@ def without_credentials(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+def _default_postgres_driver() -> str:
+    """SQLAlchemy's driver for a plain postgresql:// URL (psycopg since SQLAlchemy 2.1)."""
+    try:
+        from sqlalchemy.engine.url import make_url
+
+        return make_url("postgresql://h/db").get_dialect().driver
+    except Exception:
+        return "psycopg"
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0, what: str = "--tracking-uri") -> None:
     """Fail fast and clearly when the store cannot be used (before any training)."""
     if uri.startswith(("http://", "https://")):
         base = uri.rstrip("/")
@@ -79,44 +89,111 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                     raise OSError(f"HTTP {resp.status}")
             # /health can answer while the tracking API fails (its database down): ask the API
             # too; any answer below 500 (a 404 for the made-up name included) means it works
-            probe = base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=harness-health-probe"
+            probe = urllib.request.Request(
+                base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=harness-health-probe",
+                headers=_auth_header())
             try:
                 with urllib.request.urlopen(probe, timeout=timeout):
                     pass
             except urllib.error.HTTPError as err:
+                if err.code in (401, 403):
+                    given = "the credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD were refused"
+                    raise UserError(Problem(None, None, what, (
+                        f"the MLflow server at {without_credentials(uri)} asks for a login (HTTP {err.code}): "
+                        + (given if _auth_header() else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"))
+                    )) from None
                 if err.code >= 500:
                     raise OSError(f"its tracking API answers HTTP {err.code}") from None
         except (OSError, urllib.error.URLError) as exc:
-            raise UserError(Problem(None, None, "--tracking-uri",
+            raise UserError(Problem(None, None, what,
                                     f"cannot reach the MLflow server at {without_credentials(uri)}: "
                                     f"{str(exc).replace(uri, without_credentials(uri))}")) from None
     elif uri.startswith(("postgresql:", "postgresql+")):
         import importlib.util
 
-        driver = uri.split(":", 1)[0].partition("+")[2] or "psycopg2"
-        module = {"psycopg2": "psycopg2", "psycopg": "psycopg", "pg8000": "pg8000"}.get(driver, driver)
+        driver = uri.split(":", 1)[0].partition("+")[2] or _default_postgres_driver()
+        module = {"psycopg2cffi": "psycopg2cffi", "asyncpg": "asyncpg"}.get(driver, driver)
         if importlib.util.find_spec(module) is None:
-            raise UserError(Problem(None, None, "--tracking-uri",
+            raise UserError(Problem(None, None, what,
                                     f"{without_credentials(uri)}: the PostgreSQL driver '{module}' is not installed "
-                                    f"(pip install {'psycopg2-binary' if module == 'psycopg2' else module})"))
+                                    f"(install harness[postgres]"
+                                    + ("" if module == "psycopg" else f", or pip install {module}") + ")"))
     elif uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if path.is_file():
             with open(path, "rb") as f:
                 head = f.read(16)
             if head and head != b"SQLite format 3\x00":
-                raise UserError(Problem(str(path), None, "--tracking-uri",
+                raise UserError(Problem(str(path), None, what,
                                         "not a SQLite database (corrupt or another kind of file)"))
+            if head and not _is_mlflow_sqlite(path):
+                raise UserError(Problem(str(path), None, what,
+                                        "not an MLflow database (a corrupt SQLite file, or another program's)"))
         elif path.exists():
-            raise UserError(Problem(str(path), None, "--tracking-uri", "not a file"))
+            raise UserError(Problem(str(path), None, what, "not a file"))
     elif uri.startswith("file:") or "://" not in uri:
-        raise UserError(Problem(None, None, "--tracking-uri",
+        raise UserError(Problem(None, None, what,
                                 f"{uri}: MLflow 3 refuses the file store; use sqlite:///PATH or http://HOST:PORT"))
 
 
+def _auth_header() -> dict[str, str]:
+    """Basic auth from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, as MLflow sends it."""
+    import base64
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not user or password is None:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def credentials_to_environment(uri: str) -> str:
+    """A URI's user and password moved out of it: into MLFLOW_TRACKING_USERNAME / _PASSWORD for a
+    server, into PGPASSWORD for PostgreSQL (its user stays: it is not a secret). The URI that comes
+    back is what every later step sees, prints, logs and hands to its jobs (which inherit the
+    environment), so the password never appears in a command line, a log, a param or a tag."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None and not (parts.username and uri.startswith(("http://", "https://"))):
+        return uri
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    if uri.startswith(("http://", "https://")):
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
+        return urlunsplit(parts._replace(netloc=host))
+    if uri.startswith(("postgresql:", "postgresql+")):
+        os.environ["PGPASSWORD"] = unquote(parts.password or "")
+        return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host))
+    return uri
+
+
+def _is_mlflow_sqlite(path: Path) -> bool:
+    """Whether a SQLite file holds MLflow's tables (read-only; an empty file is a new store)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    # any of MLflow's first tables: a store being created by another process has only some of them
+    return not tables or bool(tables & {"experiments", "runs", "metrics", "params", "tags", "alembic_version"})
+
+
 def resolve_tracking_uri(tracking_uri: str | None, workspace: str | Path, *, check: bool = True) -> str:
-    """The one place that defaults the tracking URI (the workspace's SQLite store) and checks it."""
-    uri = tracking_uri or default_tracking_uri(workspace)
+    """The one place that defaults the tracking URI (the workspace's SQLite store) and checks it;
+    credentials in it move to the environment (credentials_to_environment). The default store
+    is created with its workspace; a SQLite file named by the user must be in a folder that exists
+    (a typo in the path is not a new store)."""
+    uri = credentials_to_environment(tracking_uri) if tracking_uri else default_tracking_uri(workspace)
+    if check and tracking_uri and uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise UserError(Problem(str(folder), None, "--tracking-uri",
+                                    "no such directory for the SQLite store; nothing was created"))
     if check:
         check_tracking_uri(uri)
     return uri
@@ -178,8 +255,8 @@ def ensure_experiment(client, name: str, uri: str, workspace: str | Path | None,
             if exp.tags.get(k) != v:
                 client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:") and workspace is not None:
+    location = None  # a database store (SQLite, PostgreSQL) keeps artifacts in the workspace
+    if not uri.startswith(("http://", "https://")) and workspace is not None:
         location = (Path(workspace).resolve() / "mlartifacts").as_uri()
     try:
         return client.create_experiment(name, artifact_location=location, tags=tags)
@@ -190,57 +267,77 @@ def ensure_experiment(client, name: str, uri: str, workspace: str | Path | None,
         return exp.experiment_id
 
 
+#: how long a cell's end waits for a tracking server to take the spooled writes before it leaves
+#: them on disk (marked `unsynced`) for `harness sync`
+SYNC_WAIT_S = float(os.environ.get("HARNESS_SYNC_WAIT_S", "60"))
+
+
+def _quick_http_retries() -> None:
+    """MLflow retries a failed HTTP call for minutes by default; the spool's sender retries on
+    its own, so one call gives up within seconds (a user's explicit setting wins)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
 class MLflowTracker:
-    def __init__(self, client, run_id: str):
+    """Writes of one run. With a spool directory (training) every write is appended to the cell's
+    spool and sent by a background thread, so the caller never waits on the store; without one
+    (tools, tests) writes go straight to the store."""
+
+    def __init__(self, client, run_id: str, spool_dir: str | Path | None = None, *, remote: bool = False):
+        from harness.track.spool import Sender, Spool
+
         self.client, self.run_id = client, run_id
         self._buffer: list = []
         self._ended = False
         self._monitor = None
+        self.remote = remote
+        self.synced = True
+        self._sender = Sender(client, run_id)
+        self._spool = Spool(spool_dir, self._sender) if spool_dir is not None else None
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, Any], *, workspace=None,
-              resume_run_id: str | None = None) -> MLflowTracker:
+              resume_run_id: str | None = None, spool_dir: str | Path | None = None) -> MLflowTracker:
+        remote = uri.startswith(("http://", "https://"))
+        if remote:
+            _quick_http_retries()
         client = client_for(uri)
         if resume_run_id is not None:
             client.update_run(resume_run_id, status="RUNNING")
-            tracker = cls(client, resume_run_id)
+            tracker = cls(client, resume_run_id, spool_dir, remote=remote)
             tracker.set_tags(tags)
             return tracker
         exp_id = ensure_experiment(client, experiment, uri, workspace)
         run = client.create_run(exp_id, tags={k: str(v) for k, v in tags.items()}, run_name=run_name)
-        return cls(client, run.info.run_id)
+        return cls(client, run.info.run_id, spool_dir, remote=remote)
+
+    def _write(self, op: str, **fields: Any) -> None:
+        if self._spool is not None:
+            self._spool.append(op, **fields)
+        else:
+            self._sender.send([{"op": op, "run_id": self.run_id, "ts": int(time.time() * 1000), **fields}])
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        existing = self.client.get_run(self.run_id).data.params
-        items = [Param(_clip(k, MAX_KEY), _clip(str(v), MAX_PARAM)) for k, v in params.items()]
-        items = [p for p in items if p.key not in existing]  # params are immutable: resume skips them
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i:i + PARAMS_PER_BATCH])
+        self._write("params", data={_clip(k, MAX_KEY): _clip(str(v), MAX_PARAM) for k, v in params.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        self._buffer.extend([k, float(v), ts, int(step)] for k, v in metrics.items())
         if len(self._buffer) >= METRICS_PER_BATCH:
             self.flush()
 
     def flush(self) -> None:
+        """Hand the buffered metrics over (to the spool: an append, never a network call)."""
         while self._buffer:
             chunk, self._buffer = self._buffer[:METRICS_PER_BATCH], self._buffer[METRICS_PER_BATCH:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            self._write("metrics", data=chunk)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, _clip(str(v), 8000)) for k, v in tags.items()]
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=items[i:i + PARAMS_PER_BATCH])
+        self._write("tags", data={k: _clip(str(v), 8000) for k, v in tags.items()})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._write("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
     def start_system_metrics(self) -> None:
         try:
@@ -252,7 +349,11 @@ class MLflowTracker:
             print(f"system metrics unavailable: {exc}")
 
     def end(self, status: str, reason: str | None = None) -> None:
-        """FINISHED, FAILED or KILLED; a reason is kept in the `harness.failure` tag."""
+        """FINISHED, FAILED or KILLED; a reason is kept in the `harness.failure` tag.
+
+        With a spool, waits for the store to take every write (a remote one at most
+        HARNESS_SYNC_WAIT_S); when it does not, `synced` is False and the spool stays on disk,
+        marked `unsynced`, until `harness sync` or the next `harness run` sends it."""
         if self._ended:
             return
         self._ended = True
@@ -262,14 +363,27 @@ class MLflowTracker:
             if self._monitor is not None:
                 with contextlib.suppress(Exception):
                     self._monitor.finish()
-            if reason:
-                self.set_tags({"harness.failure": reason})
-            elif status == "FINISHED":  # a resumed run that finishes no longer carries an old failure
-                tags = self.client.get_run(self.run_id).data.tags
-                if "harness.failure" in tags:
-                    self.set_tags({"harness.resumed_after": tags["harness.failure"]})
-                    self.client.delete_tag(self.run_id, "harness.failure")
-            self.client.set_terminated(self.run_id, status=status)
+            self._write("end", status=status, reason=reason)
+            if self._spool is not None:
+                self.synced = self._spool.close(SYNC_WAIT_S if self.remote else 600.0)
+
+
+def sync_cell(cell_dir: str | Path, uri: str) -> int:
+    """Send a cell's spooled writes that its store does not have yet (see harness.track.spool);
+    the number sent. A store that does not take them is one clear error."""
+    from harness.track.spool import pending, sync
+
+    if not pending(cell_dir) and not (Path(cell_dir) / "unsynced").exists():
+        return 0
+    if uri.startswith(("http://", "https://")):
+        _quick_http_retries()
+    try:
+        return sync(cell_dir, lambda: client_for(uri))
+    except Exception as exc:
+        raise UserError(Problem(str(Path(cell_dir) / "spool.jsonl"), None, "--tracking-uri",
+                                f"cannot send the spooled tracking records to {without_credentials(uri)}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+                                .replace(uri, without_credentials(uri)))) from None
 
 
 def git_commit() -> str:

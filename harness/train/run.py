@@ -38,6 +38,7 @@ from harness.track.mlflow_tracker import (
     client_for,
     git_commit,
     resolve_tracking_uri,
+    sync_cell,
 )
 from harness.track.names import axis_tags, cell_params, logged_eval_metrics
 from harness.train import checkpoint as ckpt
@@ -289,6 +290,9 @@ def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec
     # ---- the run
     tracker = NullTracker()
     if rank == 0:
+        sent = sync_cell(paths.dir, uri)  # an earlier attempt's writes that never reached the store
+        if sent:
+            print(f"{cell.id}: sent {sent} spooled tracking record(s) of an earlier attempt", flush=True)
         if run_id is not None:
             previous = client_for(uri).get_run(run_id)
             if previous.info.status == "FINISHED" and start_iter >= sched.max_iter:
@@ -306,7 +310,8 @@ def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec
             tags["mlflow.parentRunId"] = sweep["parent_run"]
             tags["harness.trial"] = sweep["trial"]
             tags["harness.sweep"] = sweep["sweep"]
-        tracker = MLflowTracker.start(uri, cell.spec_name, cell.id, tags, workspace=workspace, resume_run_id=run_id)
+        tracker = MLflowTracker.start(uri, cell.spec_name, cell.id, tags, workspace=workspace, resume_run_id=run_id,
+                                      spool_dir=paths.dir)
         run_id = tracker.run_id
         params = cell_params(cfg.model_dump(mode="json"), slurm=bool(os.environ.get("SLURM_JOB_ID")))
         if sched.scale != 1.0:  # the schedule actually trained differs from train.*: say how
@@ -333,6 +338,10 @@ def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec
                    start_iter=start_iter, rank=rank, world=world, device=device, ckpt_path=ckpt_path,
                    run_id=run_id, paths=paths, progress=progress)
             tracker.end("FINISHED")  # still under the guard: a late SIGTERM cannot cut this short
+        if not getattr(tracker, "synced", True):
+            print(f"{cell.id}: trained, but the tracking store is unreachable: its writes stay in "
+                  f"{paths.dir / 'spool.jsonl'} (marked unsynced); `harness sync SPEC` or the next `harness run` "
+                  "sends them", file=sys.stderr, flush=True)
     except Stop as exc:
         tracker.end("KILLED", str(exc))
         print(f"{cell.id}: {exc}", file=sys.stderr)

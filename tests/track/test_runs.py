@@ -199,11 +199,11 @@ def test_postgresql_without_its_driver_is_a_clear_error(monkeypatch):
     from harness.track.mlflow_tracker import check_tracking_uri
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
     with pytest.raises(UserError) as exc:
         check_tracking_uri("postgresql://bob:pw@127.0.0.1:1/mlflow")
     text = str(exc.value)
-    assert "driver 'psycopg2' is not installed" in text and "pip install psycopg2-binary" in text and "pw" not in text
+    assert "driver 'psycopg' is not installed" in text and "install harness[postgres]" in text and "pw" not in text
 
 
 def test_the_sqlite_listing_reads_what_mlflow_search_returns(tmp_path):
