@@ -13,7 +13,12 @@ from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths
-from harness.track.mlflow_tracker import check_store_exists, resolve_tracking_uri, sync_cell
+from harness.track.mlflow_tracker import (
+    check_store_exists,
+    resolve_tracking_uri,
+    sync_cell,
+    without_credentials,
+)
 from harness.track.runs import explain_missing, read_only
 from harness.train.exit_codes import DIVERGENCE, describe
 from harness.train.lock import is_locked
@@ -62,8 +67,8 @@ def next_steps(spec_file: str, overrides: Overrides, workspace: str, tracking_ur
     """What to do with the finished runs: the report (with the same overrides and store) and the
     MLflow UI on the same store."""
     report = ["harness", "report", spec_file, *overrides.argv(), "--workspace", str(workspace)]
-    if tracking_uri:
-        report += ["--tracking-uri", tracking_uri]
+    if tracking_uri:  # never a password: it stays in the environment (MLFLOW_TRACKING_PASSWORD)
+        report += ["--tracking-uri", without_credentials(tracking_uri)]
     ui = (f"mlflow ui --backend-store-uri {shlex.quote(uri)}" if not uri.startswith(("http://", "https://"))
           else f"open {uri} in a browser (the MLflow server's UI)")
     return ["next:", f"  {shlex.join(report)}   # tables, intervals and plots", f"  {ui}   # the runs in MLflow's UI"]

@@ -120,7 +120,7 @@ def test_a_server_killed_mid_run_loses_nothing_and_stalls_nothing(tmp_path, run_
         assert code == 0 and "nothing left unsynced" in out, out + err
         assert not list(ws.glob("*/unsynced")) and not list(ws.glob("*/spool.jsonl"))
         fcos = client.get_run(runs["FCOS"].info.run_id)
-        assert fcos.info.status == "FINISHED" and "eval.ap50" in fcos.data.metrics
+        assert fcos.info.status == "FINISHED" and "eval.nms.ap50" in fcos.data.metrics
         steps = sorted(m.step for m in client.get_metric_history(fcos.info.run_id, "train.total_loss"))
         assert steps == list(range(1, SHORT + 1))
         code, out, err = run_cli("train", QUICK, "--row", "FCOS", *short_set, *common)
