@@ -85,3 +85,33 @@ def test_slurm_job_cancelled_or_requeued_resumes(slurm, tmp_path, how):
     r = df.iloc[0]
     assert r["status"] == "FINISHED" and r["run_id"] == first["run_id"]
     assert int(r["tags.harness.attempt"]) >= 2
+
+
+@pytest.mark.slow
+def test_slurm_backend_stop_is_how_a_pruned_trial_ends(slurm, tmp_path, monkeypatch):
+    """The sweep prunes a Slurm trial through `SlurmBackend.stop`: the job gets SIGTERM, the
+    trainer checkpoints and ends its run KILLED, and poll reports the signal's exit code."""
+    from harness.schedule.job import TrainJob
+    from harness.schedule.slurm import SlurmBackend
+    from harness.schedule.state import prepare_store
+    from harness.spec import expand, load_spec
+
+    for key, value in {**ENV, **slurm}.items():
+        monkeypatch.setenv(key, value)
+    spec = slurm_spec(tmp_path, ("A:poto",), iters=400, ckpt=4)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    prepare_store(uri, "sched", ws)
+    (cell,) = expand(load_spec(spec))
+    backend = SlurmBackend(str(ws))
+    handle = backend.submit(TrainJob.for_cell(cell, spec_file=str(spec), workspace=str(ws), tracking_uri=uri),
+                            cell.config.resources)
+    assert backend.poll(handle) is None
+    assert wait_for(lambda: list(ws.glob("*/checkpoint.pt")), timeout=300)
+    backend.stop(handle)
+    assert wait_for(lambda: backend.poll(handle) is not None, timeout=120)
+    assert backend.poll(handle) == 128 + 15  # SIGTERM, seen through submitit's result file
+    run = runs(ws, "sched").iloc[0]
+    assert run["status"] == "KILLED" and "SIGTERM" in run["tags.harness.failure"]
+    assert int(run["params.train.max_iter"]) == 400
