@@ -41,6 +41,22 @@ def load_study(ws):
     return study, optuna.trial.TrialState
 
 
+def kill_midway(cmd, env, cwd, ended: int) -> None:
+    """Start the sweep driver; SIGTERM it once `ended` trials ended and two more are running."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    lines = []
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        done = sum("eval.nms_free.mmr =" in x or "pruned at" in x for x in lines)
+        if done >= ended and sum(": started" in x for x in lines) >= done + 2:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + rest
+
+
 def sweep_file(tmp_path, n=6, metric="eval.nms_free.mmr", direction="minimize", extra=""):
     write_spec(tmp_path, rows=("A:poto",), iters=8, ckpt=2)
     path = tmp_path / "sweep.yaml"
@@ -72,18 +88,7 @@ def test_sweep_killed_midway_and_resumed(tmp_path):
     ws, out = tmp_path / "ws", tmp_path / "reports"
     cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--workspace", str(ws), "--jobs", "2",
            "--out-dir", str(out)]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    lines = []
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill it once two trials ended and two more are running
-        line = proc.stdout.readline()
-        lines.append(line)
-        ended = sum("eval.nms_free.mmr =" in x or "pruned at" in x for x in lines)
-        if ended >= 2 and sum(": started" in x for x in lines) >= ended + 2:
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + rest
+    kill_midway(cmd, ENV, tmp_path, ended=2)  # two trials ended and two more running
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
 
@@ -124,18 +129,7 @@ def test_sweep_on_slurm_prunes_and_resumes(slurm, tmp_path):
     env = {**ENV, **slurm}
     cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--backend", "slurm", "--workspace", str(ws),
            "--jobs", "2", "--out-dir", str(out)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    lines = []
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill the driver once a trial ended and two more are running
-        line = proc.stdout.readline()
-        lines.append(line)
-        ended = sum("eval.nms_free.mmr =" in x or "pruned at" in x for x in lines)
-        if ended >= 1 and sum(": started" in x for x in lines) >= ended + 2:
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + rest
+    kill_midway(cmd, env, tmp_path, ended=1)  # one trial ended and two more running
     queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
     assert queue.stdout.strip() == "", "the stopped driver left Slurm jobs behind: " + queue.stdout
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
