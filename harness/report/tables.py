@@ -177,15 +177,16 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
     if table.remark:
         noise += f"; the paper says: {table.remark}"
     has_paper = any(r.paper for r in rows)
+    short = [f"{lab}: " + "; ".join(b) for lab in labels if (b := shortfalls(df, lab, keys))]
     legend = ("Cells: mean ± sample std over seeds, in percent" + ("; (x): the paper's value" if has_paper else "")
-              + "; n=k/N: k of N seeds count (why: below); —: none. Δ [k]: claim k, difference of means in "
+              + f"; n=k/N: k of N seeds count{' (why: below)' if short else ''}; —: none. Δ [k]: claim k, "
+              "difference of means in "
               f"points; ✓ / ✗: significantly better / worse (Holm over the table's claims, p < {ALPHA}; mMR: "
               f"lower is better); no mark below {MIN_N} seeds per side or with identical seeds.")
     notes = []
     if any(r.assignment.endswith("*") for r in rows):  # the seed tables' footnote on "mixture*"
         notes.append("\\* mixture: the one-to-one assignment (POTO) trains the filtered score, the "
                      "one-to-many auxiliary loss the raw classification score.")
-    short = [f"{lab}: " + "; ".join(b) for lab in labels if (b := shortfalls(df, lab, keys))]
     if short:
         notes.append("Fewer seeds than cells: " + " · ".join(short) + ".")
     if results:
