@@ -29,8 +29,15 @@ class FCNDetector(nn.Module):
         self.score_thresh, self.topk_per_level, self.topk_cap = score_thresh, topk_per_level, topk_cap
         self.nms_thresh, self.max_dets = nms_thresh, max_dets
         self.strides = list(fpn.strides)
+        self.memory_format = torch.contiguous_format
+
+    def to_channels_last(self) -> FCNDetector:
+        """Hold conv weights, and take images, in NHWC memory (train.channels_last)."""
+        self.memory_format = torch.channels_last
+        return self.to(memory_format=torch.channels_last)
 
     def _features(self, images: torch.Tensor):
+        images = images.contiguous(memory_format=self.memory_format)
         pyramid = self.fpn(self.backbone(images))
         cls_f, reg_f = self.towers(pyramid)
         grid = make_grid([tuple(f.shape[-2:]) for f in pyramid], self.strides, device=images.device)

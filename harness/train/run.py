@@ -212,6 +212,8 @@ def _prepare(cell: Cell, *, workspace: Path, resume, spec_file) -> _Prepared:
     t_build = time.time()
     try:
         model = build_from_config(cfg).to(device)
+        if cfg.train.channels_last:
+            model = model.to_channels_last()
     except WeightsError as exc:
         raise UserError(Problem(spec_file, None, "model.backbone.weights", str(exc))) from None
     if int(os.environ.get("RANK", "0")) == 0:

@@ -65,3 +65,37 @@ def test_row_trains_and_infers(cell, request):
             boxes, scores, labels = d[key]
             assert boxes.shape[1] == 4 and len(scores) == len(labels) <= cell.config.eval.max_dets
             assert (scores[:-1] >= scores[1:]).all() if key == "nms_free" else True
+
+
+@pytest.mark.parametrize("row", ["FCOS", "POTO+3DMF+Aux", "DATE-F"])
+def test_channels_last_is_the_same_detector_in_another_memory_layout(row):
+    # train.channels_last only reorders memory: the losses, the gradients and the detections of
+    # the same weights agree with the contiguous model to float rounding
+    cell = next(c for c in expand(load_spec(EXPERIMENTS / "quickstart.yaml")) if c.row == row)
+    torch.manual_seed(0)
+    plain = build_from_config(cell.config)
+    nhwc = build_from_config(cell.config)
+    nhwc.load_state_dict(plain.state_dict())
+    nhwc.to_channels_last()
+    convs = [m.weight for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    images = torch.rand(2, 3, 128, 160)
+    targets = [{"boxes": torch.tensor([[10.0, 20, 60, 90], [30, 30, 100, 110]]), "labels": torch.tensor([0, 0])},
+               {"boxes": torch.tensor([[40.0, 10, 70, 100]]), "labels": torch.tensor([0])}]
+    sizes = [(128, 160), (120, 150)]
+    la, lb = plain(images, sizes, targets), nhwc(images, sizes, targets)
+    assert set(la) == set(lb)
+    for k in la:
+        assert torch.allclose(la[k], lb[k], rtol=1e-4, atol=1e-5), (k, la[k], lb[k])
+    sum(la.values()).backward()
+    sum(lb.values()).backward()
+    for (name, pa), pb in zip(plain.named_parameters(), nhwc.parameters(), strict=True):
+        if pa.grad is not None:
+            assert torch.allclose(pa.grad, pb.grad, rtol=1e-3, atol=1e-5), name
+    plain.eval()
+    nhwc.eval()
+    for da, db in zip(plain.detect(images, sizes), nhwc.detect(images, sizes), strict=True):
+        for key in ("nms", "nms_free"):
+            n = min(len(da[key][1]), len(db[key][1]), 20)  # the top detections: no ties decided by rounding
+            assert torch.allclose(da[key][1][:n], db[key][1][:n], atol=1e-5)
+            assert torch.allclose(da[key][0][:n], db[key][0][:n], atol=1e-3)

@@ -42,3 +42,14 @@ def test_a_new_field_at_its_old_behaviour_keeps_the_keys_of_finished_runs():
     assert "ctr_norm_min" not in kept["model"]["predictor"]["loss"]  # the wildcard reached it
     # a section that is absent (no o2m) is no error
     assert "o2m" not in hashed_config(poto, grown)["model"] or hashed_config(poto, grown)["model"]["o2m"] is None
+
+
+def test_channels_last_is_keyless_at_false_and_a_new_key_when_true():
+    # train.channels_last came after runs were finished: off, a config hashes as before the field
+    # existed; on, the arithmetic order changes the last bits, so the run is a new one
+    poto = cell("coco_ablation", "POTO").config
+    assert poto.train.channels_last is False
+    assert "channels_last" not in hashed_config(poto)["train"]
+    on = poto.model_copy(update={"train": poto.train.model_copy(update={"channels_last": True})})
+    assert hashed_config(on)["train"]["channels_last"] is True
+    assert run_key(on) != run_key(poto)
