@@ -5,6 +5,7 @@ from pathlib import Path
 
 from harness.spec import expand, load_spec
 from harness.spec.matrix import digest, hashed_config, run_key
+from harness.spec.schema import KEYLESS_DEFAULTS
 from tests.spec.data.make_run_keys import ROOT, current_keys
 
 PINNED = Path(__file__).with_name("data") / "run_keys.json"
@@ -29,7 +30,7 @@ def test_a_new_field_at_its_old_behaviour_keeps_the_keys_of_finished_runs():
     # pretend `box_roundtrip` (and `ctr_norm_min` under any predictor) were added after runs
     # existed: registered with their old-behaviour value, a config at that value hashes exactly
     # as the config before the field existed; another value makes a new key
-    grown = {"model.predictor.assigner.box_roundtrip": False, "model.*.loss.ctr_norm_min": 1.0}
+    grown = {**KEYLESS_DEFAULTS, "model.predictor.assigner.box_roundtrip": False, "model.*.loss.ctr_norm_min": 1.0}
     poto = cell("coco_ablation", "POTO").config
     before = hashed_config(poto)
     del before["model"]["predictor"]["assigner"]["box_roundtrip"]
