@@ -405,7 +405,8 @@ class HealthConfig(Strict):
     window: int = Field(20, ge=1)
     #: First iteration whose EMA enters the running minimum (and so can be flagged). 0: from
     #: the first iteration, so that an explosion during warm-up (a too large base_lr blows up
-    #: as the warm-up ramps the lr, at iteration 6 of a 50-iteration warm-up in the quickstart) is caught too;
+    #: as the warm-up ramps the lr: at iteration 6 of a 50-iteration quickstart warm-up) is
+    #: caught too;
     #: starting after warm-up would take the exploded loss as the minimum. The early rise
     #: described above stays well within 4x. A run whose first iterations have an
     #: unrepresentatively low loss can raise it.
