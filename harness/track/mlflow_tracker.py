@@ -118,8 +118,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, what: str = "--tracking-u
                                     f"{without_credentials(uri)}: the PostgreSQL driver '{module}' is not installed "
                                     f"(install harness[postgres]"
                                     + ("" if module == "psycopg" else f", or pip install {module}") + ")"))
-    elif uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+    elif (path := sqlite_path(uri)) is not None:
         if path.is_file():
             with open(path, "rb") as f:
                 head = f.read(16)
@@ -183,14 +182,21 @@ def _is_mlflow_sqlite(path: Path) -> bool:
     return not tables or bool(tables & {"experiments", "runs", "metrics", "params", "tags", "alembic_version"})
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a `sqlite:///PATH[?query]` tracking URI; None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].partition("?")[0])
+
+
 def resolve_tracking_uri(tracking_uri: str | None, workspace: str | Path, *, check: bool = True) -> str:
     """The one place that defaults the tracking URI (the workspace's SQLite store) and checks it;
     credentials in it move to the environment (credentials_to_environment). The default store
     is created with its workspace; a SQLite file named by the user must be in a folder that exists
     (a typo in the path is not a new store)."""
     uri = credentials_to_environment(tracking_uri) if tracking_uri else default_tracking_uri(workspace)
-    if check and tracking_uri and uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
+    if check and tracking_uri and (path := sqlite_path(uri)) is not None:
+        folder = path.parent
         if not folder.is_dir():
             raise UserError(Problem(str(folder), None, "--tracking-uri",
                                     "no such directory for the SQLite store; nothing was created"))
@@ -202,12 +208,11 @@ def resolve_tracking_uri(tracking_uri: str | None, workspace: str | Path, *, che
 def check_store_exists(uri: str, what: str = "--tracking-uri") -> None:
     """For commands that only read (status, report): a SQLite store that does not exist is a
     wrong path, not an empty store; opening it would create it and report nothing."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise UserError(Problem(str(path), None, what,
-                                    "no tracking store here (wrong --workspace or --tracking-uri?); "
-                                    "nothing was created"))
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise UserError(Problem(str(path), None, what,
+                                "no tracking store here (wrong --workspace or --tracking-uri?); "
+                                "nothing was created"))
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -278,9 +283,9 @@ def client_for(uri: str):
     from mlflow import MlflowClient
 
     quiet_store_logs()
-    if not uri.startswith("sqlite:///") or "?" in uri:
+    path = sqlite_path(uri)
+    if path is None or "?" in uri:  # a URI with options: left to MLflow as given
         return MlflowClient(tracking_uri=uri)
-    path = Path(uri[len("sqlite:///"):])
     if not path.exists() and path.parent.is_dir():
         _create_sqlite_store(path)
     deadline = time.monotonic() + STORE_CREATION_WAIT_S

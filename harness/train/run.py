@@ -212,10 +212,10 @@ def _prepare(cell: Cell, *, workspace: Path, resume, spec_file) -> _Prepared:
     t_build = time.time()
     try:
         model = build_from_config(cfg).to(device)
-        if cfg.train.channels_last:
-            model = model.to_channels_last()
     except WeightsError as exc:
         raise UserError(Problem(spec_file, None, "model.backbone.weights", str(exc))) from None
+    if cfg.train.channels_last:
+        model = model.to_channels_last()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{cell.id}: model built in {time.time() - t_build:.2f} s", flush=True)
     sched = scaled_schedule(cfg.train, cfg.eval.period)
