@@ -24,7 +24,7 @@ SCHEMA_VERSION = 1
 #: changes what is trained must not be listed: it needs a new key (bump SCHEMA_VERSION).
 #: Fields added up to 2026-11-24 (gt_filter, filter_score, box_roundtrip, valid_pad,
 #: ctr_norm_min, topk_cap, drop_empty) came with SCHEMA_VERSION 1 and are hashed as usual.
-KEYLESS_DEFAULTS: dict[str, Any] = {"train.channels_last": False}
+KEYLESS_DEFAULTS: dict[str, Any] = {"train.channels_last": False, "model.backbone.pretrain": None}
 
 #: Sections of the resolved config that determine the result (hashed into the run key).
 HASHED_SECTIONS = ("seed", "model", "data", "train", "eval")
@@ -95,6 +95,29 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)]
 # ----------------------------------------------------------------------------- model
 
 
+class PretrainConfig(Strict):
+    """Detection pre-training of the tiny backbone, the stand-in for an ImageNet checkpoint.
+
+    The tiny backbone has no published weights, and drawing its initial weights anew for every
+    seed makes the one-to-one rows' results depend on that draw more than on anything else.
+    With `pretrain` set, every cell starts from the same backbone: an FCOS detector trained on
+    a synthetic dataset of its own (generator seed `data_seed`, disjoint from the cell's images)
+    with the cell's optimizer and schedule shape for `iters` iterations; its FPN and head are
+    thrown away. The result is cached once per workspace (harness/train/pretrain.py).
+    """
+
+    #: Seed of the synthetic generator for the pre-training images (the cell's own data uses
+    #: `data.synthetic.seed`, 0 by default; a different seed gives different scenes).
+    data_seed: Seed = 1
+    num_images: int = Field(1000, ge=1)
+    iters: int = Field(600, ge=1)
+    #: Seed of the pre-training run (initial weights and image order). Not the cell's seed:
+    #: every seed of every row starts from the same weights, as with an ImageNet checkpoint.
+    seed: Seed = 0
+    #: FPN width of the throw-away detector.
+    fpn_channels: int = Field(32, ge=1)
+
+
 class BackboneConfig(Strict):
     name: Literal[
         "tiny", "resnet18", "resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d"
@@ -109,11 +132,16 @@ class BackboneConfig(Strict):
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
     #: Width of the tiny CPU backbone (ignored by the ResNets).
     tiny_width: int = Field(16, ge=4)
+    #: Start the tiny backbone from a shared pre-training run instead of a fresh draw per seed.
+    pretrain: PretrainConfig | None = None
 
     @model_validator(mode="after")
     def _resnet_norm(self) -> BackboneConfig:
         if self.name != "tiny" and self.norm == "gn":
             raise ValueError(f"norm: {self.name} supports frozen_bn or bn, not gn (gn is for the tiny backbone)")
+        if self.pretrain is not None and (self.name != "tiny" or self.weights):
+            raise ValueError("pretrain: only for the tiny backbone without a weights file "
+                             "(a ResNet starts from its weights file)")
         return self
 
 

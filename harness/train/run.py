@@ -56,6 +56,7 @@ from harness.train.exit_codes import EXIT_BUSY, EXIT_DIVERGED, EXIT_FAILED, EXIT
 from harness.train.health import HealthMonitor, Unhealthy, build_monitor
 from harness.train.lock import CellLock
 from harness.train.optim import build_optimizer, build_scheduler, scaled_schedule
+from harness.train.pretrain import pretrained_backbone
 
 HEARTBEAT_S = float(os.environ.get("HARNESS_HEARTBEAT_S", "30"))
 
@@ -364,10 +365,28 @@ def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec
     return 0
 
 
+def _load_pretrained(cell, model, tracker, *, rank, world, device, cache_dir) -> None:
+    """Replace the tiny backbone's random draw by the workspace's shared pre-training."""
+    def log(msg: str) -> None:
+        print(f"{cell.id}: {msg}", flush=True)
+
+    if rank == 0:
+        state, path = pretrained_backbone(cell.config, cache_dir, device=device, log=log)
+    if world > 1:  # rank 0 trains (or finds) it; the others read the file it leaves
+        dist.barrier()
+    if rank != 0:
+        state, path = pretrained_backbone(cell.config, cache_dir, device=device, log=log)
+    model.backbone.load_state_dict(state)
+    tracker.set_tags({"harness.pretrain": Path(path).stem})
+
+
 def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tracker, guard,
            health: HealthMonitor, *, start_iter, rank, world, device, ckpt_path, run_id, paths, progress) -> None:
     cfg = cell.config
     per_rank = cfg.train.ims_per_batch // world
+    if cfg.model.backbone.pretrain is not None and start_iter == 0:  # a resumed cell has its weights
+        _load_pretrained(cell, unwrap(model), tracker, rank=rank, world=world, device=device,
+                         cache_dir=paths.workspace / "cache")
     loader = train_loader(train_dataset(cfg.data, data.train, cfg.model.backbone.input_format), per_rank,
                           seed=cfg.seed, rank=rank, world_size=world, start_iter=start_iter,
                           num_workers=cfg.data.num_workers, divisibility=cfg.data.size_divisibility)

@@ -1,0 +1,137 @@
+"""Detection pre-training of the tiny backbone (model.backbone.pretrain), cached per workspace.
+
+A ResNet row starts from an ImageNet checkpoint that is the same for every seed; the tiny CPU
+backbone has none, and a fresh random draw per seed moved the quickstart's one-to-one rows by
+±3 AP50 between seeds. `pretrain` gives the tiny backbone the same role as the checkpoint: one
+FCOS detector is trained on synthetic scenes of its own (another generator seed, so none of the
+cell's training or validation images), and every cell that names the same pre-training loads its
+backbone. The pre-training config is derived from the cell's (see `pretrain_config`), so rows that
+share a backbone, data transforms and optimizer share one cache file, and the cache file's name is
+the run key of that config.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from harness.data.build import load_datasets, train_dataset
+from harness.data.loader import train_loader
+from harness.data.synthetic import synthetic_kind
+from harness.model.build import build_from_config
+from harness.spec.matrix import run_key
+from harness.spec.schema import Config, SynthConfig
+from harness.train.engine import NonFiniteLoss, to_device
+from harness.train.optim import build_optimizer, build_scheduler, scaled_schedule
+
+#: The one-to-many rule of the pre-training detector: the FCOS baseline's (center sampling 1.5,
+#: GIoU weighted by the centerness target, centerness branch on the regression tower).
+FCOS_PREDICTOR = {"assigner": {"name": "fcos", "center_radius": 1.5}, "centerness": "reg",
+                  "loss": {"box": "giou", "box_weight": 1.0, "box_weighting": "centerness"}}
+
+
+def pretrain_config(cfg: Config) -> Config:
+    """The config of the pre-training run a cell's backbone comes from.
+
+    Kept from the cell: the backbone (width, norm), the head towers, the data transforms and
+    the optimizer with its warm-up; the schedule's steps are scaled to `iters`. Replaced: the
+    predictor (FCOS), the FPN (cvpods at `fpn_channels`), the images (a synthetic dataset made
+    with `data_seed`) and the seed. Evaluation settings play no part and are reset.
+    """
+    pre = cfg.model.backbone.pretrain
+    if pre is None:
+        raise ValueError("the cell's backbone has no pretrain section")
+    full = cfg.model_dump(mode="json")
+    synth = cfg.data.synthetic or SynthConfig()
+    fmt = synth.format
+    _, classes = synthetic_kind(fmt)
+    train = full["train"]
+    scale = pre.iters / train["max_iter"]
+    steps = sorted({min(pre.iters - 1, max(1, round(s * scale))) for s in train["steps"]})
+    data = {k: v for k, v in full["data"].items() if k not in ("root", "train", "val", "synthetic")}
+    data.update(name="synthetic", num_workers=0, synthetic={**synth.model_dump(mode="json"), "seed": pre.data_seed,
+                                             "num_train": pre.num_images, "num_val": 1})
+    return Config.model_validate({
+        "seed": pre.seed,
+        "model": {"num_classes": classes,
+                  "backbone": {**full["model"]["backbone"], "pretrain": None},
+                  "fpn": {"name": "cvpods", "channels": pre.fpn_channels},
+                  "head": full["model"]["head"],
+                  "predictor": FCOS_PREDICTOR},
+        "data": data,
+        "train": {**train, "max_iter": pre.iters, "steps": [s for s in steps if s < pre.iters],
+                  "checkpoint_period": pre.iters},
+        "eval": {"period": 0, "nms": True, "metrics": "crowdhuman" if fmt == "odgt" else "coco"},
+    })
+
+
+def pretrained_backbone(cfg: Config, cache_dir: str | Path, *, device=None, log=print) -> tuple[dict[str, torch.Tensor], str]:
+    """The pre-trained backbone's state dict and its cache file; trains it on first use.
+
+    Parallel cells wait on a lock file while one of them trains; the file appears atomically.
+    The caller's random state is left as it was.
+    """
+    pcfg = pretrain_config(cfg)
+    key = run_key(pcfg)
+    folder = Path(cache_dir) / "pretrain"
+    final = folder / f"{key[:24]}.pt"
+    if not final.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{key[:24]}.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"waiting for another cell's pre-training of the tiny backbone ({final})")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not final.exists():
+                    t0 = time.time()
+                    log(f"pre-training the tiny backbone ({pcfg.train.max_iter} iterations of FCOS on "
+                        f"{pcfg.data.synthetic.num_train} synthetic images, seed {pcfg.seed}; "
+                        f"cached for every cell of this workspace)")
+                    with torch.random.fork_rng(devices=[]):
+                        state = _pretrain(pcfg, cache_dir, torch.device(device or "cpu"))
+                    tmp = folder / f".{final.name}.{os.getpid()}.tmp"
+                    torch.save(state, tmp)
+                    (folder / f"{key[:24]}.json").write_text(
+                        json.dumps(pcfg.model_dump(mode="json"), indent=1, sort_keys=True) + "\n")
+                    os.replace(tmp, final)
+                    log(f"pre-training done in {time.time() - t0:.0f} s: {final}")
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    return torch.load(final, map_location="cpu", weights_only=True), str(final)
+
+
+def _pretrain(pcfg: Config, cache_dir: str | Path, device: torch.device) -> dict[str, torch.Tensor]:
+    data = load_datasets(pcfg.data, cache_dir)
+    torch.manual_seed(pcfg.seed)
+    model = build_from_config(pcfg).to(device)
+    if pcfg.train.channels_last:
+        model = model.to_channels_last()
+    sched = scaled_schedule(pcfg.train, 0)
+    optimizer = build_optimizer(model, pcfg.train, sched.base_lr)
+    scheduler = build_scheduler(optimizer, sched, pcfg.train)
+    loader = iter(train_loader(train_dataset(pcfg.data, data.train, pcfg.model.backbone.input_format),
+                               pcfg.train.ims_per_batch, seed=pcfg.seed,
+                               divisibility=pcfg.data.size_divisibility))
+    model.train()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for it in range(1, sched.max_iter + 1):
+        # one process, never a collective: under DDP the other ranks wait for the cache file
+        batch = to_device(next(loader), device)
+        losses = model(batch["images"], batch["image_sizes"], batch["targets"])
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise NonFiniteLoss("pre-training total_loss", it, float(total.detach()))
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if pcfg.train.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, pcfg.train.clip_grad_norm)
+        optimizer.step()
+        scheduler.step()
+    return {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
