@@ -102,20 +102,41 @@ class PretrainConfig(Strict):
     seed makes the one-to-one rows' results depend on that draw more than on anything else.
     With `pretrain` set, every cell starts from the same backbone: an FCOS detector trained on
     a synthetic dataset of its own (generator seed `data_seed`, disjoint from the cell's images)
-    with the cell's optimizer and schedule shape for `iters` iterations; its FPN and head are
-    thrown away. The result is cached once per workspace (harness/train/pretrain.py).
+    with the recipe below; its FPN and head are thrown away. Like a checkpoint it does not
+    follow the cell's own recipe: only the backbone's architecture, the synthetic generator's
+    scene settings and the training transforms come from the cell. It is trained once per
+    workspace and cached (harness/train/pretrain.py, docs/schedules.md).
     """
 
     #: Seed of the synthetic generator for the pre-training images (the cell's own data uses
     #: `data.synthetic.seed`, 0 by default; a different seed gives different scenes).
     data_seed: Seed = 1
     num_images: int = Field(1000, ge=1)
-    iters: int = Field(600, ge=1)
     #: Seed of the pre-training run (initial weights and image order). Not the cell's seed:
     #: every seed of every row starts from the same weights, as with an ImageNet checkpoint.
     seed: Seed = 0
-    #: FPN width of the throw-away detector.
+    #: The throw-away detector: a cvpods FPN of this width and GroupNorm towers.
     fpn_channels: int = Field(32, ge=1)
+    head_convs: int = Field(2, ge=0)
+    gn_groups: int = Field(8, ge=1)
+    #: Its recipe (the quickstart's): iterations of `ims_per_batch` images, linear warm-up from
+    #: 1e-3 x lr, the lr divided by 10 at each of `steps`.
+    iters: int = Field(600, ge=1)
+    ims_per_batch: int = Field(8, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    base_lr: float = Field(0.002, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    clip_grad_norm: float | None = Field(1.0, gt=0.0)
+    warmup_iters: int = Field(200, ge=0)
+    steps: list[int] = Field(default_factory=lambda: [480, 560])
+
+    @model_validator(mode="after")
+    def _recipe(self) -> PretrainConfig:
+        if list(self.steps) != sorted(set(self.steps)) or (self.steps and self.steps[-1] >= self.iters):
+            raise ValueError(f"steps must be increasing and below iters {self.iters}, got {self.steps}")
+        if self.fpn_channels % self.gn_groups:
+            raise ValueError(f"gn_groups {self.gn_groups} does not divide fpn_channels {self.fpn_channels}")
+        return self
 
 
 class BackboneConfig(Strict):

@@ -5,9 +5,9 @@ backbone has none, and a fresh random draw per seed moved the quickstart's one-t
 ±3 AP50 between seeds. `pretrain` gives the tiny backbone the same role as the checkpoint: one
 FCOS detector is trained on synthetic scenes of its own (another generator seed, so none of the
 cell's training or validation images), and every cell that names the same pre-training loads its
-backbone. The pre-training config is derived from the cell's (see `pretrain_config`), so rows that
-share a backbone, data transforms and optimizer share one cache file, and the cache file's name is
-the run key of that config.
+backbone. The pre-training has a recipe of its own (`model.backbone.pretrain`), so rows and
+sweep trials that differ in their predictor, losses or optimizer share one cache file, whose name
+is the run key of the pre-training's config.
 """
 
 from __future__ import annotations
@@ -38,35 +38,38 @@ FCOS_PREDICTOR = {"assigner": {"name": "fcos", "center_radius": 1.5}, "centernes
 def pretrain_config(cfg: Config) -> Config:
     """The config of the pre-training run a cell's backbone comes from.
 
-    Kept from the cell: the backbone (width, norm), the head towers, the data transforms and
-    the optimizer with its warm-up; the schedule's steps are scaled to `iters`. Replaced: the
-    predictor (FCOS), the FPN (cvpods at `fpn_channels`), the images (a synthetic dataset made
-    with `data_seed`) and the seed. Evaluation settings play no part and are reset.
+    From the cell: the backbone (name, width, norm), the synthetic generator's scene settings
+    (sizes, crowding, format), the training transforms and the memory layout. Everything else
+    comes from `model.backbone.pretrain`: the images (`num_images` scenes of generator seed
+    `data_seed`), the seed, the detector (FCOS, cvpods FPN, GroupNorm towers) and the recipe.
+    So cells that differ in their predictor, loss, optimizer or schedule share one pre-training,
+    as they would share an ImageNet checkpoint.
     """
     pre = cfg.model.backbone.pretrain
     if pre is None:
         raise ValueError("the cell's backbone has no pretrain section")
-    full = cfg.model_dump(mode="json")
     synth = cfg.data.synthetic or SynthConfig()
-    fmt = synth.format
-    _, classes = synthetic_kind(fmt)
-    train = full["train"]
-    scale = pre.iters / train["max_iter"]
-    steps = sorted({min(pre.iters - 1, max(1, round(s * scale))) for s in train["steps"]})
-    data = {k: v for k, v in full["data"].items() if k not in ("root", "train", "val", "synthetic")}
-    data.update(name="synthetic", num_workers=0, synthetic={**synth.model_dump(mode="json"), "seed": pre.data_seed,
-                                             "num_train": pre.num_images, "num_val": 1})
+    _, classes = synthetic_kind(synth.format)
+    d = cfg.data
     return Config.model_validate({
         "seed": pre.seed,
         "model": {"num_classes": classes,
-                  "backbone": {**full["model"]["backbone"], "pretrain": None},
+                  "backbone": cfg.model.backbone.model_dump(mode="json", exclude={"pretrain"}),
                   "fpn": {"name": "cvpods", "channels": pre.fpn_channels},
-                  "head": full["model"]["head"],
+                  "head": {"num_convs": pre.head_convs, "norm": "gn", "gn_groups": pre.gn_groups},
                   "predictor": FCOS_PREDICTOR},
-        "data": data,
-        "train": {**train, "max_iter": pre.iters, "steps": [s for s in steps if s < pre.iters],
-                  "checkpoint_period": pre.iters},
-        "eval": {"period": 0, "nms": True, "metrics": "crowdhuman" if fmt == "odgt" else "coco"},
+        "data": {"name": "synthetic", "num_workers": 0,
+                 "synthetic": {**synth.model_dump(mode="json"), "seed": pre.data_seed,
+                               "num_train": pre.num_images, "num_val": 1},
+                 "train_min_size": list(d.train_min_size), "train_max_size": d.train_max_size,
+                 "flip_prob": d.flip_prob, "augment": d.augment, "size_divisibility": d.size_divisibility,
+                 "filter_empty": d.filter_empty, "gt_filter": d.gt_filter},
+        "train": {"max_iter": pre.iters, "ims_per_batch": pre.ims_per_batch,
+                  "reference_batch": pre.ims_per_batch, "optimizer": pre.optimizer, "base_lr": pre.base_lr,
+                  "weight_decay": pre.weight_decay, "clip_grad_norm": pre.clip_grad_norm,
+                  "warmup_iters": pre.warmup_iters, "steps": list(pre.steps), "checkpoint_period": pre.iters,
+                  "channels_last": cfg.train.channels_last},
+        "eval": {"period": 0, "nms": True, "metrics": "crowdhuman" if synth.format == "odgt" else "coco"},
     })
 
 

@@ -12,7 +12,7 @@ from harness.train.pretrain import pretrain_config, pretrained_backbone
 from tests.conftest import EXPERIMENTS
 from tests.train.helpers import runs, tiny_overrides
 
-PRETRAIN = "model.backbone.pretrain: {iters: 3, num_images: 4, data_seed: 5}\n"
+PRETRAIN = "model.backbone.pretrain: {iters: 3, num_images: 4, data_seed: 5, steps: []}\n"
 
 
 def quickstart_cells():
@@ -31,10 +31,10 @@ def test_every_quickstart_cell_shares_one_pretraining_on_other_images():
     assert p.model.backbone.model_dump(exclude={"pretrain"}) == cell.model.backbone.model_dump(exclude={"pretrain"})
     # scenes of another generator seed: none of the cell's training or validation images
     assert p.data.synthetic.seed == cell.model.backbone.pretrain.data_seed != cell.data.synthetic.seed
-    assert p.train.max_iter == cell.model.backbone.pretrain.iters
-    assert p.train.optimizer == cell.train.optimizer and p.train.base_lr == cell.train.base_lr
-    scale = p.train.max_iter / cell.train.max_iter
-    assert p.train.steps == [round(s * scale) for s in cell.train.steps]
+    pre = cell.model.backbone.pretrain
+    assert p.train.max_iter == pre.iters and p.train.steps == pre.steps and p.train.base_lr == pre.base_lr
+    assert p.train.optimizer == pre.optimizer and p.train.ims_per_batch == pre.ims_per_batch
+    assert p.data.train_min_size == cell.data.train_min_size and p.data.synthetic.crowd == cell.data.synthetic.crowd
     assert p.seed == cell.model.backbone.pretrain.seed
 
 
@@ -48,6 +48,25 @@ def test_pretrain_is_keyless_when_absent_and_part_of_the_key_when_set():
     assert run_key(other) != run_key(qs)
 
 
+def test_the_pretraining_follows_the_backbone_not_the_cells_recipe():
+    from harness.spec import parse_set
+
+    def key(*sets):
+        cell = next(iter(expand(load_spec(EXPERIMENTS / "quickstart.yaml"), [parse_set(s) for s in sets])))
+        return run_key(pretrain_config(cell.config))
+
+    base = key()
+    # a sweep over the cell's recipe or losses shares the pre-training, as it would a checkpoint
+    assert key("train.base_lr=0.004", "train.warmup_iters=50", "train.max_iter=900") == base
+    assert key("model.predictor.loss.box_weight=3.0", "eval.score_thresh=0.1") == base
+    # the backbone, the scenes and the pre-training's own recipe make another
+    assert key("model.backbone.tiny_width=12") != base
+    assert key("data.train_min_size=[128]") != base
+    assert key("model.backbone.pretrain.base_lr=0.001") != base
+    with pytest.raises(ValidationError, match="steps must be increasing and below iters"):
+        BackboneConfig(name="tiny", norm="gn", pretrain={"iters": 400})
+
+
 def test_only_the_tiny_backbone_without_weights_pretrains():
     with pytest.raises(ValidationError, match="pretrain: only for the tiny backbone"):
         BackboneConfig(name="resnet50", pretrain={})
@@ -59,7 +78,7 @@ def _tiny_cell(tmp_path):
     from harness.spec import parse_set
 
     sets = [parse_set(s) for s in (
-        "model.backbone.pretrain={iters: 3, num_images: 4, data_seed: 5}",
+        "model.backbone.pretrain={iters: 3, num_images: 4, data_seed: 5, steps: []}",
         "data.synthetic={num_train: 4, num_val: 2, min_size: 64, max_size: 64, crowd: high, format: odgt, seed: 0}",
         "data.train_min_size=[64]", "data.train_max_size=64", "train.max_iter=4", "train.steps=[]",
         "train.warmup_iters=1", "train.ims_per_batch=2", "train.reference_batch=2")]
@@ -139,7 +158,10 @@ def test_a_diverging_pretraining_fails_as_diverged(tmp_path):
     from harness.train.engine import NonFiniteLoss
 
     cfg = _tiny_cell(tmp_path)
-    absurd = cfg.model_copy(update={"train": cfg.train.model_copy(update={"base_lr": 1e30, "clip_grad_norm": None})})
+    bb = cfg.model.backbone
+    wild = bb.pretrain.model_copy(update={"base_lr": 1e30, "clip_grad_norm": None})
+    absurd = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": bb.model_copy(
+        update={"pretrain": wild})})})
     with pytest.raises(NonFiniteLoss, match=r"diverged: non-finite loss pre-training total_loss"):
         pretrained_backbone(absurd, tmp_path, log=lambda m: None)
     assert not list((tmp_path / "pretrain").glob("*.pt"))  # nothing half-written
