@@ -73,7 +73,8 @@ def pretrain_config(cfg: Config) -> Config:
     })
 
 
-def pretrained_backbone(cfg: Config, cache_dir: str | Path, *, device=None, log=print) -> tuple[dict[str, torch.Tensor], str]:
+def pretrained_backbone(cfg: Config, cache_dir: str | Path, *, device=None,
+                        log=print) -> tuple[dict[str, torch.Tensor], str]:
     """The pre-trained backbone's state dict and its cache file; trains it on first use.
 
     Parallel cells wait on a lock file while one of them trains; the file appears atomically.
@@ -97,8 +98,9 @@ def pretrained_backbone(cfg: Config, cache_dir: str | Path, *, device=None, log=
                     log(f"pre-training the tiny backbone ({pcfg.train.max_iter} iterations of FCOS on "
                         f"{pcfg.data.synthetic.num_train} synthetic images, seed {pcfg.seed}; "
                         f"cached for every cell of this workspace)")
-                    with torch.random.fork_rng(devices=[]):
-                        state = _pretrain(pcfg, cache_dir, torch.device(device or "cpu"))
+                    dev = torch.device(device or "cpu")
+                    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+                        state = _pretrain(pcfg, cache_dir, dev)
                     tmp = folder / f".{final.name}.{os.getpid()}.tmp"
                     torch.save(state, tmp)
                     (folder / f"{key[:24]}.json").write_text(
