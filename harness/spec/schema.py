@@ -161,8 +161,8 @@ class BackboneConfig(Strict):
         if self.name != "tiny" and self.norm == "gn":
             raise ValueError(f"norm: {self.name} supports frozen_bn or bn, not gn (gn is for the tiny backbone)")
         if self.pretrain is not None and (self.name != "tiny" or self.weights):
-            raise ValueError("pretrain: only for the tiny backbone without a weights file "
-                             "(a ResNet starts from its weights file)")
+            raise ValueError("pretrain: only for the tiny backbone without a weights file (a ResNet "
+                             "starts from its weights file; set model.backbone.pretrain to null)")
         return self
 
 

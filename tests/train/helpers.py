@@ -6,7 +6,8 @@ import warnings
 from pathlib import Path
 
 TINY = """\
-model.backbone: {{name: tiny, weights: null, norm: gn, tiny_width: 8, input_format: torchvision_rgb, freeze_at: 0}}
+model.backbone: {{name: tiny, weights: null, norm: gn, tiny_width: 8, input_format: torchvision_rgb, freeze_at: 0,
+                 pretrain: null}}
 model.fpn.channels: 32
 model.head: {{num_convs: 1, gn_groups: 8}}
 model.num_classes: {num_classes}

@@ -14,6 +14,7 @@ QUICK = EXPERIMENTS / "quickstart.yaml"
 # loss-ratio rule, not a NaN, that ends the run (flagged at iteration 22 with every seed, 1 or 2
 # threads).
 EXPLODE = """\
+model.backbone.pretrain: null
 data.synthetic: {num_train: 16, num_val: 4}
 train: {optimizer: sgd, base_lr: 10.0, clip_grad_norm: 100.0, max_iter: 60, steps: [], warmup_iters: 10,
         checkpoint_period: 1000}
