@@ -24,7 +24,7 @@ from harness.train.health import Unhealthy
 class NonFiniteLoss(RuntimeError):
     def __init__(self, term: str, iteration: int, value: float):
         super().__init__(f"diverged: non-finite loss {term} = {value} at iteration {iteration}")
-        self.term, self.iteration = term, iteration
+        self.term, self.iteration, self.value = term, iteration, value
 
 
 class Stop(RuntimeError):
@@ -41,13 +41,16 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def train_step(model, batch: dict, optimizer, scaler, *, iteration: int, amp_dtype=None,
-               clip_grad_norm: float | None = None) -> dict[str, float]:
-    """One optimisation step; returns the loss terms and their total as floats."""
+               clip_grad_norm: float | None = None, collective: bool = True) -> dict[str, float]:
+    """One optimisation step; returns the loss terms and their total as floats.
+
+    collective=False: the logged values are this process's own, never averaged over DDP ranks
+    (a step that only one rank takes, as the backbone pre-training in harness/train/pretrain.py)."""
     ctx = torch.autocast(device_type=batch["images"].device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     with ctx:
         losses = model(batch["images"], batch["image_sizes"], batch["targets"])
     total = sum(losses.values())
-    values = _logged({**{k: v.detach() for k, v in losses.items()}, "total_loss": total.detach()})
+    values = _logged({**{k: v.detach() for k, v in losses.items()}, "total_loss": total.detach()}, collective)
     for term, value in values.items():
         if not math.isfinite(value):
             raise NonFiniteLoss(term, iteration, value)
@@ -67,12 +70,12 @@ def train_step(model, batch: dict, optimizer, scaler, *, iteration: int, amp_dty
     return values
 
 
-def _logged(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+def _logged(losses: dict[str, torch.Tensor], collective: bool = True) -> dict[str, float]:
     """Loss values for logging: under DDP the mean over processes, which equals the loss of
     one process holding the whole batch (each process divides by the batch's total)."""
     keys = sorted(losses)
     stacked = torch.stack([losses[k].float() for k in keys])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if collective and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(stacked)
         stacked /= dist.get_world_size()
     return dict(zip(keys, stacked.tolist(), strict=True))

@@ -26,7 +26,7 @@ from harness.data.synthetic import synthetic_kind
 from harness.model.build import build_from_config
 from harness.spec.matrix import run_key
 from harness.spec.schema import Config, SynthConfig
-from harness.train.engine import NonFiniteLoss, to_device
+from harness.train.engine import NonFiniteLoss, to_device, train_step
 from harness.train.optim import build_optimizer, build_scheduler, scaled_schedule
 
 #: The one-to-many rule of the pre-training detector: the FCOS baseline's (center sampling 1.5,
@@ -125,18 +125,11 @@ def _pretrain(pcfg: Config, cache_dir: str | Path, device: torch.device) -> dict
                                pcfg.train.ims_per_batch, seed=pcfg.seed,
                                divisibility=pcfg.data.size_divisibility))
     model.train()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     for it in range(1, sched.max_iter + 1):
-        # one process, never a collective: under DDP the other ranks wait for the cache file
-        batch = to_device(next(loader), device)
-        losses = model(batch["images"], batch["image_sizes"], batch["targets"])
-        total = sum(losses.values())
-        if not torch.isfinite(total):
-            raise NonFiniteLoss("pre-training total_loss", it, float(total.detach()))
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if pcfg.train.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, pcfg.train.clip_grad_norm)
-        optimizer.step()
+        try:  # one process, no collective: under DDP the other ranks wait for the cache file
+            train_step(model, to_device(next(loader), device), optimizer, None, iteration=it,
+                       clip_grad_norm=pcfg.train.clip_grad_norm, collective=False)
+        except NonFiniteLoss as exc:
+            raise NonFiniteLoss(f"pre-training {exc.term}", exc.iteration, exc.value) from None
         scheduler.step()
     return {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
