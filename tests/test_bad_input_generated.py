@@ -240,6 +240,50 @@ def gen_structure(rng: random.Random) -> tuple[str, bytes]:
     return kind, rng.choice([b"", b"\n\n", b"# only a comment\n", b"---\n"])
 
 
+#: BASE with a third row and a table whose claims name every row: a fault in the rows or axes
+#: must be reported alone, not buried under the claims that now point at a missing row.
+CLAIMED = copy.deepcopy(BASE)
+CLAIMED["rows"] = [{"label": "A", "table": "t", "baseline": True, "assigner": "fcos"},
+                   {"label": "B", "table": "t", "assigner": "poto"},
+                   {"label": "C", "table": "t", "assigner": "poto", "overrides": {"train.base_lr": 0.02}}]
+CLAIMED["tables"] = {"t": {"title": "T", "layout": "defcn_ablation", "claims": [
+    {"row": "B", "vs": "A", "metric": "ap"}, {"row": "C", "vs": "B", "metric": "ap"},
+    {"row": "A", "post": "nms_free", "vs": "A", "vs_post": "nms", "metric": "ap", "expect": "worse"},
+    {"row": "C", "vs": "A", "metric": "ap", "margin": 1.0}]}}
+
+
+def gen_rows_axes(rng: random.Random) -> Case:
+    """Structural faults in a spec that declares claims: (what, spec, the words its one line must have)."""
+    data = copy.deepcopy(CLAIMED)
+    kind = rng.choice(["duplicate-label", "include-unknown-value", "include-unknown-axis", "exclude-unknown-axis",
+                       "exclude-unknown-value", "rows-empty", "include-with-rows", "row-unknown-value",
+                       "empty-axis"])
+    junk = "v" + str(rng.randrange(10**6))
+    if kind == "duplicate-label":
+        i = rng.randrange(1, 3)
+        data["rows"][i]["label"] = data["rows"][rng.randrange(i)]["label"]
+        mention = "duplicate row label"
+    elif kind in ("include-unknown-value", "include-unknown-axis", "exclude-unknown-axis", "exclude-unknown-value"):
+        del data["rows"]
+        section = kind.split("-")[0]
+        combo = {"assigner": junk} if kind.endswith("value") else {junk: "poto"}
+        data[section] = [combo]
+        mention = f"unknown value '{junk}'" if kind.endswith("value") else f"unknown axis '{junk}'"
+    elif kind == "rows-empty":
+        data["rows"] = []
+        mention = "rows: an empty list"
+    elif kind == "include-with-rows":
+        data[rng.choice(["include", "exclude"])] = [{"assigner": rng.choice(["poto", junk])}]
+        mention = "with rows, list the rows you want"
+    elif kind == "row-unknown-value":
+        data["rows"][rng.randrange(3)]["assigner"] = junk
+        mention = f"unknown value '{junk}'"
+    else:
+        data["axes"]["assigner"] = {}
+        mention = "an axis needs at least one value"
+    return Case(f"spec rows/axes: {kind}", ["plan", "spec.yaml"], {"spec.yaml": dump(data)}, mention=mention)
+
+
 def gen_big(rng: random.Random) -> tuple[str, bytes]:
     pad = rng.randint((1 << 20) + 1, (1 << 20) + 50_000)
     return "over 1 MiB", dump(BASE) + b"# " + b"x" * pad + b"\n"
@@ -726,6 +770,7 @@ def controls() -> list[Case]:
         Case("control plan with aliases", ["plan", "spec.yaml"], {"spec.yaml": with_aliases}, ok=True),
         Case("control plan unicode", ["plan", "spec.yaml", "--json"], {"spec.yaml": unicode_spec}, ok=True),
         Case("control plan product", ["plan", "spec.yaml"], {"spec.yaml": dump(PRODUCT)}, ok=True),
+        Case("control plan claims", ["plan", "spec.yaml"], {"spec.yaml": dump(CLAIMED)}, ok=True),
         Case("control --set", ["plan", "spec.yaml", "--set", "train.base_lr=0.02", "train.max_iter=20", "--set",
                                "eval.nms=true"], {"spec.yaml": dump(BASE)}, ok=True),
         Case("control --set-file", ["plan", "spec.yaml", "--set-file", "o.yaml"],
@@ -762,6 +807,7 @@ def generate(seed: int, n: int) -> list[Case]:
                 gen_environment, gen_tracking):
         cases += [gen(rng) for _ in range(n)]
     cases += [gen_checkpoint(rng, RUN_KEY) for _ in range(n)]
+    cases += [gen_rows_axes(rng) for _ in range(2 * n)]
     for i, c in enumerate(cases):
         c.name = f"{i:03d} {c.name}"
     return cases + controls()

@@ -158,7 +158,9 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
         if hist is not None:  # out is given: every input was checked (report), its folder exists
             lines += figures(spec, name, rows, df, hist, metrics, plot_dir, stem)
     if against:
-        lines += reproduction(spec, cells, df, against)
+        section, summary = reproduction(spec, cells, df, against)
+        lines += section
+        tables[f"{spec.name}.reproduction"] = summary
     return "\n".join(lines).rstrip() + "\n", tables
 
 
@@ -194,23 +196,78 @@ def figures(spec, name: str, rows: list[str], df: pd.DataFrame, hist: pd.DataFra
     return out
 
 
-def reproduction(spec, cells: list[Cell], df: pd.DataFrame, against: tuple[str, ...]) -> list[str]:
-    """The same cells in other stores (fresh workspaces, other machines) against this store's
-    95% intervals: does a second run of the matrix land where this one says it should?"""
+def reproduction(spec, cells: list[Cell], df: pd.DataFrame, against: tuple[str, ...]) -> tuple[list[str], str]:
+    """The same cells in other stores (fresh workspaces, other machines) against this store:
+    does a second run of the matrix land where this one says it should? Returns the report's
+    section and a short summary for the README region `<spec>.reproduction`.
+
+    Two kinds of reproduction, stated apart: on the same platform (processor and CPU kernels or
+    GPU, thread count, torch; the runs' `harness.platform` tag) a cell's final metrics are
+    expected bit-identical; across platforms the rounding differs and only the table holds,
+    within its noise: each row mean of the other store inside this store's 95% prediction
+    interval for a mean of as many seeds."""
     lines = ["## Reproduction", "",
-             "The same cells (same run keys) trained again in other stores; each entry is the other "
-             "store's mean over its seeds, against this report's 95% t-interval (✓ inside).", ""]
+             "The same cells (same run keys) trained again in other stores; each entry is the other store's mean "
+             "over its seeds, against the 95% prediction interval that this report's seeds give for a mean of "
+             "that many new seeds (✓ inside; about 1 in 20 falls outside by chance). Cells are expected to be "
+             "bit-identical only on the same platform (processor and kernels or GPU, thread count, torch).", ""]
+    summary = []
     for k, other_uri in enumerate(against, 1):
         other = collect(cells, other_uri, spec.name)  # already read-only (report)
         done = int((other["status"] == "finished").sum())
-        lines += [f"### Store {k} ({redact(other_uri)}): {done} of {len(cells)} cells finished", ""]
-        for name in spec.tables:
-            md, inside, compared = reproduction_table(name, spec, df, other)
-            lines += [md, "", f"{inside} of {compared} row means inside this report's 95% intervals.", ""]
+        name = redact(other_uri)
+        lines += [f"### Store {k} ({name}): {done} of {len(cells)} cells finished", ""]
+        inside_all = compared_all = 0
+        for table in spec.tables:
+            md, inside, compared = reproduction_table(table, spec, df, other)
+            inside_all, compared_all = inside_all + inside, compared_all + compared
+            lines += [md, "", f"{inside} of {compared} row means inside this report's 95% prediction intervals.", ""]
         same, both = identical_cells(df, other)
-        lines += [f"{same} of {both} cells finished in both stores have bit-identical final metrics "
-                  "(expected on one machine with the same seed and thread count).", ""]
-    return lines
+        mine, theirs = platforms(df, other)
+        largest = largest_difference(df, other, spec)
+        same_platform = mine == theirs and len(mine) == 1
+        described = "; ".join(sorted(theirs)) or "platform not recorded"
+        if same_platform:
+            expect = f"the same platform in both stores ({described}): bit-identical cells expected"
+        else:
+            expect = (f"platforms differ (this store: {'; '.join(sorted(mine)) or 'not recorded'}; store {k}: "
+                      f"{described}): bit-identical cells not expected")
+        lines += [f"{same} of {both} cells finished in both stores have bit-identical final metrics; {expect}."]
+        moved = ""
+        if largest is not None and largest[0] > 0:
+            lines += ["", f"Largest difference of one cell's final metric between the stores: {largest[0]:.1f} points "
+                          f"({largest[1]})."]
+            moved = f"; one cell's metric moved by up to {largest[0]:.1f} points"
+        lines += [""]
+        summary.append(f"- store {k}, {'the same' if same_platform else 'another'} platform ({described}): {done} of "
+                       f"{len(cells)} cells; {inside_all} of {compared_all} row means inside this table's 95% "
+                       f"prediction intervals; {same} of {both} cells bit-identical "
+                       f"({'expected' if same_platform else 'not expected'}){moved}.")
+    return lines, "\n".join(summary)
+
+
+def platforms(a: pd.DataFrame, b: pd.DataFrame) -> tuple[set[str], set[str]]:
+    """The `harness.platform` tags of the cells finished in both stores, per store."""
+    a = a[a["status"] == "finished"].set_index("run_key")
+    b = b[b["status"] == "finished"].set_index("run_key")
+    common = a.index.intersection(b.index)
+    return ({p for p in a.loc[common, "platform"] if p}, {p for p in b.loc[common, "platform"] if p})
+
+
+def largest_difference(a: pd.DataFrame, b: pd.DataFrame, spec) -> tuple[float, str] | None:
+    """The largest |a - b| in points over the tables' metrics of the cells finished in both
+    stores, with the cell and metric it belongs to."""
+    keys = sorted({key for t in spec.tables.values() for _, _, key in LAYOUTS[t.layout][1]})
+    a = a[a["status"] == "finished"].set_index("run_key")
+    b = b[b["status"] == "finished"].set_index("run_key")
+    best = None
+    for k in a.index.intersection(b.index):
+        for m in keys:
+            if m in a.columns and m in b.columns and not (pd.isna(a.at[k, m]) or pd.isna(b.at[k, m])):
+                d = abs(float(a.at[k, m]) - float(b.at[k, m])) * 100
+                if best is None or d > best[0]:
+                    best = (d, f"{a.at[k, 'row']} seed {a.at[k, 'seed']}, {m}")
+    return best
 
 
 def identical_cells(a: pd.DataFrame, b: pd.DataFrame) -> tuple[int, int]:

@@ -16,7 +16,7 @@ def collect(cells: list[Cell], uri: str, experiment: str, listing: Listing | Non
     run_id, failure, finished_runs, finished (every FINISHED run of the key: id, commit, start),
     nan_keys (eval metrics the run logged as NaN: failures, never dropped silently), nms (the
     cell's headline mode), and one column per final metric (`eval.nms_free.ap50`, ...; `eval.ap`
-    is the cell's headline mode). Which run counts for a cell: `harness.track.runs.list_runs`
+    is the cell's headline mode), platform (the run's `harness.platform` tag). Which run counts for a cell: `harness.track.runs.list_runs`
     (latest FINISHED, else latest). Reads the run listing only."""
     by_key = (listing or list_runs(uri, experiment)).runs
     rows = []
@@ -24,10 +24,10 @@ def collect(cells: list[Cell], uri: str, experiment: str, listing: Listing | Non
         r = by_key.get(c.run_key)
         rec = {"row": c.row, "dataset": c.dataset, "seed": c.seed, "run_key": c.run_key,
                "status": "missing", "run_id": None, "failure": None, "finished_runs": 0, "finished": (),
-               "nan_keys": (), "heartbeat": None, "nms": c.config.eval.nms}
+               "nan_keys": (), "heartbeat": None, "nms": c.config.eval.nms, "platform": ""}
         if r is not None:
             rec.update(status=r.status.lower(), run_id=r.run_id, failure=r.failure, finished_runs=r.finished_runs,
-                       finished=r.finished, heartbeat=r.heartbeat)
+                       finished=r.finished, heartbeat=r.heartbeat, platform=r.platform)
             if r.status == "FINISHED":
                 metrics = with_headline(r.metrics, c.config.eval.nms)  # eval.ap: the cell's headline mode
                 evals = {k: v for k, v in metrics.items() if k.startswith("eval.")}

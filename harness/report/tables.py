@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from harness.report.claims import ALPHA, MIN_N, MIN_STD, Result, claims_of, evaluate, family, points
-from harness.report.stats import Summary, pooled_std, summarize
+from harness.report.stats import Summary, pooled_std, prediction_interval, summarize
 from harness.spec.matrix import Cell
 from harness.spec.schema import Spec
 
@@ -220,24 +220,28 @@ def confidence_table(name: str, spec: Spec, df: pd.DataFrame) -> str:
 
 
 def reproduction_table(name: str, spec: Spec, ref: pd.DataFrame, other: pd.DataFrame) -> tuple[str, int, int]:
-    """Each row's mean in `other` against the 95% t-interval of `ref` (this store's runs).
+    """Each row's mean in `other` against the 95% prediction interval from `ref` (this store's
+    runs) for a mean of as many seeds as `other` has: where a faithful rerun of the row lands
+    95 % of the time, its own seed noise included.
 
     Returns the markdown table and (inside, compared) counts; a metric is compared when `ref`
-    has an interval (n >= 2) and `other` has at least one finished run.
+    has at least 2 seeds and `other` at least one finished run.
     """
     _, metrics = LAYOUTS[spec.tables[name].layout]
     body, inside, compared = [], 0, 0
     for r in (r for r in spec.rows if r.table == name):
         line = [r.label]
         for _, _, key in metrics:
-            s, o = summarize(_values(ref, r.label, key)), summarize(_values(other, r.label, key))
-            if s.n < 2 or o.n == 0:
+            ref_values = _values(ref, r.label, key)
+            o = summarize(_values(other, r.label, key))
+            low, high = prediction_interval(ref_values, o.n)
+            if math.isnan(low) or o.n == 0:
                 line.append("—")
                 continue
-            ok = s.ci_low <= o.mean <= s.ci_high
+            ok = low <= o.mean <= high
             inside += ok
             compared += 1
-            line.append(f"{pct(o.mean)} in [{pct(s.ci_low)}, {pct(s.ci_high)}] {'✓' if ok else '✗'}"
-                        + (f" (n={o.n})" if o.n != s.n else ""))
+            line.append(f"{pct(o.mean)} in [{pct(low)}, {pct(high)}] {'✓' if ok else '✗'}"
+                        + (f" (n={o.n})" if o.n != summarize(ref_values).n else ""))
         body.append(line)
     return _markdown(["row"] + [h for h, _, _ in metrics], body), inside, compared

@@ -270,28 +270,44 @@ def load_spec(file: str | FsPath) -> LoadedSpec:
 
         raise SpecError(pydantic_problems(exc, Source(file, lines, ()), loc_map, Spec)) from None
     loaded = LoadedSpec(spec, file, lines)
-    _check_semantics(loaded)
+    _check_semantics(loaded, raw)
     return loaded
 
 
-def _check_semantics(ld: LoadedSpec) -> None:
-    spec, problems = ld.spec, []
+def _check_semantics(ld: LoadedSpec, raw: dict) -> None:
+    """The structure first (axes, rows, include/exclude, seeds), then what refers to rows by name
+    (claims, compare_to). When a fault changes which rows exist (an empty axis or `rows`, a
+    duplicate label, a bad include/exclude), the references are not checked: a claim naming a row
+    that the fault removed would only bury the user's one mistake under lines that are not it."""
+    problems, rows_sound = _structure_problems(ld, raw)
+    if rows_sound:
+        problems += _reference_problems(ld)
+    if problems:
+        raise SpecError(problems)
+
+
+def _structure_problems(ld: LoadedSpec, raw: dict) -> tuple[list[Problem], bool]:
+    """(problems, whether the set of rows and their labels is sound)."""
+    spec, problems, row_set = ld.spec, [], []
     axes = spec.axes
     for name, values in axes.items():
         if name in _ROW_FIELDS:
-            problems.append(ld.source("axes", name).problem(
+            row_set.append(ld.source("axes", name).problem(
                 f"axis name {name!r} is taken by a row field ({', '.join(sorted(_ROW_FIELDS))})"))
         if not values:
-            problems.append(ld.source("axes", name).problem("an axis needs at least one value"))
+            row_set.append(ld.source("axes", name).problem("an axis needs at least one value"))
+    if raw.get("rows") == []:
+        row_set.append(ld.source("rows").problem(
+            "an empty list: list at least one row, or leave 'rows' out to run every combination of the axes"))
     labels: dict[str, int] = {}
     baselines: dict[str | None, int] = {}
     for i, row in enumerate(spec.rows):
         if row.label in labels:
-            problems.append(ld.source("rows", i, "label").problem(
+            row_set.append(ld.source("rows", i, "label").problem(
                 f"duplicate row label {row.label!r} (also rows[{labels[row.label]}])"))
         labels.setdefault(row.label, i)
         for axis, value in row.picks.items():
-            if value not in axes[axis]:
+            if axes[axis] and value not in axes[axis]:  # an empty axis is its own fault (above)
                 known = ", ".join(axes[axis])
                 problems.append(ld.source("rows", i, axis).problem(
                     f"unknown value {value!r} (known: {known})"))
@@ -304,11 +320,38 @@ def _check_semantics(ld: LoadedSpec) -> None:
                 problems.append(ld.source("rows", i, "baseline").problem(
                     f"table {row.table!r} already has a baseline (rows[{baselines[row.table]}])"))
             baselines.setdefault(row.table, i)
+    if spec.rows and (spec.include or spec.exclude):
+        # the values under include/exclude do not matter when the sections cannot apply at all
+        row_set.append(ld.source("include" if spec.include else "exclude").problem(
+            "include/exclude apply to the axis product; with rows, list the rows you want"))
+    else:
+        for section in ("include", "exclude"):
+            for i, combo in enumerate(getattr(spec, section)):
+                for axis, value in combo.items():
+                    if axis not in axes:
+                        row_set.append(ld.source(section, i, axis).problem(
+                            f"unknown axis {axis!r} (known: {', '.join(axes) or 'none'})"))
+                    elif value not in axes[axis]:
+                        row_set.append(ld.source(section, i, axis).problem(
+                            f"unknown value {value!r} (known: {', '.join(axes[axis])})"))
+    if len(set(spec.seeds)) != len(spec.seeds):
+        problems.append(ld.source("seeds").problem(f"duplicate seeds in {spec.seeds}"))
+    return row_set + problems, not row_set
+
+
+def _reference_problems(ld: LoadedSpec) -> list[Problem]:
+    """Names of rows (claims, compare_to), checked once the rows themselves are sound."""
+    spec, problems = ld.spec, []
+    labels = [row.label for row in spec.rows]
     for i, row in enumerate(spec.rows):
         if row.compare_to is not None and row.compare_to not in labels:
             problems.append(ld.source("rows", i, "compare_to").problem(
                 f"unknown row {row.compare_to!r} (known: {', '.join(labels)})"))
     for name, table in spec.tables.items():
+        if table.claims and not spec.rows:
+            problems.append(ld.source("tables", name, "claims").problem(
+                "claims compare rows, and this spec has no 'rows' (its axis combinations belong to no table)"))
+            continue
         for i, claim in enumerate(table.claims):
             for side, label in (("row", claim.row), ("vs", claim.vs)):
                 if label not in labels:
@@ -320,19 +363,4 @@ def _check_semantics(ld: LoadedSpec) -> None:
             if claim.margin and claim.expect != "better":
                 problems.append(ld.source("tables", name, "claims", i, "margin").problem(
                     "a margin needs expect: better (within margin points, or better)"))
-    for section in ("include", "exclude"):
-        for i, combo in enumerate(getattr(spec, section)):
-            for axis, value in combo.items():
-                if axis not in axes:
-                    problems.append(ld.source(section, i, axis).problem(
-                        f"unknown axis {axis!r} (known: {', '.join(axes) or 'none'})"))
-                elif value not in axes[axis]:
-                    problems.append(ld.source(section, i, axis).problem(
-                        f"unknown value {value!r} (known: {', '.join(axes[axis])})"))
-    if spec.rows and (spec.include or spec.exclude):
-        problems.append(ld.source("include" if spec.include else "exclude").problem(
-            "include/exclude apply to the axis product; with rows, list the rows you want"))
-    if len(set(spec.seeds)) != len(spec.seeds):
-        problems.append(ld.source("seeds").problem(f"duplicate seeds in {spec.seeds}"))
-    if problems:
-        raise SpecError(problems)
+    return problems

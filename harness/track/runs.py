@@ -26,6 +26,8 @@ class RunInfo:
     commit: str = ""  # the `harness.git_commit` tag
     #: every FINISHED run of this key as (run id, git commit, start time in ms), latest first
     finished: tuple[tuple[str, str, int], ...] = ()
+    #: the `harness.platform` tag: processor and kernels, threads, torch (train/platform.py)
+    platform: str = ""
 
 
 #: The rule that picks one run per key, as reports state it.
@@ -82,7 +84,8 @@ def list_runs(uri: str, experiment: str) -> Listing:
         except ValueError:
             attempt = 1
         info = RunInfo(run_id, status, start or 0, tags.get("harness.failure"),
-                       _float(hb), attempt, metrics, commit=tags.get("harness.git_commit", ""))
+                       _float(hb), attempt, metrics, commit=tags.get("harness.git_commit", ""),
+                       platform=tags.get("harness.platform", ""))
         done = finished.setdefault(key, [])
         if info.status == "FINISHED":
             done.append((info.run_id, info.commit, info.start_time))

@@ -56,6 +56,7 @@ from harness.train.exit_codes import EXIT_BUSY, EXIT_DIVERGED, EXIT_FAILED, EXIT
 from harness.train.health import HealthMonitor, Unhealthy, build_monitor
 from harness.train.lock import CellLock
 from harness.train.optim import build_optimizer, build_scheduler, scaled_schedule
+from harness.train.platform import platform_tag
 from harness.train.pretrain import pretrained_backbone
 
 HEARTBEAT_S = float(os.environ.get("HARNESS_HEARTBEAT_S", "30"))
@@ -306,6 +307,7 @@ def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec
                 "harness.seed": cell.seed, "harness.spec": spec_file or "", "harness.git_commit": git_commit(),
                 "harness.attempt": attempt or 1, "harness.spec_name": cell.spec_name,
                 "harness.host": os.uname().nodename, "harness.world_size": world,
+                "harness.platform": platform_tag(device),
                 "harness.headline": "nms" if cfg.eval.nms else "nms_free", **axis_tags(cell.picks)}
         if os.environ.get("SLURM_JOB_ID"):
             tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]

@@ -17,6 +17,7 @@ from harness.model.assign.aware import (
 from harness.model.assign.common import AssignInput, center_prior
 from harness.model.assign.hungarian import solve_restricted
 from harness.model.assign.static import assign_anchor, assign_atss, assign_center, assign_fcos
+from harness.model.box_ops import mmdet_roundtrip, pairwise_iou
 from harness.model.points import make_grid
 from harness.spec.schema import FCOS_RANGES
 
@@ -126,12 +127,64 @@ def test_center_nearest_location_per_level_in_range():
     assert positives(idx) == {9: 0}
 
 
-def test_center_exact_distance_tie_goes_as_cvpods():
-    # centre (40, 10.6) is exactly between the P3 locations (36, 12) = 12 and (44, 12) = 13;
-    # cvpods' cdist(centres, level locations) + top-1 along the locations picks 12 (a single
-    # cdist over all locations and a top-k along them rounds differently and picks 13)
-    idx = assign_center(inp([[38.5, 7.1, 41.5, 14.1]]), scale_ranges=FCOS_RANGES)
-    assert positives(idx) == {12: 0}
+def center_as_cvpods(points, counts, level, boxes, ranges):
+    """DeFCN's Center rule transcribed step by step (its `get_ground_truth`): per level
+    `cdist(GT centres, level locations)` and top-1 along the locations, the range check on
+    max(l, t, r, b), area = inf outside, then the minimum area over the GTs."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    chosen = torch.zeros(len(boxes), len(points), dtype=torch.bool)
+    base = 0
+    for n in counts:
+        _, top = torch.cdist(centres, points[base:base + n]).topk(1, dim=1, largest=False)
+        chosen.scatter_(1, base + top, True)
+        base += n
+    deltas = torch.stack([points[None, :, 0] - boxes[:, None, 0], points[None, :, 1] - boxes[:, None, 1],
+                          boxes[:, None, 2] - points[None, :, 0], boxes[:, None, 3] - points[None, :, 1]], -1)
+    max_delta = deltas.max(dim=2).values
+    r = torch.tensor(ranges, dtype=torch.float32)[level]
+    cared = (max_delta >= r[None, :, 0]) & (max_delta <= r[None, :, 1])
+    areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None].repeat(1, len(points))
+    areas[~cared | ~chosen] = float("inf")
+    best, idx = areas.min(dim=0)
+    idx[best == float("inf")] = -1
+    return idx
+
+
+def test_center_ties_go_as_cvpods_on_this_machine():
+    # GT centres exactly between two locations of a level (in x, in y or both), at y or x offsets
+    # that are not exact in binary (10.6 = 12 - 1.4): the distances tie in exact arithmetic and
+    # cdist's rounding, which depends on the CPU's kernels and on the operand order and sizes,
+    # decides the nearest location. So the expected index is never hard-coded: the rule must pick
+    # what DeFCN's own computation picks on the same machine, for every problem.
+    g = make_grid([(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)], STRIDES)
+    gen = torch.Generator().manual_seed(0)
+    ranges = [(-1, 16), (16, 32), (32, 64), (64, 128), (128, float("inf"))]
+    for problem in range(300):
+        boxes = []
+        for _ in range(1 + problem % 6):
+            stride = STRIDES[int(torch.randint(0, 3, (1,), generator=gen))]
+            cx = stride * float(torch.randint(1, 128 // stride, (1,), generator=gen))  # a midpoint
+            cy = stride / 2 + float(torch.randint(0, 128 // stride, (1,), generator=gen)) * stride
+            off = float(torch.rand(1, generator=gen)) * stride / 2
+            cy += off if problem % 2 else -off
+            if problem % 3 == 0:
+                cx, cy = cy, cx
+            w, h = (float(v) for v in torch.rand(2, generator=gen) * 60 + 2)
+            boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        i = inp(boxes, grid=g)
+        expected = center_as_cvpods(g.points, g.counts, g.level, i.gt_boxes, ranges)
+        assert torch.equal(assign_center(i, scale_ranges=ranges), expected), problem
+
+
+def test_center_exact_binary_tie_goes_as_cvpods():
+    # centre (40, 12): exactly 4 px from the P3 locations (36, 12) = 12 and (44, 12) = 13, a tie
+    # that is exact in binary whatever cdist's kernel; which of the two cvpods' top-1 keeps is
+    # torch's, so the rule is compared with the transcription, and one of the two must win
+    g = grid64()
+    i = inp([[37.0, 9.0, 43.0, 15.0]], grid=g)
+    idx = assign_center(i, scale_ranges=FCOS_RANGES)
+    assert set(positives(idx)) <= {12, 13} and len(positives(idx)) == 1
+    assert torch.equal(idx, center_as_cvpods(g.points, g.counts, g.level, i.gt_boxes, FCOS_RANGES))
 
 
 # --------------------------------------------------------------------------- POTO
@@ -306,13 +359,19 @@ def test_assigners_never_track_gradients():
 
 
 def test_date_poto_near_tie_goes_through_the_mmdet_box_roundtrip():
-    # two predictions 2e-5 px apart: the IoU of the boxes as DATE's assigner sees them (back
-    # from normalised cxcywh) ranks them the other way round than the raw xyxy boxes
+    # two predictions 2e-5 px apart whose raw xyxy boxes have exactly the same float32 IoU with
+    # the GT (IoU takes only min, max, -, x and /: the same bits on every CPU), so DeFCN's raw
+    # boxes tie and the solver's lowest index (18) wins; back from normalised cxcywh, as DATE's
+    # assigner sees them, 19 leads by a few ulps in IoU, far more than a vectorised pow's 1 ulp
     g = grid64()
     r = g.points.shape[0]
     pred = torch.tensor([[0.0, 0, 1, 1]]).repeat(r, 1)
     pred[18] = torch.tensor([9.287493705749512, 9.971630096435547, 40.41671371459961, 44.02312088012695])
     pred[19] = torch.tensor([9.287513732910156, 9.971622467041016, 40.416717529296875, 44.02313232421875])
     i = inp([[10.0, 10.0, 40.0, 44.0]], scores=torch.full((r, 1), 0.5), pred_boxes=pred, image_size=(61, 77))
+    iou = pairwise_iou(i.gt_boxes, pred[18:20])
+    assert iou[0, 0] == iou[0, 1]
+    trip = pairwise_iou(i.gt_boxes, mmdet_roundtrip(pred[18:20], (61, 77)))
+    assert trip[0, 1] > trip[0, 0]
     assert positives(assign_poto(i, outside_value=0.0, box_roundtrip=True)) == {19: 0}
     assert positives(assign_poto(i, outside_value=0.0)) == {18: 0}  # DeFCN: the raw boxes

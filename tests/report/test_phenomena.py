@@ -128,7 +128,11 @@ def test_reproduction_table_against_intervals():
     other = frame({("FCOS", "eval.nms.ap50"): [0.76, 0.765], ("POTO", "eval.nms.ap50"): [0.80, 0.81, 0.79]})
     md, inside, compared = reproduction_table("quickstart", spec, ref, other)
     assert (inside, compared) == (1, 2)
-    assert "76.2 in [73.5, 78.5] ✓ (n=2)" in md and "80.0 in [68.5, 73.5] ✗" in md
+    # prediction intervals for a mean of m new seeds: 0.76 ± t(0.975, 2) · 0.01 · sqrt(1/3 + 1/m)
+    t = 4.302652729911275
+    lo2, hi2 = 76 - t * math.sqrt(1 / 3 + 1 / 2), 76 + t * math.sqrt(1 / 3 + 1 / 2)
+    lo3, hi3 = 71 - t * math.sqrt(2 / 3), 71 + t * math.sqrt(2 / 3)
+    assert f"76.2 in [{lo2:.1f}, {hi2:.1f}] ✓ (n=2)" in md and f"80.0 in [{lo3:.1f}, {hi3:.1f}] ✗" in md
     assert redact("http://alice:s3cret@host:5000/x") == "http://host:5000/x"
     assert redact("sqlite:////tmp/fresh1/mlflow.db") == "sqlite: fresh1/mlflow.db"
 

@@ -311,3 +311,61 @@ def test_status_reads_the_store_read_only_and_a_wrong_uri_is_an_error(store, run
     assert "1 failed, 4 finished, 1 pending" in out and digest(db) == before
     code, _, err = run_cli("status", spec, "--tracking-uri", f"sqlite:///{tmp_path}/typo/mlflow.db")
     assert code == 2 and "no such directory for the SQLite store" in err and not (tmp_path / "typo").exists()
+
+
+def _fill(ws: Path, spec: Path, values: dict, platform: str) -> str:
+    """A store at ws/mlflow.db with one FINISHED run per (row, seed) in values (ap, ar100)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    ws.mkdir()
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("rep", artifact_location=(ws / "art").as_uri())
+    for c in expand(load_spec(spec)):
+        if (c.row, c.seed) in values:
+            ap, ar = values[(c.row, c.seed)]
+            run = client.create_run(exp, tags={"harness.run_key": c.run_key, "harness.row": c.row,
+                                               "harness.platform": platform}, run_name=c.id)
+            client.log_batch(run.info.run_id, metrics=[Metric("eval.ap", ap, 0, 5), Metric("eval.ar100", ar, 0, 5)])
+            client.set_terminated(run.info.run_id, "FINISHED")
+    return uri
+
+
+def test_reproduction_says_what_a_platform_promises(run_cli, tmp_path):
+    # three stores of the same cells: the reference, a bit-identical rerun on its platform, and a
+    # rerun on another processor whose cells differ in their rounding (one row far off)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    spec = tmp_path / "rep.yaml"
+    spec.write_text(SPEC)
+    ref = {("FCOS", s): (0.410 + 0.002 * s, 0.590 + 0.001 * s) for s in range(3)}
+    ref |= {("POTO", s): (0.390 + 0.003 * s, 0.620 - 0.002 * s) for s in range(3)}
+    other = {k: (ap + 0.0007, ar - 0.0004) for k, (ap, ar) in ref.items()}
+    other[("POTO", 2)] = (0.450, 0.615)  # POTO's mean AP moves by +1.6 points: outside
+    one = "AMD EPYC, CPU kernels AVX512, 1 thread, torch 2.14.1"
+    _fill(tmp_path / "a", spec, ref, one)
+    same = _fill(tmp_path / "b", spec, ref, one)
+    elsewhere = _fill(tmp_path / "c", spec, other, "Intel Xeon, CPU kernels AVX2, 2 threads, torch 2.14.1")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- harness:table main -->\n<!-- /harness:table -->\n"
+                      "<!-- harness:table rep.reproduction -->\nold\n<!-- /harness:table -->\n")
+    out = tmp_path / "r.md"
+    code, _, err = run_cli("report", spec, "--workspace", tmp_path / "a", "--out", out, "--readme", readme,
+                           "--against", same, "--against", elsewhere)
+    assert code == 0, err
+    text = out.read_text()
+    assert "95% prediction interval" in text
+    assert (f"6 of 6 cells finished in both stores have bit-identical final metrics; the same platform in both "
+            f"stores ({one}): bit-identical cells expected.") in text
+    assert ("0 of 6 cells finished in both stores have bit-identical final metrics; platforms differ (this store: "
+            f"{one}; store 2: Intel Xeon, CPU kernels AVX2, 2 threads, torch 2.14.1): bit-identical cells not "
+            "expected.") in text
+    assert "Largest difference of one cell's final metric between the stores: 5.4 points (POTO seed 2, eval.ap)." in text
+    assert "4 of 4 row means inside" in text and "3 of 4 row means inside" in text
+    region = readme.read_text().split("<!-- harness:table rep.reproduction -->\n")[1].split("<!--")[0]
+    assert region.splitlines() == [
+        "- store 1, the same platform (AMD EPYC, CPU kernels AVX512, 1 thread, torch 2.14.1): 6 of 6 cells; 4 of 4 "
+        "row means inside this table's 95% prediction intervals; 6 of 6 cells bit-identical (expected).",
+        "- store 2, another platform (Intel Xeon, CPU kernels AVX2, 2 threads, torch 2.14.1): 6 of 6 cells; 3 of 4 "
+        "row means inside this table's 95% prediction intervals; 0 of 6 cells bit-identical (not expected); one "
+        "cell's metric moved by up to 5.4 points."]

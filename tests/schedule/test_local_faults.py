@@ -152,7 +152,9 @@ def test_nan_cell_fails_the_others_finish(tmp_path):
 
 
 def test_exploding_cell_fails_diverged_and_is_not_retried(tmp_path):
-    spec = write_spec(tmp_path, rows=("X:explode",), iters=60, ckpt=1000)
+    # flagged at iteration 41-42 on AVX-512, AVX2 and scalar kernels, 1 or 2 threads; 120 leaves
+    # room for another CPU's rounding before the end of the schedule
+    spec = write_spec(tmp_path, rows=("X:explode",), iters=120, ckpt=1000)
     ws = tmp_path / "ws"
     proc = subprocess.run(harness_run(spec, ws), env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -163,7 +165,7 @@ def test_exploding_cell_fails_diverged_and_is_not_retried(tmp_path):
     r = runs(ws, "sched").iloc[0]
     assert r["status"] == "FAILED" and r["tags.harness.attempt"] == "1"
     reason = r["tags.harness.failure"]
-    assert reason.startswith("diverged: total loss EMA ") and int(reason.rsplit(" ", 1)[1]) < 60
+    assert reason.startswith("diverged: total loss EMA ") and int(reason.rsplit(" ", 1)[1]) < 120
     status = subprocess.run([sys.executable, "-m", "harness", "status", str(spec), "--workspace", str(ws)],
                             env={**ENV, "COLUMNS": "250"}, capture_output=True, text=True, timeout=300)
     assert status.returncode == 0
