@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     _add_overrides(p)
     _add_store(p)
-    p.add_argument("--out", default=None, metavar="FILE", help="markdown report to write")
+    p.add_argument("--out", default=None, metavar="FILE", help="markdown report to write (its JSON beside it)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="the results as JSON: every per-seed value with its run id, each row's n, mean, std and "
+                        "interval, each claim's test, interval, p, Holm p, verdict, power and seeds needed")
     p.add_argument("--readme", default=None, metavar="FILE",
                    help="rewrite the <!-- harness:table NAME --> regions of FILE")
     p.add_argument("--check", action="store_true",
@@ -287,7 +290,7 @@ def cmd_report(args) -> int:
         check_tracking_uri(other)
         check_store_exists(other, "--against")
     return report(loaded, cells, uri=uri, out=args.out, readme=args.readme, check=args.check,
-                  against=tuple(args.against), allow_empty=args.allow_empty)
+                  against=tuple(args.against), allow_empty=args.allow_empty, json_out=args.json)
 
 
 def cmd_sweep(args) -> int:

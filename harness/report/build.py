@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -10,11 +11,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.report.claims import ALPHA
 from harness.report.claims import line as claim_line
 from harness.report.collect import collect, plot_histories
 from harness.report.readme import regions, rewrite
 from harness.report.stats import summarize
-from harness.report.tables import LAYOUTS, confidence_table, pct, render_table, reproduction_table
+from harness.report.tables import (
+    LAYOUTS,
+    claims_table,
+    confidence_table,
+    pct,
+    render_table,
+    reproduction_table,
+)
 from harness.spec.errors import Problem, UserError
 from harness.spec.load import LoadedSpec
 from harness.spec.matrix import Cell
@@ -95,8 +104,9 @@ def data_quality(df: pd.DataFrame, listing: Listing | None = None) -> list[str]:
 
 def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | None,
                  against: tuple[str, ...] = (), listing: Listing | None = None):
-    """The report's markdown and the README regions: (text, tables). With `out`, the figures are
-    drawn beside it (`report` calls this only after every input was checked)."""
+    """The report's markdown, the README regions and the JSON results: (text, tables, data).
+    With `out`, the figures are drawn beside it (`report` calls this only after every input was
+    checked)."""
     spec = loaded.spec
     if not spec.tables:
         raise UserError(Problem(loaded.file, None, "tables", "the spec declares no tables to report"))
@@ -123,6 +133,9 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
         lines += ["Diverged cells (FAILED, left out of the means): "
                   + "; ".join(f"{r.row}/{r.dataset}/{r.seed}: {r.failure}" for r in diverged.itertuples()) + ".", ""]
     tables: dict[str, str] = {}
+    data = {"spec": spec.name, "spec_file": loaded.file, "description": spec.description, "cells": len(cells),
+            "finished": n_finished, "seeds": list(spec.seeds), "alpha": ALPHA, "counting_rule": COUNTING_RULE,
+            "units": "fractions (0.5 = 50 %), as logged; *_points in points", "tables": []}
     hist = None
     if out is not None:  # histories only for plots: the tables need the listing alone
         keys = sorted({"train.total_loss"} | {k for t in spec.tables.values() for _, _, k in LAYOUTS[t.layout][1][:2]})
@@ -130,16 +143,15 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
     for name, table in spec.tables.items():
         rt = render_table(name, spec, cells, df)
         rows = [r.label for r in spec.rows if r.table == name]
-        tables[name] = f"{rt.markdown}\n\n{rt.legend} Per-seed values, intervals and tests: `harness report`."
+        data["tables"].append(table_json(name, spec, df, rt.results))
+        claims_md, claims_legend = claims_table(rt.results)
+        region = f"{rt.markdown}\n\n{rt.legend}"
+        if claims_md:
+            region += f"\n\n{claims_md}\n\n{claims_legend}"
+        tables[name] = region + " Per-seed values, intervals and tests: `harness report`."
         lines += [f"## {rt.title}", "", rt.markdown, "", rt.noise, "", rt.legend, ""]
         if rt.results:
-            head = ("The papers' phenomena at this scale" if table.layout == "quickstart"
-                    else "Claims")
-            lines += [f"### {head}", "",
-                      f"Holm's correction over the {len(rt.results)} claims this table declares; a claim is "
-                      f"significant at adjusted p < 0.05, tested only with at least 3 seeds per side. With 3 "
-                      f"seeds a test finds only large effects (a real gain of 2 seed-stds is significant a "
-                      f"few times in a hundred after Holm): read the intervals, not the verdicts alone.", ""]
+            lines += [f"### Claims of {rt.title}", "", claims_md, "", claims_legend, ""]
             lines += [f"- {claim_line(r)}" for r in rt.results] + [""]
         lines += ["Per-seed values:", ""] + [f"- {f}" for f in rt.footnotes] + [""]
         lines += ["95% t-intervals:", "", confidence_table(name, spec, df), ""]
@@ -161,7 +173,36 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
         section, summary = reproduction(spec, cells, df, against)
         lines += section
         tables[f"{spec.name}.reproduction"] = summary
-    return "\n".join(lines).rstrip() + "\n", tables
+    return "\n".join(lines).rstrip() + "\n", tables, data
+
+
+def _finite(x) -> float | None:
+    return float(x) if x is not None and pd.notna(x) and math.isfinite(float(x)) else None
+
+
+def table_json(name: str, spec, df: pd.DataFrame, results) -> dict:
+    """One table's results: per row and column every seed's value (with its run id and state),
+    n, mean, sample std and 95% t-interval; and the claims (`claims.Result.as_dict`)."""
+    table = spec.tables[name]
+    _, metrics = LAYOUTS[table.layout]
+    rows = []
+    for r in (r for r in spec.rows if r.table == name):
+        sub = df[df["row"] == r.label].sort_values(["dataset", "seed"])
+        cols = []
+        for header, metric, key in metrics:
+            post = key.split(".")[1] if key.count(".") == 2 else None
+            column = sub[key] if key in sub else [None] * len(sub)
+            values = [{"dataset": d, "seed": int(seed), "status": status, "run_id": run_id, "value": _finite(v)}
+                      for d, seed, status, run_id, v in zip(sub["dataset"], sub["seed"], sub["status"], sub["run_id"],
+                                                           column, strict=True)]
+            s = summarize([v["value"] for v in values if v["status"] == "finished" and v["value"] is not None])
+            cols.append({"column": header, "metric": metric, "key": key, "post": post, "n": s.n,
+                         "mean": _finite(s.mean), "std": _finite(s.std), "ci95": [_finite(s.ci_low), _finite(s.ci_high)],
+                         "paper_points": r.paper.get(metric) if key == f"eval.{metric}" else None, "values": values})
+        rows.append({"label": r.label, "model": r.model or r.label, "assignment": r.assignment,
+                     "baseline": r.baseline, "columns": cols})
+    return {"name": name, "title": table.title, "layout": table.layout, "rows": rows,
+            "claims": [c.as_dict() for c in results]}
 
 
 def figures(spec, name: str, rows: list[str], df: pd.DataFrame, hist: pd.DataFrame, metrics, plot_dir: Path,
@@ -307,7 +348,8 @@ def _nms(cells: list[Cell], row: str) -> bool:
 
 
 def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, readme: str | None,
-           check: bool, against: tuple[str, ...] = (), allow_empty: bool = False) -> int:
+           check: bool, against: tuple[str, ...] = (), allow_empty: bool = False,
+           json_out: str | None = None) -> int:
     """Every input is checked before anything is written (plots, report, README): the README,
     then the store (opened read-only), its experiment and finished runs. A store without a
     finished cell of the spec is an error unless allow_empty."""
@@ -345,7 +387,10 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
         read_listing(a_ro, spec.name, store_name(a), "--against")
     if out_path is not None and not check:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-    text, tables = build_report(loaded, cells, ro, None if check else out_path, against_ro, listing)
+    json_path = Path(json_out) if json_out else (out_path.with_suffix(".json") if out_path is not None else None)
+    if json_path is not None and json_path.is_dir():
+        raise UserError(Problem(str(json_path), None, "--json", "is a directory; give the JSON file to write"))
+    text, tables, data = build_report(loaded, cells, ro, None if check else out_path, against_ro, listing)
     if readme:
         path = Path(readme)
         new, changed = rewrite(original, tables)
@@ -362,6 +407,12 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
             print(f"{readme}: rewrote {', '.join(changed)}")
     if check:
         return 0
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+        tmp.replace(json_path)
+        print(f"wrote {json_path}")
     if out_path is not None:
         tmp = out_path.with_name(out_path.name + ".tmp")
         tmp.write_text(text)

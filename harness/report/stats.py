@@ -97,6 +97,8 @@ class Comparison:
     ci_low: float
     ci_high: float
     p: float  # one-sided, H1: delta > -margin (sign=+1) or delta < margin (sign=-1); nan if untestable
+    se: float = math.nan  # standard error of delta
+    df: float = math.nan  # degrees of freedom of the t reference (Welch-Satterthwaite unpaired)
 
 
 def compare(a: list[float], b: list[float], *, paired: bool, sign: int = 1, margin: float = 0.0) -> Comparison:
@@ -134,7 +136,7 @@ def compare(a: list[float], b: list[float], *, paired: bool, sign: int = 1, marg
     test = "paired t" if paired else "Welch t"
     if se == 0:
         holds = sign * delta > -margin
-        return Comparison(test, na, nb, delta, delta, delta, 0.0 if holds else 1.0)
+        return Comparison(test, na, nb, delta, delta, delta, 0.0 if holds else 1.0, 0.0, df)
     half = float(stats.t.ppf(0.975, df)) * se
     t = (sign * delta + margin) / se
-    return Comparison(test, na, nb, delta, delta - half, delta + half, float(stats.t.sf(t, df)))
+    return Comparison(test, na, nb, delta, delta - half, delta + half, float(stats.t.sf(t, df)), se, df)

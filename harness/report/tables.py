@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.report.claims import ALPHA, MIN_N, MIN_STD, Result, claims_of, evaluate, family, points
+from harness.report.claims import (
+    ALPHA,
+    MIN_STD,
+    Result,
+    claims_of,
+    evaluate,
+    fmt_p,
+    observed_need,
+    points,
+    seeds_text,
+)
 from harness.report.stats import Summary, pooled_std, prediction_interval, summarize
 from harness.spec.matrix import Cell
 from harness.spec.schema import Spec
@@ -112,6 +122,8 @@ def _finite(df: pd.DataFrame, idx, key: str) -> bool:
 
 
 def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> RenderedTable:
+    """The results table (the seed README's rows, columns, headers and footnotes, mean ± std over
+    seeds) and, apart from it, the claims table (one line per declared claim)."""
     table = spec.tables[name]
     text_cols, metrics = LAYOUTS[table.layout]
     rows = [r for r in spec.rows if r.table == name]
@@ -121,16 +133,9 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
     nms_of = {c.row: c.config.eval.nms for c in cells}
 
     results = evaluate(claims_of(spec, name, metrics[0][1]), df)
-    header_of = {}
-    for h, m, _ in metrics:
-        header_of.setdefault(m, h.replace(" no NMS", "").replace(" NMS", ""))
-    delta_metrics = [m for m in dict.fromkeys(m for _, m, _ in metrics)
-                     if any(r.claim.metric == m for r in results)]
-    delta_metrics += [m for m in dict.fromkeys(r.claim.metric for r in results) if m not in delta_metrics]
     header = [h for h, _ in text_cols] + [h for h, _, _ in metrics]
     if table.layout in NOTE_LAYOUTS:
         header.append("note")
-    header += [f"Δ {header_of.get(m, m)}" for m in delta_metrics]
 
     body = []
     for r in rows:
@@ -142,16 +147,6 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
             line.append(fmt_summary(summarize(_values(df, r.label, key)), per_row.get(r.label) or expected, paper))
         if table.layout in NOTE_LAYOUTS:
             line.append(r.note)
-        for m in delta_metrics:
-            mine = [x for x in results if x.claim.row == r.label and x.claim.metric == m]
-            if mine:
-                line.append(", ".join(
-                    (f"{points(x.test.delta)}{' ' + x.mark if x.mark else ''}" if x.test.n_a and x.test.n_b else "—")
-                    + f" [{x.number}]" for x in mine))
-            elif any(x.claim.vs == r.label and x.claim.metric == m for x in results):
-                line.append("ref.")
-            else:
-                line.append("")
         body.append(line)
 
     keys = list(dict.fromkeys(k for _, _, k in metrics))
@@ -159,11 +154,11 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
     for r in rows:
         sub = df[df["row"] == r.label].sort_values(["dataset", "seed"])
         parts = []
-        for _, m, key in _first_per_metric(metrics):
+        for h, _, key in metrics:  # every column, both post-processings where the layout has them
             vals = [(f"{pct(v)}" if pd.notna(v) else "NaN") if st == "finished" else "—"
                     for v, st in zip(sub.get(key, [math.nan] * len(sub)), sub["status"], strict=True)]
             if vals:
-                parts.append(f"{m} " + ", ".join(vals))
+                parts.append(f"{h} " + ", ".join(vals))
         seeds = ", ".join(str(s) for s in sub["seed"])
         bad = shortfalls(df, r.label, keys)
         foot.append(f"{r.label} (seeds {seeds}): " + "; ".join(parts) + (" — " + "; ".join(bad) if bad else ""))
@@ -178,21 +173,51 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
         noise += f"; the paper says: {table.remark}"
     has_paper = any(r.paper for r in rows)
     short = [f"{lab}: " + "; ".join(b) for lab in labels if (b := shortfalls(df, lab, keys))]
-    legend = ("Cells: mean ± sample std over seeds, in percent" + ("; (x): the paper's value" if has_paper else "")
-              + f"; n=k/N: k of N seeds count{' (why: below)' if short else ''}; —: none. Δ [k]: claim k, "
-              "difference of means in "
-              f"points; ✓ / ✗: significantly better / worse (Holm over the table's claims, p < {ALPHA}; mMR: "
-              f"lower is better); no mark below {MIN_N} seeds per side or with identical seeds.")
+    lower = any(m == "mmr" for _, m, _ in metrics)
+    legend = (f"Cells: mean ± sample std over {expected} seeds, in percent"
+              + ("; (x): the paper's value" if has_paper else "")
+              + f"; n=k/N: k of N seeds count{' (why: below)' if short else ''}; —: none"
+              + ("; mMR: lower is better" if lower else "") + ".")
     notes = []
     if any(r.assignment.endswith("*") for r in rows):  # the seed tables' footnote on "mixture*"
         notes.append("\\* mixture: the one-to-one assignment (POTO) trains the filtered score, the "
                      "one-to-many auxiliary loss the raw classification score.")
     if short:
         notes.append("Fewer seeds than cells: " + " · ".join(short) + ".")
-    if results:
-        notes.append(family(results))
     md = _markdown(header, body) + "".join(f"\n\n{n}" for n in notes)
     return RenderedTable(name, table.title, md, foot, noise, legend, results)
+
+
+def claims_table(results: list[Result]) -> tuple[str, str]:
+    """One line per declared claim, and its one-line legend: (markdown, legend)."""
+    if not results:
+        return "", ""
+    header = ["claim", "Δ (points)", "interval", "test", "p (Holm)", "verdict", "detectable Δ", "seeds needed"]
+    body = []
+    for r in results:
+        t = r.test
+        delta = points(t.delta) if t.n_a and t.n_b else "—"
+        interval = f"{points(r.low)} to {points(r.high)} ({r.interval_name})" if math.isfinite(r.low) else "—"
+        p = f"{fmt_p(r.p)[4:] if r.p >= 0.001 else '< 0.001'} ({fmt_p(r.p_holm)[4:] if r.p_holm >= 0.001 else '< 0.001'})" \
+            if math.isfinite(r.p) else "—"
+        verdict = r.verdict if not r.untested else f"untested ({r.untested.split(':')[0]})"
+        detect = (points(r.sign * r.mde) if math.isfinite(r.mde)
+                  else f"power at 0: {r.power_at_zero:.2f}" if math.isfinite(r.power_at_zero) else "—")
+        need = []
+        if r.claim.effect is not None:
+            need.append(f"{seeds_text(r.seeds_declared, min(t.n_a, t.n_b))} for {r.claim.effect:g}")
+        if not r.verdict.startswith("holds") and t.n_a and t.n_b:
+            need.append(observed_need(r))
+        body.append([f"[{r.number}] {r.title}", delta, interval, r.test_name, p, f"**{verdict}**" if r.mark else verdict,
+                     detect, "; ".join(need) or "—"])
+    n = min((min(r.test.n_a, r.test.n_b) for r in results), default=0)
+    m = len(results)
+    legend = (f"Claims: one test each, Holm over the {m} as one family at α = {ALPHA}; Δ = row − vs; the interval "
+              "is the one the verdict is read from (two-sided, at the claim's Holm step); holds / contradicted / "
+              "inconclusive; detectable Δ: the true Δ its test shows with 80% power at α/"
+              f"{m} with {n} seeds per side and the pooled seed std; seeds needed per side for 80% power: "
+              "for the declared effect, and for the observed Δ when the claim does not hold yet.")
+    return _markdown(header, body), legend
 
 
 def _first_per_metric(metrics):

@@ -360,7 +360,19 @@ def _reference_problems(ld: LoadedSpec) -> list[Problem]:
             if claim.row == claim.vs and claim.post == claim.vs_post:
                 problems.append(ld.source("tables", name, "claims", i).problem(
                     "a claim compares a row with itself: give post and vs_post (nms / nms_free)"))
-            if claim.margin and claim.expect != "better":
+            if claim.margin and claim.expect not in ("better", "worse", "equivalent"):
                 problems.append(ld.source("tables", name, "claims", i, "margin").problem(
-                    "a margin needs expect: better (within margin points, or better)"))
+                    "a margin needs expect: better / worse (within margin points, or better) or equivalent"))
+            if claim.expect == "equivalent" and not claim.margin:
+                problems.append(ld.source("tables", name, "claims", i, "expect").problem(
+                    "equivalent needs a margin (points): the claim is -margin < difference < margin"))
+            if claim.paired and claim.row == claim.vs:
+                problems.append(ld.source("tables", name, "claims", i, "paired").problem(
+                    "the same row on both sides is always paired (the same runs); leave 'paired' out"))
+            elif claim.paired and not claim.pairing.strip():
+                problems.append(ld.source("tables", name, "claims", i, "pairing").problem(
+                    "pairing different rows by seed needs its reason in 'pairing' (the report prints it)"))
+            elif claim.pairing and not claim.paired:
+                problems.append(ld.source("tables", name, "claims", i, "pairing").problem(
+                    "a pairing reason without paired: true"))
     return problems

@@ -616,14 +616,17 @@ class Row(Strict):
 
 class Claim(Strict):
     """One comparison a table declares: `row` (with its postprocessing `post`) against `vs`
-    (with `vs_post`) on one metric. Presentation only: claims never enter a run key.
+    (with `vs_post`) on one metric; one hypothesis, tested once. Presentation only: claims never
+    enter a run key.
 
     post / vs_post: `nms` or `nms_free` reads `eval.nms.<metric>` / `eval.nms_free.<metric>`
     (both are logged by every run); absent, the row's own headline `eval.<metric>`. Both sides
-    on the same row are the same runs: a paired t-test on the per-seed differences; otherwise
-    Welch's t-test. expect: what the claim says of `row` against `vs` in the metric's direction
-    (`better`, `worse`; `differs` is two-sided); margin (points) turns `better` into "within
-    margin points, or better" (non-inferiority).
+    on the same row are the same runs: a paired t-test on the per-seed differences; different
+    rows are independent (Welch's t-test) unless `paired: true` with the reason in `pairing`.
+    expect: what the claim says of `row` against `vs` in the metric's direction: `better` or
+    `worse` (one-sided superiority; with a margin in points, non-inferiority: "within margin
+    points, or better"), `differs` (two-sided), `equivalent` (within ±margin points: two
+    one-sided tests).
     """
 
     row: str
@@ -631,8 +634,15 @@ class Claim(Strict):
     post: Literal["nms", "nms_free"] | None = None
     vs_post: Literal["nms", "nms_free"] | None = None
     metric: Literal[METRICS] | None = None  # type: ignore[valid-type]  # default: the layout's first
-    expect: Literal["better", "worse", "differs"] = "better"
+    expect: Literal["better", "worse", "differs", "equivalent"] = "better"
     margin: float = Field(default=0.0, ge=0.0)
+    #: The effect the claim expects, in points in its direction (e.g. the paper's Δ): the report
+    #: prints the seeds per side its test would need to show it with 80% power.
+    effect: float | None = Field(default=None, gt=0.0)
+    #: Different rows paired by seed (their runs share the seed's data order and initialisation,
+    #: say); `pairing` says why. The same row on both sides is always paired (the same runs).
+    paired: bool = False
+    pairing: str = ""
     text: str = ""
 
 

@@ -256,7 +256,7 @@ CLAIMS = MINI.replace("rows:\n", """tables:
       - {row: B, post: nms_free, vs: A, vs_post: nms, metric: ap50}
       - {row: C, vs: A}
       - {row: A, vs: A}
-      - {row: A, post: nms_free, vs: A, vs_post: nms, expect: worse, margin: 1}
+      - {row: A, post: nms_free, vs: A, vs_post: nms, expect: differs, margin: 1}
 rows:
 """)
 
@@ -265,12 +265,12 @@ def test_claims_name_known_rows_and_two_sides(mini_spec):
     msgs = errors_of(mini_spec(CLAIMS))
     assert any(m.endswith("tables.t.claims[1].row: unknown row 'C' (known: A, B)") for m in msgs), msgs
     assert any("tables.t.claims[2]: a claim compares a row with itself" in m for m in msgs), msgs
-    assert any("tables.t.claims[3].margin: a margin needs expect: better" in m for m in msgs), msgs
+    assert any("tables.t.claims[3].margin: a margin needs expect: better / worse" in m for m in msgs), msgs
     assert len(msgs) == 3
 
 
 def test_claims_are_presentation_not_part_of_a_run_key(mini_spec):
     plain = expand(load_spec(mini_spec(MINI.replace("rows:\n", "tables:\n  t: {title: T, layout: quickstart}\nrows:\n"))))
     claimed = expand(load_spec(mini_spec(CLAIMS.replace("      - {row: C, vs: A}\n      - {row: A, vs: A}\n", "")
-                                         .replace(", expect: worse, margin: 1", ""), name="c.yaml")))
+                                         .replace(", expect: differs, margin: 1", ""), name="c.yaml")))
     assert [c.run_key for c in plain] == [c.run_key for c in claimed]
