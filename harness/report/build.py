@@ -176,6 +176,23 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
     return "\n".join(lines).rstrip() + "\n", tables, data
 
 
+def _json_safe(x):
+    """NaN, infinities and pandas' missing values as null; numpy scalars as Python numbers."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (bool, str)) or x is None:
+        return x
+    if hasattr(x, "item"):  # numpy scalar
+        x = x.item()
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, int):
+        return x
+    return None if pd.isna(x) else str(x)
+
+
 def _finite(x) -> float | None:
     return float(x) if x is not None and pd.notna(x) and math.isfinite(float(x)) else None
 
@@ -410,7 +427,7 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(_json_safe(data), indent=1, allow_nan=False) + "\n")
         tmp.replace(json_path)
         print(f"wrote {json_path}")
     if out_path is not None:

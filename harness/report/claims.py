@@ -121,6 +121,28 @@ def decide(low: float, high: float, kind: str, margin: float) -> str:
     return "contradicted" if low >= margin or high <= -margin else "inconclusive"
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One claim's test at a given level, in the claim's direction (fractions)."""
+
+    test: Comparison  # Δ = a - b, its standard error and df
+    p: float
+    low: float  # the interval on the claim's-direction effect at `level`
+    high: float
+    verdict: str  # holds / contradicted / inconclusive
+
+
+def test_claim(a, b, *, paired: bool, kind: str, sign: int, margin: float, level: float) -> Decision:
+    """The whole test of one claim on its per-seed values (paired: a[i] and b[i] from one
+    seed), at `level` (its Holm step; α for a claim alone): what `evaluate` uses for every claim,
+    and what the calibration benchmark simulates."""
+    test = compare(a, b, paired=paired)
+    effect = sign * test.delta
+    p = claim_p(effect, test.se, test.df, kind, margin)
+    low, high = claim_interval(effect, test.se, test.df, kind, level)
+    return Decision(test, p, low, high, decide(low, high, kind, margin))
+
+
 def step_levels(pvalues: list[float], alpha: float = ALPHA) -> tuple[list[float], list[float]]:
     """Holm over the family: (adjusted p-values, the level of each claim's step). The j-th
     smallest p is tested at alpha / (m - j + 1) while every smaller one was rejected; from the
@@ -164,6 +186,7 @@ class Result:
     power_declared: float = math.nan  # power against the declared effect at n
     seeds_declared: int | None = None
     seeds_observed: int | None = None
+    values: tuple[list[float], list[float]] = ((), ())  # what the test saw (paired: aligned by seed)
 
     @property
     def sign(self) -> int:
@@ -246,7 +269,7 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, alpha: float = ALPHA, plan: 
         else:
             xa, xb = [v for v, _ in a.values()], [v for v, _ in b.values()]
         test = compare(xa, xb, paired=paired)
-        r = Result(i, c, kind_of(c), test, a, b, paired, pairing)
+        r = Result(i, c, kind_of(c), test, a, b, paired, pairing, values=(xa, xb))
         if paired:
             spread = [float(np.std(np.subtract(xa, xb), ddof=1))] if len(xa) > 1 else [0.0]
             r.sd = spread[0] if len(xa) > 1 else math.nan
@@ -259,7 +282,8 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, alpha: float = ALPHA, plan: 
             r.untested = ("identical per-seed differences" if paired
                           else "identical values across seeds on one side") + ": the seeds did not vary the runs"
         else:
-            r.p = claim_p(r.sign * test.delta, test.se, test.df, r.kind, c.margin / 100)
+            r.p = test_claim(xa, xb, paired=paired, kind=r.kind, sign=r.sign, margin=c.margin / 100,
+                             level=alpha).p
         results.append(r)
     if not results:
         return results
@@ -273,8 +297,9 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, alpha: float = ALPHA, plan: 
             r.verdict = f"untested: {r.untested}"
             continue
         r.p_holm, r.level = p_adj, level
-        lo, hi = claim_interval(r.sign * r.test.delta, r.test.se, r.test.df, r.kind, level)
-        verdict = decide(lo, hi, r.kind, r.claim.margin / 100)
+        d = test_claim(*r.values, paired=r.paired, kind=r.kind, sign=r.sign, margin=r.claim.margin / 100,
+                       level=level)
+        lo, hi, verdict = d.low, d.high, d.verdict
         r.low, r.high = (lo, hi) if r.sign > 0 else (-hi, -lo)  # back to Δ = row - vs
         if r.kind == "equivalence" and verdict == "holds":
             verdict = f"holds: equivalent within ±{r.claim.margin:g}"

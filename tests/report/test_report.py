@@ -82,7 +82,7 @@ def test_table_matches_the_golden_file(store, run_cli, tmp_path):
         (GOLDEN / "defcn_coco.md").write_text(table + "\n")
         golden = table
     assert table == golden
-    assert "POTO (seeds 0, 1, 2): ap 39.2, —, —" in text
+    assert "POTO (seeds 0, 1, 2): mAP 39.2, —, —; mAR" in text
     assert f"POTO: seed 1 failed ({DIVERGED[:67]}...); seed 2 missing." in table_notes(text)  # the reason, per seed
     assert f"Diverged cells (FAILED, left out of the means): POTO/synthetic/1: {DIVERGED}." in text
     assert "Observed seed noise (pooled std over rows, points): mAP 0.20, mAR 0.20; the paper says: ~0.3 AP noise" in text
@@ -299,7 +299,7 @@ def test_data_quality_nan_duplicates_and_running(run_cli, tmp_path):
     assert "Running (not in the tables yet): POTO/synthetic/2 run" in text
     notes = table_notes(text)
     assert "39.0 (39.2) n=1/3" in notes and "POTO: seed 1: eval.ap is NaN; seed 2 running." in notes
-    assert "POTO (seeds 0, 1, 2): ap 39.0, NaN, —" in text
+    assert "POTO (seeds 0, 1, 2): mAP 39.0, NaN, —; mAR" in text
 
 
 def test_status_reads_the_store_read_only_and_a_wrong_uri_is_an_error(store, run_cli, tmp_path):
@@ -369,3 +369,32 @@ def test_reproduction_says_what_a_platform_promises(run_cli, tmp_path):
         "- store 2, another platform (Intel Xeon, CPU kernels AVX2, 2 threads, torch 2.14.1): 6 of 6 cells; 3 of 4 "
         "row means inside this table's 95% prediction intervals; 0 of 6 cells bit-identical (not expected); one "
         "cell's metric moved by up to 5.4 points."]
+
+
+def test_json_results_beside_the_report_and_on_their_own(store, run_cli, tmp_path):
+    import json
+
+    spec, ws = store
+    out = tmp_path / "reports" / "rep.md"
+    code, _, err = run_cli("report", spec, "--workspace", ws, "--out", out)
+    assert code == 0, err
+    data = json.loads((tmp_path / "reports" / "rep.json").read_text())
+    alone = tmp_path / "alone.json"
+    code, _, err = run_cli("report", spec, "--workspace", ws, "--json", alone)
+    assert code == 0, err
+    assert json.loads(alone.read_text()) == data  # the same results, with or without the markdown
+    assert data["spec"] == "rep" and data["cells"] == 6 and data["finished"] == 4 and data["alpha"] == 0.05
+    (table,) = data["tables"]
+    fcos, poto = table["rows"]
+    ap = fcos["columns"][0]
+    assert (ap["column"], ap["key"], ap["n"], ap["paper_points"]) == ("mAP", "eval.ap", 3, 41.4)
+    assert [v["value"] for v in ap["values"]] == [0.410, 0.414, 0.412] and all(v["run_id"] for v in ap["values"])
+    assert ap["mean"] == pytest.approx(0.412) and ap["std"] == pytest.approx(0.002)
+    assert ap["ci95"][0] == pytest.approx(0.412 - 4.302652729911275 * 0.002 / 3 ** 0.5)
+    states = [(v["seed"], v["status"], v["value"]) for v in poto["columns"][0]["values"]]
+    assert states == [(0, "finished", 0.392), (1, "failed", None), (2, "missing", None)]
+    (claim,) = table["claims"]  # no declared claims: POTO against the baseline, two-sided
+    assert claim["kind"] == "two-sided" and claim["row"] == "POTO" and claim["vs"] == "FCOS"
+    assert claim["verdict"].startswith("untested") and claim["n_row"] == 1 and claim["n_vs"] == 3
+    for key in ("delta", "interval", "p", "p_holm", "min_detectable_effect", "seeds_needed_observed", "row_values"):
+        assert key in claim
