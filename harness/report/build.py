@@ -168,7 +168,7 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
             lines += [f"Rows that did not learn at this scale (headline {metrics[0][0]} below "
                       f"{100 * NOT_LEARNED:.0f}%): " + ", ".join(idle) + ".", ""]
         if hist is not None:  # out is given: every input was checked (report), its folder exists
-            lines += figures(spec, name, rows, df, hist, metrics, plot_dir, stem)
+            lines += figures(spec, name, rows, df, hist, metrics, plot_dir, stem, rt.results)
     if against:
         section, summary = reproduction(spec, cells, df, against)
         lines += section
@@ -223,17 +223,13 @@ def table_json(name: str, spec, df: pd.DataFrame, results) -> dict:
 
 
 def figures(spec, name: str, rows: list[str], df: pd.DataFrame, hist: pd.DataFrame, metrics, plot_dir: Path,
-            stem: str) -> list[str]:
+            stem: str, results) -> list[str]:
     """The table's figures, each with a caption saying what its lines, dots and bands are."""
     from harness.report import plots  # matplotlib: imported only when figures are drawn
     prefix = stem if stem == name else f"{stem}_{name}"  # quickstart.md: quickstart_loss.png
     shown = [(plots.metric_label(header, key), key) for header, _, key in metrics[:2]]
     both = " and ".join(label for label, _ in shown)
-    baseline = next((r.label for r in spec.rows if r.table == name and r.baseline), None)
-    refs = {r.label: r.compare_to or baseline for r in spec.rows
-            if r.table == name and r.label != baseline and (r.compare_to or baseline)}
     short = metrics[0][0].replace("↑", "").replace("↓", "").split()[0]
-    lower = "; for mMR, left of 0 is better" if any(k.endswith(".mmr") for _, k in shown) else ""
     made = [
         ("Validation metrics during training", plots.convergence(hist, shown, rows, plot_dir / f"{prefix}_convergence.png"),
          plots.CAPTIONS["convergence"].format(metric=both)),
@@ -242,8 +238,8 @@ def figures(spec, name: str, rows: list[str], df: pd.DataFrame, hist: pd.DataFra
         (f"{short} with and without NMS per seed",
          plots.nms_pairs(df, metrics[0][1], short, rows, plot_dir / f"{prefix}_nms.png"),
          plots.CAPTIONS["nms"].format(metric=short)),
-        ("Difference to the reference row", plots.deltas(df, shown, refs, plot_dir / f"{prefix}_delta.png"),
-         plots.CAPTIONS["delta"].format(lower=lower)),
+        ("The declared claims", plots.claims_forest(results, plot_dir / f"{prefix}_claims.png"),
+         plots.CAPTIONS["claims"]),
         ("Training loss per seed", plots.loss_curves(hist, rows, plot_dir / f"{prefix}_loss.png"),
          plots.CAPTIONS["loss"]),
     ]

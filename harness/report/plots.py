@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from harness.report.stats import compare, direction, summarize  # noqa: E402
+from harness.report.stats import summarize  # noqa: E402
 
 META = {"Software": None}  # no version stamp: the same data gives the same bytes
 DPI = 150
@@ -33,15 +33,17 @@ SEED_MARKERS = "osD^vP*X"
 CAPTIONS = {
     "convergence": "{metric} on the validation set at each evaluation, one colour per row: the thick line with "
                    "dots is the mean over seeds, the thin lines are the individual seeds.",
-    "seeds": "{metric} of every finished run: one dot per seed, the black tick is the mean over seeds and the "
-             "bar its 95% t-interval (clipped to 0-100 %; none with fewer than 2 seeds).",
+    "seeds": "{metric} of every finished run: one dot per seed, the same colour for a seed in every row and "
+             "panel, the black tick is the mean over seeds and the bar its 95% t-interval (clipped to 0-100 %; "
+             "none with fewer than 2 seeds). Each panel has its own scale.",
     "loss": "Training loss (total of the loss terms, mean over each logging window) on a log scale: one thin "
             "line per seed, one colour per row, so a seed that diverges stands apart.",
     "nms": "{metric} of the same runs with NMS and without it: one panel per row, one line per seed (the "
            "same detections, post-processed twice). A flat line: the row needs no NMS.",
-    "delta": "Δ of each row's mean against its reference row (its `compare_to`, else the table's baseline), in "
-             "points, with the 95% Welch interval (none with fewer than 2 seeds a side). Right of 0: higher "
-             "than the reference{lower}.",
+    "claims": "The table's declared claims: Δ = row - vs in points (dot) with the interval its verdict is read "
+              "from (bar: two-sided, at the claim's Holm step, its confidence beside it). Dashed: the bound the "
+              "claim must clear (0, or the margin); grey band: an equivalence claim's ±margin. Filled dot: the "
+              "claim holds; hollow: contradicted, inconclusive or untested.",
 }
 
 
@@ -118,7 +120,7 @@ def convergence(hist: pd.DataFrame, metrics: list[tuple[str, str]], rows: list[s
     metrics = [(label, key) for label, key in metrics if not hist[hist["key"] == key].empty]
     if not metrics:
         return None
-    fig, axes = _figure(5.2 * len(metrics), 4.2, len(metrics), sharey=True)
+    fig, axes = _figure(5.2 * len(metrics), 4.2, len(metrics))  # each metric its own scale
     for ax, (label, key) in zip(axes, metrics, strict=True):
         sub = hist[hist["key"] == key]
         for i, row in enumerate(rows):
@@ -151,9 +153,9 @@ def seed_dots(df: pd.DataFrame, metrics: list[tuple[str, str]], rows: list[str],
             vals = [100 * float(v) for v in sub[key]]
             if not vals:
                 continue
-            color = COLORS[i % len(COLORS)]
+            seeds = [int(x) for x in sub["seed"]]
             xs = [i + offsets[k % len(offsets)] for k in range(len(vals))]
-            ax.scatter(xs, vals, s=28, color=color, zorder=3)
+            ax.scatter(xs, vals, s=28, color=[COLORS[sd % len(COLORS)] for sd in seeds], zorder=3)
             mean, (lo, hi) = sum(vals) / len(vals), interval([v / 100 for v in vals])
             ax.hlines(mean, i - 0.28, i + 0.28, color="black", linewidth=1.6, zorder=4)
             if not math.isnan(lo):
@@ -201,7 +203,7 @@ def nms_pairs(df: pd.DataFrame, name: str, label: str, rows: list[str], path: Pa
     shown = [r for r in rows if len(_finished(_finished(df, r, a), r, b))]
     if not shown:
         return None
-    fig, axes = _figure(max(5.0, 1.9 * len(shown) + 1.0), 4.0, len(shown), sharey=True)
+    fig, axes = _figure(max(5.0, 1.9 * len(shown) + 1.0), 4.0, len(shown))  # a row's gain stays visible
     seeds = sorted({int(s) for s in df["seed"]})
     many = len(seeds) > len(SEED_MARKERS)  # past 8 seeds: one artist per panel, no legend per seed
     for ax, row in zip(axes, shown, strict=True):
@@ -233,38 +235,33 @@ def nms_pairs(df: pd.DataFrame, name: str, label: str, rows: list[str], path: Pa
     return path
 
 
-def deltas(df: pd.DataFrame, metrics: list[tuple[str, str]], refs: dict[str, str], path: Path) -> Path | None:
-    """Δ (points) of each row's mean against its reference row, with the 95% Welch interval;
-    a panel per metric [(label, key)]. refs: row -> reference row (rows without one are left out)."""
-    panels = []
-    for label, key in metrics:
-        items = []
-        for row, ref in refs.items():
-            a = [float(v) for v in _finished(df, row, key).get(key, [])]
-            b = [float(v) for v in _finished(df, ref, key).get(key, [])]
-            if a and b:
-                c = compare(a, b, paired=False)
-                lo, hi = c.ci_low, c.ci_high
-                items.append((row, ref, 100 * c.delta, max(-100.0, 100 * lo) if not math.isnan(lo) else math.nan,
-                              min(100.0, 100 * hi) if not math.isnan(hi) else math.nan))
-        if items:
-            panels.append((label, key, items))
-    if not panels:
+def claims_forest(results, path: Path) -> Path | None:
+    """One line per declared claim (`claims.Result`): Δ in points with the interval its verdict
+    is read from, the claim's bound, filled when the claim holds."""
+    items = [r for r in results if r.test.n_a and r.test.n_b and math.isfinite(r.test.delta)]
+    if not items:
         return None
-    n = max(len(items) for *_, items in panels)
-    fig, axes = _figure(4.6 * len(panels), 2.2 + 0.5 * n, len(panels), sharey=True)
-    for ax, (label, key, items) in zip(axes, panels, strict=True):
-        ys = list(range(len(items)))[::-1]
-        for y, (_row, _ref, d, lo, hi) in zip(ys, items, strict=True):
-            if not math.isnan(lo):
-                ax.hlines(y, lo, hi, color="black", linewidth=1.4)
-            ax.plot([d], [y], "o", color="black", markersize=5)
-        ax.axvline(0.0, color="grey", linewidth=1.0, linestyle="--")
-        ax.set_yticks(ys)
-        ax.set_yticklabels([f"{row} vs {ref}" for row, ref, *_ in items])
-        ax.set_ylim(-0.7, len(items) - 0.3)
-        better = "lower is better" if direction(key) < 0 else "higher is better"
-        ax.set_xlabel(f"Δ {label} (points; {better})")
-        ax.set_title(label)
-        _style(ax)
-    return _save(fig, path, "Difference to the reference row, 95% interval")
+    fig, axes = _figure(7.5, 1.4 + 0.55 * len(items))
+    ax = axes[0]
+    ys = list(range(len(items)))[::-1]
+    for y, r in zip(ys, items, strict=True):
+        m = r.claim.margin
+        if r.kind == "equivalence":
+            ax.fill_betweenx([y - 0.3, y + 0.3], -m, m, color="grey", alpha=0.25, linewidth=0)
+        elif r.kind != "two-sided":
+            bound = -r.sign * m  # Δ must clear -margin in the claim's direction
+            ax.vlines(bound, y - 0.35, y + 0.35, color="grey", linestyle="--", linewidth=1.2)
+        else:
+            ax.vlines(0.0, y - 0.35, y + 0.35, color="grey", linestyle="--", linewidth=1.2)
+        if math.isfinite(r.low):
+            ax.hlines(y, 100 * r.low, 100 * r.high, color="black", linewidth=1.4)
+            ax.annotate(r.interval_name, (100 * r.high, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
+        holds = r.verdict.startswith("holds")
+        ax.plot([100 * r.test.delta], [y], "o", markersize=6, color="black",
+                markerfacecolor="black" if holds else "white")
+    ax.set_yticks(ys)
+    ax.set_yticklabels([f"[{r.number}] {r.verdict.split(':')[0]}" for r in items])
+    ax.set_ylim(-0.7, len(items) - 0.3)
+    ax.set_xlabel("Δ = row - vs (points; mMR: lower is better)")
+    _style(ax)
+    return _save(fig, path, "Declared claims: Δ and the interval each verdict is read from")

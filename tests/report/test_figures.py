@@ -67,7 +67,7 @@ def test_figures_have_captions_and_are_print_quality(store, run_cli, tmp_path):
     assert re.search(r"\| FCOS \| one-to-many \| .*41\.0 ± 1\.0", text), text
     assert re.search(r"\| POTO \| one-to-one \| .*40\.0 ± 1\.0", text), text
     images = re.findall(r"!\[([^\]]+)\]\(([^)]+)\)\n\n\*([^*]+)\*", text)
-    assert [p for _, p, _ in images] == [f"figs_main_{k}.png" for k in ("convergence", "seeds", "nms", "delta", "loss")]
+    assert [p for _, p, _ in images] == [f"figs_main_{k}.png" for k in ("convergence", "seeds", "nms", "claims", "loss")]
     assert len({alt for alt, _, _ in images}) == len(images)  # no two figures share an alt text
     assert all(len(caption) > 60 for _, _, caption in images)
     assert "one thin line per seed" in images[-1][2] and "one line per seed" in images[2][2]

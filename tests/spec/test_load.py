@@ -269,6 +269,28 @@ def test_claims_name_known_rows_and_two_sides(mini_spec):
     assert len(msgs) == 3
 
 
+@pytest.mark.parametrize("claim, message", [
+    ("{row: B, vs: A, expect: equivalent}", "claims[0].expect: equivalent needs a margin"),
+    ("{row: B, vs: A, paired: true}", "claims[0].pairing: pairing different rows by seed needs its reason"),
+    ("{row: A, post: nms, vs: A, vs_post: nms_free, paired: true, pairing: x}", "claims[0].paired: the same row"),
+    ("{row: B, vs: A, pairing: same init}", "claims[0].pairing: a pairing reason without paired: true"),
+    ("{row: B, vs: A, effect: -1}", "claims[0].effect"),
+])
+def test_new_claim_kinds_are_checked(mini_spec, claim, message):
+    text = MINI.replace("rows:\n", f"tables:\n  t:\n    title: T\n    layout: quickstart\n    claims:\n      - {claim}\nrows:\n")
+    (msg,) = errors_of(mini_spec(text))
+    assert message in msg, msg
+
+
+def test_new_claim_kinds_load(mini_spec):
+    text = MINI.replace("rows:\n", "tables:\n  t:\n    title: T\n    layout: quickstart\n    claims:\n"
+                        "      - {row: B, vs: A, expect: equivalent, margin: 0.5, effect: 0.2}\n"
+                        "      - {row: B, vs: A, paired: true, pairing: one data order and init per seed}\n"
+                        "      - {row: B, vs: A, expect: worse, margin: 1}\nrows:\n")
+    claims = load_spec(mini_spec(text)).spec.tables["t"].claims
+    assert [c.expect for c in claims] == ["equivalent", "better", "worse"] and claims[1].paired
+
+
 def test_claims_are_presentation_not_part_of_a_run_key(mini_spec):
     plain = expand(load_spec(mini_spec(MINI.replace("rows:\n", "tables:\n  t: {title: T, layout: quickstart}\nrows:\n"))))
     claimed = expand(load_spec(mini_spec(CLAIMS.replace("      - {row: C, vs: A}\n      - {row: A, vs: A}\n", "")
