@@ -145,7 +145,7 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
         rows = [r.label for r in spec.rows if r.table == name]
         data["tables"].append(table_json(name, spec, df, rt.results))
         claims_md, claims_legend = claims_table(rt.results)
-        region = f"{rt.markdown}\n\n{rt.legend}"
+        region = f"{rt.markdown}\n\n{rt.legend} {rt.noise}."
         if claims_md:
             region += f"\n\n{claims_md}\n\n{claims_legend}"
         tables[name] = region + " Per-seed values, intervals and tests: `harness report`."

@@ -167,10 +167,14 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
         ps = pooled_std([_values(df, lab, key) for lab in labels])
         if not math.isnan(ps):
             noise_parts.append(f"{h} {100 * ps:.2f}")
+    widest = max(((max(v) - min(v), lab, h) for h, _, key in metrics for lab in labels
+                  if len(v := _values(df, lab, key)) >= 2), default=None)
     noise = ("Observed seed noise (pooled std over rows, points): " + ", ".join(noise_parts)) if noise_parts else \
         "Observed seed noise: needs at least two finished seeds per row"
     if table.remark:
         noise += f"; the paper says: {table.remark}"
+    if widest is not None:
+        noise += f"; widest range over seeds: {100 * widest[0]:.1f} points ({widest[1]}, {widest[2]})"
     has_paper = any(r.paper for r in rows)
     short = [f"{lab}: " + "; ".join(b) for lab in labels if (b := shortfalls(df, lab, keys))]
     lower = any(m == "mmr" for _, m, _ in metrics)
