@@ -223,9 +223,14 @@ class Result:
         return f"{text}% CI"
 
     @property
+    def holds(self) -> bool:
+        """The claim holds (its Holm-adjusted p < α; its interval clears its bound)."""
+        return self.verdict == "holds" or self.verdict.startswith("equivalent within")
+
+    @property
     def mark(self) -> str:
         """✓ when the claim holds, nothing otherwise."""
-        return "✓" if self.verdict.startswith("holds") else ""
+        return "✓" if self.holds else ""
 
     def as_dict(self) -> dict:
         """The claim for the report's JSON (fractions as in MLflow; `_points` fields in points)."""
@@ -246,7 +251,7 @@ class Result:
                     (1 - self.level if self.kind == "two-sided" else 1 - 2 * self.level)
                     if not math.isnan(self.level) else math.nan),
                 "p": num(self.p), "p_holm": num(self.p_holm), "holm_step_level": num(self.level),
-                "verdict": self.verdict, "untested": self.untested or None, "seed_std": num(self.sd),
+                "verdict": self.verdict, "holds": self.holds, "untested": self.untested or None, "seed_std": num(self.sd),
                 "planning_alpha": num(self.plan_alpha), "min_detectable_effect": num(self.mde),
                 "power_at_zero": num(self.power_at_zero), "power_at_declared_effect": num(self.power_declared),
                 "seeds_needed_declared": self.seeds_declared, "seeds_needed_observed": self.seeds_observed,
@@ -302,7 +307,7 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, alpha: float = ALPHA, plan: 
         lo, hi, verdict = d.low, d.high, d.verdict
         r.low, r.high = (lo, hi) if r.sign > 0 else (-hi, -lo)  # back to Δ = row - vs
         if r.kind == "equivalence" and verdict == "holds":
-            verdict = f"holds: equivalent within ±{r.claim.margin:g}"
+            verdict = f"equivalent within ±{r.claim.margin:g}"
         r.verdict = verdict
     return results
 
@@ -382,7 +387,7 @@ def line(r: Result) -> str:
     if r.claim.effect is not None:
         plan.append(f"the declared {r.claim.effect:g} points need {seeds_text(r.seeds_declared, min(t.n_a, t.n_b))} "
                     "seeds per side")
-    if not r.verdict.startswith("holds"):
+    if not r.holds:
         plan.append(observed_need(r, long=True))
     return (f"[{r.number}] {r.title}: **{r.verdict}** ({100 * ma:.1f} vs {100 * mb:.1f}, "
             f"Δ {points(t.delta)} points{ci}{test}, n = {t.n_a}/{t.n_b}{paired})"

@@ -256,7 +256,7 @@ def claims_forest(results, path: Path) -> Path | None:
         if math.isfinite(r.low):
             ax.hlines(y, 100 * r.low, 100 * r.high, color="black", linewidth=1.4)
             ax.annotate(r.interval_name, (100 * r.high, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
-        holds = r.verdict.startswith("holds")
+        holds = r.holds
         ax.plot([100 * r.test.delta], [y], "o", markersize=6, color="black",
                 markerfacecolor="black" if holds else "white")
     ax.set_yticks(ys)

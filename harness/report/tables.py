@@ -210,7 +210,7 @@ def claims_table(results: list[Result]) -> tuple[str, str]:
         need = []
         if r.claim.effect is not None:
             need.append(f"{seeds_text(r.seeds_declared, min(t.n_a, t.n_b))} for {r.claim.effect:g}")
-        if not r.verdict.startswith("holds") and t.n_a and t.n_b:
+        if not r.holds and t.n_a and t.n_b:
             need.append(observed_need(r))
         body.append([f"[{r.number}] {r.title}", delta, interval, r.test_name, p, f"**{verdict}**" if r.mark else verdict,
                      detect, "; ".join(need) or "—"])

@@ -122,7 +122,7 @@ def test_equivalence_is_two_one_sided_tests():
     lower = stats.ttest_ind(np.array(a) + 0.01, b, equal_var=False, alternative="greater").pvalue
     upper = stats.ttest_ind(np.array(a) - 0.01, b, equal_var=False, alternative="less").pvalue
     assert eq.p == pytest.approx(max(lower, upper), rel=1e-9)
-    assert eq.verdict == "holds: equivalent within ±1" and -0.01 < eq.low < eq.high < 0.01
+    assert eq.verdict == "equivalent within ±1" and eq.holds and -0.01 < eq.low < eq.high < 0.01
     assert eq.interval_name == "90% CI" and math.isfinite(eq.power_at_zero)
     (far,) = evaluate([Claim(row="A", vs="B", metric="ap", expect="equivalent", margin=0.05)], df)
     assert far.verdict == "inconclusive"  # ±0.05 points: the interval is wider than the margin
@@ -143,10 +143,11 @@ def test_interval_and_verdict_never_disagree():
         df = frame({(k, "eval.ap"): list(v) for k, v in rows.items()})
         claims = [Claim(row=f"R{i}", vs=f"R{(i + 1) % 4}", metric="ap", **kinds[(trial + i) % 5]) for i in range(4)]
         for r in evaluate(claims, df, plan=False):
-            seen.add(r.verdict.split(":")[0])
+            verdict = "holds" if r.holds else r.verdict
+            seen.add(verdict)
             lo, hi = (r.low, r.high) if r.sign > 0 else (-r.high, -r.low)  # the claim's direction
-            assert decide(lo, hi, r.kind, r.claim.margin / 100) == r.verdict.split(":")[0], (trial, r.verdict)
-            assert (r.p_holm < 0.05) == r.verdict.startswith("holds"), (trial, r.p_holm, r.verdict)
+            assert decide(lo, hi, r.kind, r.claim.margin / 100) == verdict, (trial, r.verdict)
+            assert (r.p_holm < 0.05) == r.holds, (trial, r.p_holm, r.verdict)
     assert seen == {"holds", "inconclusive", "contradicted"}
 
 
