@@ -1,6 +1,6 @@
 """Are the report's claim tests calibrated? (a benchmark, not a test: minutes of simulation)
 
-Simulates per-seed values and decides each claim through `harness.report.claims.test_claim`, the
+Simulates per-seed values and decides each claim through `harness.report.claims.claim_decision`, the
 function `harness report` decides every claim with, alone in its family (its Holm level is α):
 
 - superiority, paired (the same runs post-processed twice: normal per-seed differences) and
@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from harness.report import power as pw
-from harness.report.claims import ALPHA, RULE, test_claim
+from harness.report.claims import ALPHA, RULE, claim_decision
 
 #: (name, claim kind, paired, margin in σ, [(label, true Δ in σ, is the null)])
 SETTINGS = [
@@ -50,7 +50,7 @@ def run(kind: str, paired: bool, n: int, delta: float, margin: float, sims: int,
             a = b + rng.normal(delta, 1.0, n)  # differences ~ N(Δ, 1)
         else:
             a, b = rng.normal(delta, 1.0, n), rng.normal(0.0, 1.0, n)
-        d = test_claim(a.tolist(), b.tolist(), paired=paired, kind=kind, sign=1, margin=margin, level=ALPHA)
+        d = claim_decision(a.tolist(), b.tolist(), paired=paired, kind=kind, sign=1, margin=margin, level=ALPHA)
         held += d.verdict == "holds"
     return held / sims
 

@@ -132,7 +132,7 @@ class Decision:
     verdict: str  # holds / contradicted / inconclusive
 
 
-def test_claim(a, b, *, paired: bool, kind: str, sign: int, margin: float, level: float) -> Decision:
+def claim_decision(a, b, *, paired: bool, kind: str, sign: int, margin: float, level: float) -> Decision:
     """The whole test of one claim on its per-seed values (paired: a[i] and b[i] from one
     seed), at `level` (its Holm step; α for a claim alone): what `evaluate` uses for every claim,
     and what the calibration benchmark simulates."""
@@ -287,7 +287,7 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, alpha: float = ALPHA, plan: 
             r.untested = ("identical per-seed differences" if paired
                           else "identical values across seeds on one side") + ": the seeds did not vary the runs"
         else:
-            r.p = test_claim(xa, xb, paired=paired, kind=r.kind, sign=r.sign, margin=c.margin / 100,
+            r.p = claim_decision(xa, xb, paired=paired, kind=r.kind, sign=r.sign, margin=c.margin / 100,
                              level=alpha).p
         results.append(r)
     if not results:
@@ -302,7 +302,7 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, alpha: float = ALPHA, plan: 
             r.verdict = f"untested: {r.untested}"
             continue
         r.p_holm, r.level = p_adj, level
-        d = test_claim(*r.values, paired=r.paired, kind=r.kind, sign=r.sign, margin=r.claim.margin / 100,
+        d = claim_decision(*r.values, paired=r.paired, kind=r.kind, sign=r.sign, margin=r.claim.margin / 100,
                        level=level)
         lo, hi, verdict = d.low, d.high, d.verdict
         r.low, r.high = (lo, hi) if r.sign > 0 else (-hi, -lo)  # back to Δ = row - vs
