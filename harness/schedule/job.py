@@ -1,10 +1,13 @@
 """A training job: the one description of "train this cell" that every launcher uses.
 
 `harness run` (local pool or Slurm), `harness sweep` and `harness train` itself all go through
-`TrainJob`: the local pool turns it into a `python -m harness train ...` process, the Slurm
-backend pickles it into a submitit job that calls `TrainJob.execute()` in its allocation, and the
-`train` command parses its own arguments into one (`TrainJob.from_args`). The command line is
-written once (`argv`) and read once (`add_train_arguments` + `from_argv`); a test round-trips it.
+`TrainJob`. A job a scheduler launches carries its resolved cell (config and run key, as planned):
+the local pool writes it to `<workspace>/<key>/job.json` and starts `python -m harness train --job
+FILE`, the Slurm backend pickles the job (cell included) into a submitit job that calls
+`TrainJob.execute()` in its allocation. The worker trains exactly that config, never a re-read of
+the spec, and refuses a job file whose key is not its config's. `harness train SPEC --row ...`
+(people) resolves the cell from the spec. The command line is written once (`argv`) and read once
+(`add_train_arguments` + `from_argv`); a test round-trips it.
 """
 
 from __future__ import annotations
@@ -37,8 +40,11 @@ def add_store_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of `harness train`, which `TrainJob.argv` writes."""
-    p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--row", required=True, metavar="LABEL", help="row label of the cell")
+    p.add_argument("spec", metavar="SPEC", nargs="?", default=None)
+    p.add_argument("--row", default=None, metavar="LABEL", help="row label of the cell (required with SPEC)")
+    p.add_argument("--job", default=None, metavar="FILE",
+                   help="a cell as the scheduler planned it (<workspace>/<key>/job.json): trains exactly its "
+                        "config, instead of SPEC and --row")
     p.add_argument("--seed", type=int, default=None, help="one of the spec's seeds (default: first)")
     p.add_argument("--dataset", default=None, help="dataset axis value (default: first)")
     add_override_arguments(p)
@@ -108,17 +114,64 @@ class TrainJob:
     resume: bool = False
     sweep: SweepLink | None = None
     run_key: str | None = None  # the cell's key when the launcher knows it (its log goes there)
+    #: the resolved cell as the launcher planned it (`harness.spec.Cell`); None: resolve it from
+    #: the spec (`harness train SPEC --row`)
+    planned: object | None = None
+    job_file: str | None = None  # where the planned cell is written for a worker process
 
     @classmethod
     def for_cell(cls, cell, *, spec_file: str, workspace: str, tracking_uri: str,
                  overrides: Overrides = Overrides(), fresh: bool = False, sweep: SweepLink | None = None) -> TrainJob:
         return cls(spec_file=spec_file, row=cell.row, dataset=cell.dataset, seed=cell.seed, workspace=workspace,
-                   tracking_uri=tracking_uri, overrides=overrides, fresh=fresh, sweep=sweep, run_key=cell.run_key)
+                   tracking_uri=tracking_uri, overrides=overrides, fresh=fresh, sweep=sweep, run_key=cell.run_key,
+                   planned=cell, job_file=str(CellPaths.of(workspace, cell.run_key).job))
+
+    # ------------------------------------------------------------------ job file
+
+    def write_job(self) -> Path:
+        """Write the planned cell where the worker reads it (atomically; the cell's folder exists)."""
+        from harness.formats.atomic import write_json
+
+        if self.planned is None or self.job_file is None:
+            raise ValueError("only a job with a planned cell has a job file")
+        sweep = None if self.sweep is None else {"parent_run": self.sweep.parent_run, "trial": self.sweep.trial,
+                                                 "sweep": self.sweep.sweep}
+        return write_json(self.job_file, {"version": 1, "spec_file": self.spec_file, "cell": self.planned.to_json(),
+                                          "sweep": sweep}, indent=1)
+
+    @classmethod
+    def read_job(cls, file: str, *, workspace: str, tracking_uri: str | None, fresh: bool = False,
+                 resume: bool = False) -> TrainJob:
+        """The job a scheduler wrote (`write_job`); SpecError when it cannot be trained as it is."""
+        import json
+
+        from harness.spec import Problem, SpecError
+        from harness.spec.matrix import cell_from_json
+
+        try:
+            data = json.loads(Path(file).read_text())
+        except OSError as exc:
+            raise SpecError(Problem(file, None, "--job", f"cannot read: {exc.strerror}")) from None
+        except ValueError as exc:
+            raise SpecError(Problem(file, None, "--job", f"not JSON ({exc})")) from None
+        if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("cell"), dict):
+            raise SpecError(Problem(file, None, "--job", "not a job file of this harness (version 1)"))
+        cell = cell_from_json(data["cell"], file)
+        link = data.get("sweep")
+        sweep = None if not link else SweepLink(str(link["parent_run"]), int(link["trial"]), str(link["sweep"]))
+        return cls(spec_file=str(data.get("spec_file") or ""), row=cell.row, dataset=cell.dataset, seed=cell.seed,
+                   workspace=workspace, tracking_uri=tracking_uri, fresh=fresh, resume=resume, sweep=sweep,
+                   run_key=cell.run_key, planned=cell, job_file=file)
 
     # ------------------------------------------------------------------ argv
 
     def argv(self) -> list[str]:
-        """`harness train` arguments (without the program)."""
+        """`harness train` arguments (without the program): `--job FILE` for a planned cell."""
+        if self.job_file is not None:
+            out = ["train", "--job", self.job_file, "--workspace", self.workspace]
+            if self.tracking_uri is not None:
+                out += ["--tracking-uri", self.tracking_uri]
+            return out + (["--fresh"] if self.fresh else []) + (["--resume"] if self.resume else [])
         out = ["train", self.spec_file, "--row", self.row]
         if self.dataset is not None:
             out += ["--dataset", self.dataset]
@@ -146,6 +199,19 @@ class TrainJob:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainJob:
+        from harness.spec import Problem, SpecError
+
+        if args.job is not None:
+            extra = [name for name, value in (("SPEC", args.spec), ("--row", args.row), ("--seed", args.seed),
+                                              ("--dataset", args.dataset), ("--set", args.overrides),
+                                              ("--set-file", args.set_files), ("--parent-run", args.parent_run))
+                     if value]
+            if extra:
+                raise SpecError(Problem(None, None, "--job", f"a job file is the whole cell: drop {', '.join(extra)}"))
+            return cls.read_job(args.job, workspace=args.workspace, tracking_uri=args.tracking_uri, fresh=args.fresh,
+                                resume=args.resume)
+        if args.spec is None or args.row is None:
+            raise SpecError(Problem(None, None, "train", "give SPEC and --row LABEL (or --job FILE)"))
         sweep = None
         if args.parent_run is not None:
             sweep = SweepLink(args.parent_run, args.trial if args.trial is not None else -1, args.sweep or "")
@@ -174,7 +240,10 @@ class TrainJob:
         return CellPaths.of(self.workspace, self.run_key) if self.run_key else None
 
     def cell(self):
-        """Load the spec, apply the overrides and pick this job's cell (SpecError on bad input)."""
+        """The planned cell; without one, load the spec, apply the overrides and pick this job's
+        cell (SpecError on bad input)."""
+        if self.planned is not None:
+            return self.planned
         from harness.spec import Problem, SpecError, expand, load_spec, row_labels, select
 
         loaded = load_spec(self.spec_file)

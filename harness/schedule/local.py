@@ -128,6 +128,7 @@ class LocalBackend:
         gpus, self.free_gpus = self.free_gpus[:need], self.free_gpus[need:]
         paths = job.paths()
         paths.make()
+        job.write_job()  # the worker trains this planned cell, whatever the spec file says by then
         cmd = job.command(len(gpus))
         header = header or f"launch {attempt} by this harness run (the run's attempt in MLflow follows)"
         log_header(paths.log, f"{header}: {' '.join(cmd)}")

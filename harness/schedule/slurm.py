@@ -100,8 +100,9 @@ class SlurmBackend:
     @staticmethod
     def _absolute(job: TrainJob) -> TrainJob:
         """Jobs may start in another directory."""
-        return replace(job, spec_file=str(Path(job.spec_file).resolve()),
-                       workspace=str(Path(job.workspace).resolve()))
+        return replace(job, spec_file=str(Path(job.spec_file).resolve()) if job.spec_file else job.spec_file,
+                       workspace=str(Path(job.workspace).resolve()),
+                       job_file=str(Path(job.job_file).resolve()) if job.job_file else None)
 
     def submit(self, job: TrainJob, resources, attempt: int = 1, header: str | None = None) -> Handle:
         return self.submit_many([(job, resources)])[0]
@@ -120,6 +121,9 @@ class SlurmBackend:
                 for i in idx:
                     job, resources = items[i]
                     job = self._absolute(job)
+                    if job.planned is not None:  # the pickled job carries the cell; torchrun reads the file
+                        job.paths().make()
+                        job.write_job()
                     submitted.append((i, job, executor.submit(SlurmCell(job, resources.gpus))))
             for i, job, sjob in submitted:
                 paths = job.paths()

@@ -88,6 +88,7 @@ class Cell:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "spec_name": self.spec_name,
             "id": self.id,
             "row": self.row,
             "dataset": self.dataset,
@@ -97,6 +98,27 @@ class Cell:
             "table": self.meta.table if self.meta else None,
             "config": self.config.model_dump(mode="json"),
         }
+
+
+def cell_from_json(data: Any, file: str) -> Cell:
+    """The cell a job file (`Cell.to_json`) describes, its config validated against the schema and
+    its run key recomputed: a key that does not match the config is refused (the file was edited,
+    or written by another schema version), so a worker never trains under a key that is not its
+    config's."""
+    try:
+        config = Config.model_validate(data["config"])
+        cell = Cell(spec_name=str(data["spec_name"]), row=str(data["row"]), dataset=str(data["dataset"]),
+                    seed=int(data["seed"]), config=config, run_key=str(data["run_key"]),
+                    picks={str(k): str(v) for k, v in dict(data.get("picks") or {}).items()})
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise SpecError(Problem(file, None, "", f"not a job file of this harness ({what})")) from None
+    key = run_key(config)
+    if key != cell.run_key:
+        raise SpecError(Problem(file, None, "run_key", f"the job's key {cell.run_key[:12]} is not its config's "
+                                f"({key[:12]}): the file was edited or written by another schema version; "
+                                "nothing trained"))
+    return cell
 
 
 def _row_plans(ld: LoadedSpec) -> list[tuple[str, dict[str, str], Row | None, int | None]]:
@@ -227,4 +249,4 @@ def select(cells: list[Cell], row: str, dataset: str | None = None,
     return mine[0]
 
 
-__all__ = ["Cell", "expand", "row_labels", "resolve", "run_key", "hashed_config", "select", "Source"]
+__all__ = ["Cell", "cell_from_json", "expand", "row_labels", "resolve", "run_key", "hashed_config", "select", "Source"]

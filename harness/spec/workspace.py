@@ -57,6 +57,12 @@ class CellPaths:
         return self.dir / "unsynced"
 
     @property
+    def job(self) -> Path:
+        """The resolved cell the scheduler planned (config, run key, sweep link): what a worker
+        started with `harness train --job` trains, never a re-read of the spec."""
+        return self.dir / "job.json"
+
+    @property
     def checkpoint(self) -> Path:
         return self.dir / "checkpoint.pt"
 

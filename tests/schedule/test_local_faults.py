@@ -180,3 +180,23 @@ def test_two_schedulers_at_once_run_each_cell_once(tmp_path):
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     one_finished_run_per_cell(ws, 3)
+
+
+def test_editing_the_spec_while_cells_are_queued_changes_nothing_planned(tmp_path):
+    # issue 27: the queue is planned once; a worker trains the resolved cell the scheduler wrote
+    # (job.json), not the spec file as it reads when the worker starts
+    from harness.spec import expand, load_spec
+
+    spec = write_spec(tmp_path, rows=("A:poto", "B:fcos", "C:poto"), iters=20, ckpt=1000)
+    planned = {c.run_key: c.config.train.base_lr for c in expand(load_spec(spec))}
+    ws = tmp_path / "ws"
+    proc = subprocess.Popen(harness_run(spec, ws, "--jobs", 1), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert wait_for(lambda: len(list(ws.glob("*/log.txt"))) >= 1, timeout=300)  # the first cell started
+    spec.write_text(spec.read_text().replace("base_lr: 0.01", "base_lr: 0.02"))  # cells 2 and 3 still queued
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "3 finished" in out, out
+    df = one_finished_run_per_cell(ws, 3)
+    assert set(df["tags.harness.run_key"]) == set(planned)
+    assert {float(v) for v in df["params.train.base_lr"]} == {0.01} == set(planned.values())
