@@ -23,10 +23,6 @@ from harness.train.exit_codes import ExitCode
 
 EXIT_USAGE = ExitCode.BAD_INPUT
 
-#: Commands whose issue has not landed yet: name -> issue number.
-NOT_YET: dict[str, int] = {}
-
-
 _add_overrides = add_override_arguments
 _add_store = add_store_arguments
 
@@ -308,14 +304,6 @@ def cmd_sweep(args) -> int:
                   jobs=args.jobs, out_dir=args.out_dir, backend=args.backend).run()
 
 
-def cmd_not_yet(args) -> int:
-    if getattr(args, "spec", None):
-        _cells(args)  # a bad spec is still reported as such
-    print(f"harness {args.command}: not implemented yet (issue #{NOT_YET[args.command]})",
-          file=sys.stderr)
-    return EXIT_USAGE
-
-
 COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate, "data": cmd_data, "train": cmd_train,
             "run": cmd_run, "status": cmd_status, "sync": cmd_sync, "report": cmd_report,
             "sweep": cmd_sweep}
@@ -324,7 +312,7 @@ COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate, "data": cmd_data, "train
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = COMMANDS.get(args.command, cmd_not_yet)
+    handler = COMMANDS[args.command]
     try:
         return handler(args)
     except UserError as exc:

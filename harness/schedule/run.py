@@ -20,7 +20,7 @@ from harness.track.mlflow_tracker import (
     without_credentials,
 )
 from harness.track.runs import explain_missing, read_only
-from harness.train.exit_codes import DIVERGENCE, describe
+from harness.train.exit_codes import DIVERGENCE, ExitCode, describe
 from harness.train.lock import is_locked
 
 
@@ -96,7 +96,7 @@ def summarise(outcomes: list[Outcome], uri: str, spec_name: str, skipped: int, b
     if stopped is not None:
         print("stopped by a signal: the children were terminated and their runs ended KILLED; "
               "run the same command again to continue")
-        return 128 + stopped
+        return ExitCode.killed(stopped)
     return 1 if failed else 0
 
 

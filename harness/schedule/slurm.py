@@ -24,7 +24,7 @@ from harness.schedule.local import Handle
 from harness.schedule.state import latest_runs
 from harness.spec.matrix import Cell
 from harness.spec.workspace import slurm_folder
-from harness.train.exit_codes import EXIT_BUSY, EXIT_FAILED, EXIT_OK, describe
+from harness.train.exit_codes import EXIT_BUSY, EXIT_FAILED, EXIT_OK, ExitCode, describe
 
 
 def slurm_parameters(resources) -> dict:
@@ -141,7 +141,7 @@ class SlurmBackend:
                 break
             time.sleep(0.25)
         if not result.exists():
-            return 128 + signal.SIGKILL  # cancelled before it could write a result
+            return ExitCode.killed(signal.SIGKILL)  # cancelled before it could write a result
         with open(result, "rb") as f:
             outcome, payload = pickle.load(f)
         if outcome == "success":

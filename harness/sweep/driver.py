@@ -37,6 +37,7 @@ from harness.track.mlflow_tracker import (
 )
 from harness.track.names import headline_key
 from harness.track.runs import metric_history, write
+from harness.train.exit_codes import ExitCode
 from harness.train.lock import is_locked
 
 
@@ -269,7 +270,7 @@ class Driver:
                                                if i not in r.codes])
                     print("stopped: the running trials stay RUNNING in the study; rerun to continue")
                     client_for(self.uri).set_terminated(parent, "KILLED")
-                    return 128 + self.stopping
+                    return ExitCode.killed(self.stopping)
                 while (len(running) < self.jobs and counted() < self.spec.n_trials
                        and self.backend.can_start(self.trial_gpus)):
                     trial = study.ask(self.distributions())

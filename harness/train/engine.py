@@ -28,7 +28,11 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Stop(RuntimeError):
-    """A signal asked the run to stop; raised between iterations."""
+    """A signal asked the run to stop; raised between iterations. `signum`: that signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def unwrap(model):

@@ -16,6 +16,12 @@ class ExitCode(IntEnum):
     UNHEALTHY = 4  # a health rule (train.health) flagged divergence: not retried either
     BUSY = 75  # the cell is being trained by another process (its lock is held; EX_TEMPFAIL)
 
+    @staticmethod
+    def killed(signum: int) -> int:
+        """The status of a process a signal ended: 128 + its number, as a shell reports it (the
+        one place this rule is written; Popen gives -signum, which `describe` also reads)."""
+        return 128 + int(signum)
+
 
 # the members under the names the schedulers use
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT

@@ -52,7 +52,7 @@ from harness.train.engine import (
     score,
     unwrap,
 )
-from harness.train.exit_codes import EXIT_BUSY, EXIT_DIVERGED, EXIT_FAILED, EXIT_UNHEALTHY
+from harness.train.exit_codes import EXIT_BUSY, EXIT_DIVERGED, EXIT_FAILED, EXIT_UNHEALTHY, ExitCode
 from harness.train.health import HealthMonitor, Unhealthy, build_monitor
 from harness.train.lock import CellLock
 from harness.train.optim import build_optimizer, build_scheduler, scaled_schedule
@@ -76,12 +76,12 @@ class SignalGuard:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            raise Stop(f"killed by {signal.Signals(signum).name} (second signal)")
+            raise Stop(f"killed by {signal.Signals(signum).name} (second signal)", signum)
         self.signum = signum
 
     def check(self, iteration: int) -> None:
         if self.signum is not None:
-            raise Stop(f"killed by {signal.Signals(self.signum).name} at iteration {iteration}")
+            raise Stop(f"killed by {signal.Signals(self.signum).name} at iteration {iteration}", self.signum)
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -350,7 +350,7 @@ def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec
     except Stop as exc:
         tracker.end("KILLED", str(exc))
         print(f"{cell.id}: {exc}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if "SIGTERM" in str(exc) else signal.SIGINT)
+        return ExitCode.killed(exc.signum)
     except NonFiniteLoss as exc:
         tracker.end("FAILED", str(exc))
         print(f"{cell.id}: FAILED: {exc}", file=sys.stderr)
