@@ -33,9 +33,8 @@ from harness.track.runs import (
     explain_missing,
     list_runs,
     read_listing,
-    read_only,
-    sqlite_file,
 )
+from harness.track.store import display, read_only, short
 
 NOT_LEARNED = 0.01  # headline AP (or AP50) below 1 % after training: the row did not learn
 
@@ -269,7 +268,7 @@ def reproduction(spec, cells: list[Cell], df: pd.DataFrame, against: tuple[str, 
     for k, other_uri in enumerate(against, 1):
         other = collect(cells, other_uri, spec.name)  # already read-only (report)
         done = int((other["status"] == "finished").sum())
-        name = redact(other_uri)
+        name = short(other_uri)
         lines += [f"### Store {k} ({name}): {done} of {len(cells)} cells finished", ""]
         inside_all = compared_all = 0
         for table in spec.tables:
@@ -335,27 +334,6 @@ def identical_cells(a: pd.DataFrame, b: pd.DataFrame) -> tuple[int, int]:
     return same, len(common)
 
 
-def store_name(uri: str) -> str:
-    """A store as error messages name it: a SQLite file by its path, others without credentials."""
-    from urllib.parse import urlsplit
-
-    if uri.startswith("sqlite:///"):
-        return uri[len("sqlite:///"):]
-    parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
-
-
-def redact(uri: str) -> str:
-    """A store's name for a report: no credentials, no machine-specific directories."""
-    if uri.startswith("sqlite"):  # sqlite:///PATH, or read_only's sqlite+pysqlite:///file:PATH?mode=ro
-        path = Path(sqlite_file(uri) or uri.split("///", 1)[-1])
-        return f"sqlite: {path.parent.name}/{path.name}"
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
-
-
 def _nms(cells: list[Cell], row: str) -> bool:
     return next((c.config.eval.nms for c in cells if c.row == row), False)
 
@@ -385,7 +363,7 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
     if out_path is not None and out_path.is_dir():
         raise UserError(Problem(str(out_path), None, "--out", "is a directory; give the markdown file to write"))
     ro = read_only(uri)
-    listing = read_listing(ro, spec.name, store_name(uri))
+    listing = read_listing(ro, spec.name, display(uri))
     keys = {c.run_key for c in cells}
     if not any(r.status == "FINISHED" for k, r in listing.runs.items() if k in keys) and not allow_empty:
         tagged = listing.total - listing.untagged
@@ -393,11 +371,11 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
                + (f", {listing.untagged} without harness tags" if listing.untagged else "")
                + (f", {tagged} with run keys of other cells or not finished" if tagged else ""))
         action = "replace the README's tables with empty ones" if readme else "write a report of empty tables"
-        raise UserError(Problem(store_name(uri), None, "", f"no finished run of {spec.name}'s {len(cells)} cells "
+        raise UserError(Problem(display(uri), None, "", f"no finished run of {spec.name}'s {len(cells)} cells "
                                 f"({why}): refusing to {action} (--allow-empty to do it anyway)"))
     against_ro = tuple(read_only(a) for a in against)
     for a, a_ro in zip(against, against_ro, strict=True):
-        read_listing(a_ro, spec.name, store_name(a), "--against")
+        read_listing(a_ro, spec.name, display(a), "--against")
     if out_path is not None and not check:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     json_path = Path(json_out) if json_out else (out_path.with_suffix(".json") if out_path is not None else None)

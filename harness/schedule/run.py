@@ -19,7 +19,9 @@ from harness.track.mlflow_tracker import (
     sync_cell,
     without_credentials,
 )
-from harness.track.runs import explain_missing, read_only
+from harness.track.runs import explain_missing
+from harness.track.store import kind as store_kind
+from harness.track.store import read_only, sqlite_file
 from harness.train.exit_codes import DIVERGENCE, ExitCode, describe
 from harness.train.lock import is_locked
 
@@ -69,7 +71,7 @@ def next_steps(spec_file: str, overrides: Overrides, workspace: str, tracking_ur
     report = ["harness", "report", spec_file, *overrides.argv(), "--workspace", str(workspace)]
     if tracking_uri:  # never a password: it stays in the environment (MLFLOW_TRACKING_PASSWORD)
         report += ["--tracking-uri", without_credentials(tracking_uri)]
-    ui = (f"mlflow ui --backend-store-uri {shlex.quote(uri)}" if not uri.startswith(("http://", "https://"))
+    ui = (f"mlflow ui --backend-store-uri {shlex.quote(uri)}" if store_kind(uri) != "server"
           else f"open {uri} in a browser (the MLflow server's UI)")
     return ["next:", f"  {shlex.join(report)}   # tables, intervals and plots", f"  {ui}   # the runs in MLflow's UI"]
 
@@ -134,7 +136,7 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_
     uri = resolve_tracking_uri(tracking_uri, workspace)
     if tracking_uri is not None:  # a store named explicitly must exist: a typo is not "all pending"
         check_store_exists(uri)
-    fresh = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()  # nothing ran yet
+    fresh = (path := sqlite_file(uri)) is not None and not path.is_file()  # nothing ran yet
     runs = {} if fresh else latest_runs(read_only(uri), spec_name)  # read-only: status never writes
     decisions = decide(cells, runs, workspace)
     table = Table(title=f"{spec_name}: {len(cells)} cells")

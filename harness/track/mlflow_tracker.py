@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.spec.errors import Problem, UserError
+from harness.track.store import sqlite_file
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlalchemy.*")
 warnings.filterwarnings("ignore", message=r".*declarative_base.*")
@@ -183,10 +184,8 @@ def _is_mlflow_sqlite(path: Path) -> bool:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The file of a `sqlite:///PATH[?query]` tracking URI; None for any other store."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):].partition("?")[0])
+    """The file of a SQLite tracking URI; None for any other store (`track.store.sqlite_file`)."""
+    return sqlite_file(uri)
 
 
 def resolve_tracking_uri(tracking_uri: str | None, workspace: str | Path, *, check: bool = True) -> str:
@@ -284,7 +283,7 @@ def client_for(uri: str):
 
     quiet_store_logs()
     path = sqlite_path(uri)
-    if path is None or "?" in uri:  # a URI with options: left to MLflow as given
+    if path is None or "?" in uri:  # a URI with options (the read-only form too): left to MLflow as given
         return MlflowClient(tracking_uri=uri)
     if not path.exists() and path.parent.is_dir():
         _create_sqlite_store(path)

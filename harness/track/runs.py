@@ -10,6 +10,8 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness.track.store import read_only, sqlite_file  # noqa: F401 - read_only: part of this module's API
+
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlalchemy.*")
 
 
@@ -43,19 +45,6 @@ class Listing:
     runs: dict[str, RunInfo]
     total: int = 0
     untagged: int = 0
-
-
-def read_only(uri: str) -> str:
-    """The URI a read command opens: a SQLite store read-only (SQLite refuses every write, and
-    MLflow cannot create or migrate anything); other stores as given."""
-    if uri.startswith("sqlite:///") and "?" not in uri:
-        from urllib.parse import quote
-
-        path = Path(uri[len("sqlite:///"):]).resolve()
-        # the driver-qualified scheme also keeps MLflow from creating the "parent folder" of
-        # the file: URI (relative to the current directory)
-        return f"sqlite+pysqlite:///file:{quote(str(path))}?mode=ro&uri=true"
-    return uri
 
 
 def list_runs(uri: str, experiment: str) -> Listing:
@@ -96,17 +85,6 @@ def list_runs(uri: str, experiment: str) -> Listing:
                        finished=tuple(sorted(finished[k], key=lambda f: (-f[2], f[0]))))
             for k, v in out.items()}
     return Listing(True, runs, total, untagged)
-
-
-def sqlite_file(uri: str) -> str | None:
-    """The database file of a SQLite tracking URI (plain or as `read_only` writes it), else None."""
-    from urllib.parse import unquote
-
-    if uri.startswith("sqlite+pysqlite:///file:"):
-        return unquote(uri[len("sqlite+pysqlite:///file:"):].split("?", 1)[0])
-    if uri.startswith("sqlite:///") and "?" not in uri:
-        return uri[len("sqlite:///"):]
-    return None
 
 
 def _connect(path: str):

@@ -176,9 +176,9 @@ def test_points_never_show_minus_zero():
 
 
 def test_reproduction_table_against_intervals():
-    from harness.report.build import redact
     from harness.report.tables import reproduction_table
     from harness.spec import load_spec
+    from harness.track.store import short as redact
 
     spec = load_spec("experiments/quickstart.yaml").spec
     ref = frame({("FCOS", "eval.nms.ap50"): [0.76, 0.77, 0.75], ("POTO", "eval.nms.ap50"): [0.70, 0.71, 0.72]})
