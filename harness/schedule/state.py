@@ -73,7 +73,7 @@ def end_stale(uri: str, decisions: list[Decision]) -> None:
 
 def prepare_store(uri: str, experiment: str, workspace: str | Path, description: str = "") -> None:
     """Create the store (SQLite migrations) and the experiment before any worker starts."""
-    from harness.track.mlflow_tracker import client_for, ensure_experiment
+    from harness.track.mlflow_tracker import prepare_experiment
     from harness.train.lock import CellLock
 
     Path(workspace).mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,6 @@ def prepare_store(uri: str, experiment: str, workspace: str | Path, description:
     while not lock.acquire():
         time.sleep(0.2)
     try:
-        client = client_for(uri)
-        ensure_experiment(client, experiment, uri, workspace, description)
+        prepare_experiment(uri, experiment, workspace, description)
     finally:
         lock.release()

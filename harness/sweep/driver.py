@@ -31,12 +31,11 @@ from harness.spec.workspace import CellPaths, optuna_journal, store_lock
 from harness.sweep.space import Sweep, current_value, set_item
 from harness.track.mlflow_tracker import (
     check_tracking_uri,
-    client_for,
     credentials_to_environment,
     resolve_tracking_uri,
 )
 from harness.track.names import headline_key
-from harness.track.runs import metric_history, write
+from harness.track.runs import end_run, metric_history, record, sweep_parent
 from harness.train.exit_codes import ExitCode
 from harness.train.lock import is_locked
 
@@ -128,20 +127,11 @@ class Driver:
             lock.release()
 
     def _parent_run(self) -> str:
-        client = client_for(self.uri)
-        exp = client.get_experiment_by_name(self.experiment)
-        found = client.search_runs([exp.experiment_id], f"tags.`harness.sweep_parent` = '{self.spec.name}'")
-        if found:
-            client.update_run(found[0].info.run_id, status="RUNNING")
-            return found[0].info.run_id
-        run = client.create_run(exp.experiment_id, run_name=f"sweep:{self.spec.name}",
-                                tags={"harness.sweep_parent": self.spec.name, "harness.spec": self.sweep.file})
-        write(client, run.info.run_id, params={
+        return sweep_parent(self.uri, self.experiment, self.spec.name, {"harness.spec": self.sweep.file}, {
             "study": self.spec.name, "row": self.spec.row,
             "objective": f"{self.spec.objective.direction} {self.spec.objective.metric}",
             "n_trials": self.spec.n_trials,
             "space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in self.spec.space.items()})[:6000]})
-        return run.info.run_id
 
     # ------------------------------------------------------------------ trials
 
@@ -202,7 +192,6 @@ class Driver:
     def finish(self, study, r: Running, parent: str) -> None:
         import optuna
 
-        client = client_for(self.uri)
         runs = latest_runs(self.uri, self.experiment)
         finished = all(runs.get(c.run_key) is not None and runs[c.run_key].status == "FINISHED" for c in r.cells)
         if r.pruned_at is not None and finished:  # the worker finished before the stop arrived
@@ -211,7 +200,7 @@ class Driver:
             for cell in r.cells:
                 info = runs.get(cell.run_key)
                 if info is not None:
-                    write(client, info.run_id, tags={
+                    record(self.uri, info.run_id, tags={
                         "harness.failure": f"pruned by Optuna (trial {r.trial.number}) at iteration {r.pruned_at}"})
             study.tell(r.trial, state=optuna.trial.TrialState.PRUNED)
             print(f"trial {r.trial.number}: pruned at iteration {r.pruned_at}", flush=True)
@@ -229,7 +218,7 @@ class Driver:
         study.tell(r.trial, value)
         print(f"trial {r.trial.number}: {self.spec.objective.metric} = {value:.4f}", flush=True)
         best = study.best_trial
-        write(client, parent, tags={"best.trial": best.number, **{f"best.{k}": v for k, v in best.params.items()}},
+        record(self.uri, parent, tags={"best.trial": best.number, **{f"best.{k}": v for k, v in best.params.items()}},
               metrics={"best_value": best.value}, step=r.trial.number)
 
     def _signal(self, signum, frame):
@@ -269,7 +258,7 @@ class Driver:
                     self.backend.wait_stopped([h for r in running for i, h in enumerate(r.handles)
                                                if i not in r.codes])
                     print("stopped: the running trials stay RUNNING in the study; rerun to continue")
-                    client_for(self.uri).set_terminated(parent, "KILLED")
+                    end_run(self.uri, parent, "KILLED")
                     return ExitCode.killed(self.stopping)
                 while (len(running) < self.jobs and counted() < self.spec.n_trials
                        and self.backend.can_start(self.trial_gpus)):
@@ -286,7 +275,7 @@ class Driver:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-        client_for(self.uri).set_terminated(parent, "FINISHED")
+        end_run(self.uri, parent, "FINISHED")
         write_sweep_report(study, self.spec, self.out_dir)
         return 0
 

@@ -100,7 +100,7 @@ def _mlflow_runs(uri: str, experiment: str):
     MLflow's paginated search; None without the experiment."""
     from mlflow import MlflowClient, search_runs, set_tracking_uri
 
-    from harness.track.mlflow_tracker import quiet_store_logs
+    from harness.track.client import quiet_store_logs
 
     quiet_store_logs()
     set_tracking_uri(uri)
@@ -267,6 +267,49 @@ def write(client, run_id: str, *, params: dict | None = None, tags: dict | None 
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in (params or {}).items()],
                      tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
                      metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()])
+
+
+def record(uri: str, run_id: str, *, params: dict | None = None, tags: dict | None = None,
+           metrics: dict | None = None, step: int = 0) -> None:
+    """`write` to a run of the store at `uri` (callers outside `track/` hold no MLflow client)."""
+    from harness.track.client import client_for
+
+    write(client_for(uri), run_id, params=params, tags=tags, metrics=metrics, step=step)
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    """Set a run's final status (FINISHED, FAILED, KILLED)."""
+    from harness.track.client import client_for
+
+    client_for(uri).set_terminated(run_id, status=status)
+
+
+def previous_attempt(uri: str, run_id: str) -> tuple[str, int]:
+    """(status, attempt) of a run a worker is about to resume."""
+    from harness.track.client import client_for
+
+    run = client_for(uri).get_run(run_id)
+    try:
+        attempt = int(run.data.tags.get("harness.attempt", "1"))
+    except ValueError:
+        attempt = 1
+    return run.info.status, attempt
+
+
+def sweep_parent(uri: str, experiment: str, name: str, tags: dict, params: dict) -> str:
+    """The sweep's parent run: the one tagged `harness.sweep_parent = name` (set RUNNING again),
+    else a new one with these tags and params."""
+    from harness.track.client import client_for
+
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id], f"tags.`harness.sweep_parent` = '{name}'")
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    run = client.create_run(exp.experiment_id, run_name=f"sweep:{name}", tags={"harness.sweep_parent": name, **tags})
+    write(client, run.info.run_id, params=params)
+    return run.info.run_id
 
 
 def end_killed(uri: str, run_id: str, reason: str) -> None:

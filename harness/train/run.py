@@ -35,12 +35,12 @@ from harness.spec.workspace import CellPaths
 from harness.track.mlflow_tracker import (
     MLflowTracker,
     NullTracker,
-    client_for,
     git_commit,
     resolve_tracking_uri,
     sync_cell,
 )
 from harness.track.names import axis_tags, cell_params, logged_eval_metrics
+from harness.track.runs import previous_attempt
 from harness.train import checkpoint as ckpt
 from harness.train.engine import (
     NonFiniteLoss,
@@ -298,11 +298,11 @@ def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec
         if sent:
             print(f"{cell.id}: sent {sent} spooled tracking record(s) of an earlier attempt", flush=True)
         if run_id is not None:
-            previous = client_for(uri).get_run(run_id)
-            if previous.info.status == "FINISHED" and start_iter >= sched.max_iter:
+            status, previous = previous_attempt(uri, run_id)
+            if status == "FINISHED" and start_iter >= sched.max_iter:
                 print(f"{cell.id}: already finished (run {run_id})")
                 return 0
-            attempt = attempt or int(previous.data.tags.get("harness.attempt", "1")) + 1
+            attempt = attempt or previous + 1
         tags = {"harness.run_key": cell.run_key, "harness.row": cell.row, "harness.dataset": cell.dataset,
                 "harness.seed": cell.seed, "harness.spec": spec_file or "", "harness.git_commit": git_commit(),
                 "harness.attempt": attempt or 1, "harness.spec_name": cell.spec_name,

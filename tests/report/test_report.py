@@ -130,7 +130,8 @@ def test_a_wrong_workspace_is_an_error_and_creates_nothing(store, run_cli, tmp_p
 
 
 def test_a_store_without_finished_runs_never_blanks_the_readme(run_cli, tmp_path):
-    from harness.track.mlflow_tracker import client_for, ensure_experiment
+    from harness.track.client import client_for
+    from harness.track.mlflow_tracker import ensure_experiment
 
     spec = tmp_path / "rep.yaml"
     spec.write_text(SPEC)

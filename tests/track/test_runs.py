@@ -3,7 +3,8 @@ key, histories, and ending a lost run KILLED with its reason."""
 
 import warnings
 
-from harness.track.mlflow_tracker import client_for, ensure_experiment, resolve_tracking_uri
+from harness.track.client import client_for
+from harness.track.mlflow_tracker import ensure_experiment, resolve_tracking_uri
 from harness.track.runs import end_killed, metric_history, runs_by_key, write
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

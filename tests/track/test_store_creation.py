@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from harness.track.mlflow_tracker import _creation_race, client_for
+from harness.track.client import _creation_race, client_for
 
 OPEN = """\
 import sys, time, warnings
