@@ -127,7 +127,7 @@ class SlurmBackend:
                     submitted.append((i, job, executor.submit(SlurmCell(job, resources.gpus))))
             for i, job, sjob in submitted:
                 paths = job.paths()
-                log = paths.log if paths else Path(self.workspace) / "slurm" / str(sjob.job_id)
+                log = paths.log if paths else slurm_folder(self.workspace, str(sjob.job_id))
                 handles[i] = Handle(job, 1, log, slurm_job=sjob)
         return handles  # type: ignore[return-value]
 

@@ -66,6 +66,19 @@ class CellPaths:
     def checkpoint(self) -> Path:
         return self.dir / "checkpoint.pt"
 
+    def set_aside(self, stamp: int) -> Path:
+        """Where `--fresh` moves an earlier checkpoint (`checkpoint.<unix time>.old.pt`)."""
+        return self.dir / f"checkpoint.{stamp}.old.pt"
+
+    @property
+    def spool(self) -> Path:
+        """Tracking writes that have not reached the store yet (`track/spool.py`)."""
+        return self.dir / "spool.jsonl"
+
+    @property
+    def cache(self) -> Path:
+        return cache_folder(self.workspace)
+
     @property
     def config(self) -> Path:
         return self.dir / "config.yaml"
@@ -83,9 +96,19 @@ class CellPaths:
         return self.dir
 
 
-def slurm_folder(workspace: str | Path) -> Path:
+def slurm_folder(workspace: str | Path, job_id: str = "%j") -> Path:
     """Where submitit keeps its scripts, logs and result pickles (``%j``: the Slurm job id)."""
-    return Path(workspace) / "slurm" / "%j"
+    return Path(workspace) / "slurm" / job_id
+
+
+def cache_folder(workspace: str | Path) -> Path:
+    """The workspace's caches (datasets' image indices, the backbone pre-training)."""
+    return Path(workspace) / "cache"
+
+
+def artifacts_folder(workspace: str | Path) -> Path:
+    """Where a SQLite store's runs keep their artifacts (`mlartifacts`, as `mlflow server`)."""
+    return Path(workspace) / "mlartifacts"
 
 
 def optuna_journal(workspace: str | Path, study: str) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.spec.errors import Problem, UserError
+from harness.spec.workspace import artifacts_folder
 from harness.track.client import client_for
 from harness.track.store import sqlite_file
 
@@ -249,7 +250,7 @@ def ensure_experiment(client, name: str, uri: str, workspace: str | Path | None,
         return exp.experiment_id
     location = None  # a database store (SQLite, PostgreSQL) keeps artifacts in the workspace
     if not uri.startswith(("http://", "https://")) and workspace is not None:
-        location = (Path(workspace).resolve() / "mlartifacts").as_uri()
+        location = artifacts_folder(Path(workspace).resolve()).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location, tags=tags)
     except Exception:  # created concurrently by another process

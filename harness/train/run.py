@@ -31,7 +31,7 @@ from harness.model.backbone import WeightsError
 from harness.model.build import build_from_config
 from harness.spec.errors import Problem, UserError
 from harness.spec.matrix import Cell
-from harness.spec.workspace import CellPaths
+from harness.spec.workspace import CellPaths, cache_folder
 from harness.track.mlflow_tracker import (
     MLflowTracker,
     NullTracker,
@@ -202,7 +202,7 @@ def _prepare(cell: Cell, *, workspace: Path, resume, spec_file) -> _Prepared:
         data = None
         kind, classes = synthetic_kind(cfg.data.synthetic.format)
     else:
-        data = load_datasets(cfg.data, workspace / "cache")
+        data = load_datasets(cfg.data, cache_folder(workspace))
         kind, classes = data.info.kind, len(data.info.class_names)
     if classes != cfg.model.num_classes:
         raise UserError(Problem(spec_file, None, "model.num_classes",
@@ -276,11 +276,11 @@ def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec
     # ---- under the lock: the data cache, the checkpoint as it is now
     data = p.data
     if data is None:
-        data = load_datasets(cfg.data, workspace / "cache")
+        data = load_datasets(cfg.data, cache_folder(workspace))
     model, optimizer, scheduler, scaler, amp_dtype = p.model, p.optimizer, p.scheduler, p.scaler, p.amp_dtype
     sched, health = p.sched, p.health
     if resume is False and ckpt_path.exists() and rank == 0:
-        os.replace(ckpt_path, ckpt_path.with_name(f"checkpoint.{int(time.time())}.old.pt"))
+        os.replace(ckpt_path, paths.set_aside(int(time.time())))
     if resume is not False and _ckpt_stamp(ckpt_path) != p.checkpoint:  # written since _prepare read it
         if ckpt_path.exists():
             _load_checkpoint(ckpt_path, p)
@@ -345,7 +345,7 @@ def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec
             tracker.end("FINISHED")  # still under the guard: a late SIGTERM cannot cut this short
         if not getattr(tracker, "synced", True):
             print(f"{cell.id}: trained, but the tracking store is unreachable: its writes stay in "
-                  f"{paths.dir / 'spool.jsonl'} (marked unsynced); `harness sync SPEC` or the next `harness run` "
+                  f"{paths.spool} (marked unsynced); `harness sync SPEC` or the next `harness run` "
                   "sends them", file=sys.stderr, flush=True)
     except Stop as exc:
         tracker.end("KILLED", str(exc))
@@ -388,7 +388,7 @@ def _train(cell, model, optimizer, scheduler, scaler, amp_dtype, data, sched, tr
     per_rank = cfg.train.ims_per_batch // world
     if cfg.model.backbone.pretrain is not None and start_iter == 0:  # a resumed cell has its weights
         _load_pretrained(cell, unwrap(model), tracker, rank=rank, world=world, device=device,
-                         cache_dir=paths.workspace / "cache")
+                         cache_dir=paths.cache)
     loader = train_loader(train_dataset(cfg.data, data.train, cfg.model.backbone.input_format), per_rank,
                           seed=cfg.seed, rank=rank, world_size=world, start_iter=start_iter,
                           num_workers=cfg.data.num_workers, divisibility=cfg.data.size_divisibility)
