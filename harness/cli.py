@@ -233,8 +233,20 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _store(args, *, check: bool = True) -> str:
+    """The one place a command's tracking URI is resolved (`--tracking-uri`, else the workspace's
+    SQLite store; credentials move to the environment) and, with check, checked."""
+    from harness.track.mlflow_tracker import resolve_tracking_uri
+
+    return resolve_tracking_uri(args.tracking_uri, args.workspace, check=check)
+
+
 def cmd_train(args) -> int:
-    return TrainJob.from_args(args).execute()
+    import os
+
+    job = TrainJob.from_args(args)
+    job.cell()  # the spec's faults first, as before the store's
+    return job.execute(_store(args, check=int(os.environ.get("RANK", "0")) == 0))  # rank 0 checks it
 
 
 def _job_overrides(args) -> Overrides:
@@ -246,24 +258,28 @@ def cmd_run(args) -> int:
     from harness.schedule.run import run_spec
 
     return run_spec(cells, spec_name=loaded.spec.name, spec_file=args.spec, overrides=_job_overrides(args),
-                    workspace=args.workspace, tracking_uri=args.tracking_uri, jobs=args.jobs, rerun=args.rerun,
+                    workspace=args.workspace, uri=_store(args), tracking_uri=args.tracking_uri, jobs=args.jobs,
+                    rerun=args.rerun,
                     backend=args.backend, detach=args.detach, description=loaded.spec.description)
 
 
 def cmd_status(args) -> int:
     loaded, cells = _cells(args)
     from harness.schedule.run import status_table
+    from harness.track.mlflow_tracker import check_store_exists
 
-    return status_table(cells, spec_name=loaded.spec.name, workspace=args.workspace,
-                        tracking_uri=args.tracking_uri)
+    uri = _store(args)
+    if args.tracking_uri is not None:  # a store named explicitly must exist: a typo is not "all pending"
+        check_store_exists(uri)
+    return status_table(cells, spec_name=loaded.spec.name, workspace=args.workspace, uri=uri)
 
 
 def cmd_sync(args) -> int:
     _, cells = _cells(args)
     from harness.schedule.run import sync_cells
-    from harness.track.mlflow_tracker import check_store_exists, resolve_tracking_uri
+    from harness.track.mlflow_tracker import check_store_exists
 
-    uri = resolve_tracking_uri(args.tracking_uri, args.workspace)
+    uri = _store(args)
     check_store_exists(uri)
     records, synced = sync_cells(cells, uri, args.workspace)
     print(f"{records} record(s) of {synced} cell(s) sent; nothing left unsynced" if records
@@ -274,13 +290,9 @@ def cmd_sync(args) -> int:
 def cmd_report(args) -> int:
     loaded, cells = _cells(args)
     from harness.report.build import report
-    from harness.track.mlflow_tracker import (
-        check_store_exists,
-        check_tracking_uri,
-        resolve_tracking_uri,
-    )
+    from harness.track.mlflow_tracker import check_store_exists, check_tracking_uri
 
-    uri = resolve_tracking_uri(args.tracking_uri, args.workspace)
+    uri = _store(args)
     check_store_exists(uri)
     for other in args.against:
         check_tracking_uri(other)
@@ -300,7 +312,7 @@ def cmd_sweep(args) -> int:
         return 0
     from harness.sweep.driver import Driver
 
-    return Driver(sweep, workspace=args.workspace, tracking_uri=args.tracking_uri, storage=args.storage,
+    return Driver(sweep, workspace=args.workspace, uri=_store(args, check=False), storage=args.storage,
                   jobs=args.jobs, out_dir=args.out_dir, backend=args.backend).run()
 
 

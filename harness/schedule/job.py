@@ -255,15 +255,19 @@ class TrainJob:
         cells = expand(loaded, self.overrides.parsed(), rows=(self.row,))
         return select(cells, self.row, self.dataset, self.seed, spec_file=self.spec_file)
 
-    def execute(self) -> int:
-        """Train the cell in this process; returns `harness train`'s exit code."""
+    def execute(self, uri: str | None = None) -> int:
+        """Train the cell in this process; returns `harness train`'s exit code. uri: the store as
+        resolved at the edge (`harness train`); a launched job carries its launcher's resolved URI."""
         cell = self.cell()
         from harness.train.run import run_cell
 
+        uri = uri or self.tracking_uri
+        if uri is None:
+            raise ValueError("a job executes with a resolved tracking URI (resolve_tracking_uri)")
         sweep = None
         if self.sweep is not None:
             sweep = {"parent_run": self.sweep.parent_run, "trial": self.sweep.trial, "sweep": self.sweep.sweep}
-        return run_cell(cell, workspace=self.workspace, tracking_uri=self.tracking_uri,
+        return run_cell(cell, workspace=self.workspace, uri=uri,
                         resume=False if self.fresh else (True if self.resume else None), spec_file=self.spec_file,
                         sweep=sweep)
 

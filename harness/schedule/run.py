@@ -13,12 +13,7 @@ from harness.schedule.local import LocalPool, Outcome
 from harness.schedule.state import decide, end_stale, latest_runs, prepare_store
 from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths
-from harness.track.mlflow_tracker import (
-    check_store_exists,
-    resolve_tracking_uri,
-    sync_cell,
-    without_credentials,
-)
+from harness.track.mlflow_tracker import sync_cell, without_credentials
 from harness.track.runs import explain_missing
 from harness.track.store import kind as store_kind
 from harness.track.store import read_only, sqlite_file
@@ -27,9 +22,10 @@ from harness.train.lock import is_locked
 
 
 def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, overrides: Overrides, workspace: str,
-             tracking_uri: str | None, jobs: int | None, rerun: bool, backend: str = "local",
+             uri: str, tracking_uri: str | None, jobs: int | None, rerun: bool, backend: str = "local",
              detach: bool = False, description: str = "") -> int:
-    uri = resolve_tracking_uri(tracking_uri, workspace)
+    """Run the cells. uri: the store, resolved at the CLI edge (`resolve_tracking_uri`);
+    tracking_uri: as the user gave it (None: the workspace's default), for the next-steps hint."""
     prepare_store(uri, spec_name, workspace, description)  # before any worker: parallel first migrations corrupt SQLite
     sync_cells(cells, uri, workspace)  # runs that ended while the store was away: their end decides
     decisions = decide(cells, latest_runs(uri, spec_name), workspace, rerun=rerun)
@@ -129,13 +125,11 @@ def _clip(text: str, n: int) -> str:
     return line if len(line) <= n else line[: n - 1] + "…"
 
 
-def status_table(cells: list[Cell], *, spec_name: str, workspace: str, tracking_uri: str | None) -> int:
+def status_table(cells: list[Cell], *, spec_name: str, workspace: str, uri: str) -> int:
+    """The cells' states; uri: the store, resolved (and, when named, checked) at the CLI edge."""
     from rich.console import Console
     from rich.table import Table
 
-    uri = resolve_tracking_uri(tracking_uri, workspace)
-    if tracking_uri is not None:  # a store named explicitly must exist: a typo is not "all pending"
-        check_store_exists(uri)
     fresh = (path := sqlite_file(uri)) is not None and not path.is_file()  # nothing ran yet
     runs = {} if fresh else latest_runs(read_only(uri), spec_name)  # read-only: status never writes
     decisions = decide(cells, runs, workspace)

@@ -32,7 +32,6 @@ from harness.sweep.space import Sweep, current_value, set_item
 from harness.track.mlflow_tracker import (
     check_tracking_uri,
     credentials_to_environment,
-    resolve_tracking_uri,
 )
 from harness.track.names import headline_key
 from harness.track.runs import end_run, metric_history, record, sweep_parent
@@ -77,11 +76,12 @@ def driver_alive(trial) -> bool:
 
 
 class Driver:
-    def __init__(self, sweep: Sweep, *, workspace: str, tracking_uri: str | None, storage: str | None,
+    def __init__(self, sweep: Sweep, *, workspace: str, uri: str, storage: str | None,
                  jobs: int | None, out_dir: str, backend: str = "local"):
+        """uri: the store, resolved at the CLI edge (checked in `run`, after the sweep's own checks)."""
         self.sweep, self.spec = sweep, sweep.spec
         self.workspace, self.out_dir = workspace, Path(out_dir)
-        self.uri = resolve_tracking_uri(tracking_uri, workspace, check=False)  # checked in run()
+        self.uri = uri
         self.jobs = jobs or 1
         self.storage_url = credentials_to_environment(storage) if storage else None  # never printed
         self.experiment = sweep.base_cells[0].spec_name

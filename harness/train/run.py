@@ -36,7 +36,6 @@ from harness.track.mlflow_tracker import (
     MLflowTracker,
     NullTracker,
     git_commit,
-    resolve_tracking_uri,
     sync_cell,
 )
 from harness.track.names import axis_tags, cell_params, logged_eval_metrics
@@ -106,7 +105,7 @@ def _amp(train, device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | None = None,
+def run_cell(cell: Cell, *, uri: str, workspace: str | Path = "runs",
              resume: bool | None = None, spec_file: str | None = None, attempt: int | None = None,
              progress: bool = True, sweep: dict | None = None) -> int:
     """Train and evaluate one cell; returns the process exit code.
@@ -115,16 +114,15 @@ def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | 
     fresh run (the old checkpoint is set aside). sweep: a sweep trial's parent_run, trial and sweep
     (its run becomes a nested child of the sweep's run).
 
-    Everything a user can get wrong (tracking store, data files, class count, weights file,
-    checkpoint) is checked by `_prepare` before the lock, the data cache or the run exist, so
-    bad input writes nothing.
+    uri: the tracking store, resolved and checked at the edge (`harness train`'s command line, or
+    the scheduler that launched the job). Everything else a user can get wrong (data files, class
+    count, weights file, checkpoint) is checked by `_prepare` before the lock, the data cache or
+    the run exist, so bad input writes nothing.
     """
     rank = int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        resolve_tracking_uri(tracking_uri, workspace)
     prepared = _prepare(cell, workspace=Path(workspace), resume=resume, spec_file=spec_file)
     if rank != 0:
-        return _run_cell(cell, prepared, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
+        return _run_cell(cell, prepared, workspace=workspace, uri=uri, resume=resume,
                          spec_file=spec_file, attempt=attempt, progress=progress, sweep=sweep)
     lock = CellLock(CellPaths.of(workspace, cell.run_key).lock)
     if not lock.acquire():
@@ -132,7 +130,7 @@ def run_cell(cell: Cell, *, workspace: str | Path = "runs", tracking_uri: str | 
               file=sys.stderr)
         return EXIT_BUSY
     try:
-        return _run_cell(cell, prepared, workspace=workspace, tracking_uri=tracking_uri, resume=resume,
+        return _run_cell(cell, prepared, workspace=workspace, uri=uri, resume=resume,
                          spec_file=spec_file, attempt=attempt, progress=progress, sweep=sweep)
     finally:
         lock.release()
@@ -259,7 +257,7 @@ class Heartbeat:
         return False
 
 
-def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec_file, attempt, progress,
+def _run_cell(cell: Cell, p: _Prepared, *, workspace, uri, resume, spec_file, attempt, progress,
               sweep=None) -> int:
     cfg = cell.config
     rank, world, local_rank = _distributed()
@@ -268,7 +266,6 @@ def _run_cell(cell: Cell, p: _Prepared, *, workspace, tracking_uri, resume, spec
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     workspace = Path(workspace)
-    uri = resolve_tracking_uri(tracking_uri, workspace, check=False)  # checked by run_cell before the lock
     workspace.mkdir(parents=True, exist_ok=True)
     paths = CellPaths.of(workspace, cell.run_key)
     ckpt_path = paths.checkpoint
