@@ -186,7 +186,6 @@ class Result:
     power_declared: float = math.nan  # power against the declared effect at n
     seeds_declared: int | None = None
     seeds_observed: int | None = None
-    values: tuple[list[float], list[float]] = ((), ())  # what the test saw (paired: aligned by seed)
 
     @property
     def sign(self) -> int:
@@ -274,7 +273,7 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, alpha: float = ALPHA, plan: 
         else:
             xa, xb = [v for v, _ in a.values()], [v for v, _ in b.values()]
         test = compare(xa, xb, paired=paired)
-        r = Result(i, c, kind_of(c), test, a, b, paired, pairing, values=(xa, xb))
+        r = Result(i, c, kind_of(c), test, a, b, paired, pairing)
         if paired:
             spread = [float(np.std(np.subtract(xa, xb), ddof=1))] if len(xa) > 1 else [0.0]
             r.sd = spread[0] if len(xa) > 1 else math.nan
@@ -287,8 +286,7 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, alpha: float = ALPHA, plan: 
             r.untested = ("identical per-seed differences" if paired
                           else "identical values across seeds on one side") + ": the seeds did not vary the runs"
         else:
-            r.p = claim_decision(xa, xb, paired=paired, kind=r.kind, sign=r.sign, margin=c.margin / 100,
-                             level=alpha).p
+            r.p = claim_p(r.sign * test.delta, test.se, test.df, r.kind, c.margin / 100)
         results.append(r)
     if not results:
         return results
@@ -302,9 +300,9 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, alpha: float = ALPHA, plan: 
             r.verdict = f"untested: {r.untested}"
             continue
         r.p_holm, r.level = p_adj, level
-        d = claim_decision(*r.values, paired=r.paired, kind=r.kind, sign=r.sign, margin=r.claim.margin / 100,
-                       level=level)
-        lo, hi, verdict = d.low, d.high, d.verdict
+        # the same steps as `claim_decision`, on the comparison made once above
+        lo, hi = claim_interval(r.sign * r.test.delta, r.test.se, r.test.df, r.kind, level)
+        verdict = decide(lo, hi, r.kind, r.claim.margin / 100)
         r.low, r.high = (lo, hi) if r.sign > 0 else (-hi, -lo)  # back to Δ = row - vs
         if r.kind == "equivalence" and verdict == "holds":
             verdict = f"equivalent within ±{r.claim.margin:g}"
