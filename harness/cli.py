@@ -245,8 +245,8 @@ def cmd_train(args) -> int:
     import os
 
     job = TrainJob.from_args(args)
-    job.cell()  # the spec's faults first, as before the store's
-    return job.execute(_store(args, check=int(os.environ.get("RANK", "0")) == 0))  # rank 0 checks it
+    cell = job.cell()  # the spec's faults first, as before the store's
+    return job.execute(_store(args, check=int(os.environ.get("RANK", "0")) == 0), cell)  # rank 0 checks it
 
 
 def _job_overrides(args) -> Overrides:

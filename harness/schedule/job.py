@@ -158,7 +158,10 @@ class TrainJob:
             raise SpecError(Problem(file, None, "--job", "not a job file of this harness (version 1)"))
         cell = cell_from_json(data["cell"], file)
         link = data.get("sweep")
-        sweep = None if not link else SweepLink(str(link["parent_run"]), int(link["trial"]), str(link["sweep"]))
+        try:
+            sweep = None if not link else SweepLink(str(link["parent_run"]), int(link["trial"]), str(link["sweep"]))
+        except (KeyError, TypeError, ValueError):
+            raise SpecError(Problem(file, None, "sweep", "not a sweep link (parent_run, trial, sweep)")) from None
         return cls(spec_file=str(data.get("spec_file") or ""), row=cell.row, dataset=cell.dataset, seed=cell.seed,
                    workspace=workspace, tracking_uri=tracking_uri, fresh=fresh, resume=resume, sweep=sweep,
                    run_key=cell.run_key, planned=cell, job_file=file)
@@ -255,10 +258,11 @@ class TrainJob:
         cells = expand(loaded, self.overrides.parsed(), rows=(self.row,))
         return select(cells, self.row, self.dataset, self.seed, spec_file=self.spec_file)
 
-    def execute(self, uri: str | None = None) -> int:
+    def execute(self, uri: str | None = None, cell=None) -> int:
         """Train the cell in this process; returns `harness train`'s exit code. uri: the store as
-        resolved at the edge (`harness train`); a launched job carries its launcher's resolved URI."""
-        cell = self.cell()
+        resolved at the edge (`harness train`); a launched job carries its launcher's resolved URI.
+        cell: `self.cell()` when the caller has it already (the spec is read once)."""
+        cell = cell or self.cell()
         from harness.train.run import run_cell
 
         uri = uri or self.tracking_uri
