@@ -105,3 +105,26 @@ def test_channels_last_is_the_same_detector_in_another_memory_layout(row):
             assert (da[key][1][:n] - db[key][1][:n]).abs().max() < gaps / 10  # the order is not a rounding's
             assert torch.allclose(da[key][1][:n], db[key][1][:n], atol=1e-5)
             assert torch.allclose(da[key][0][:n], db[key][0][:n], atol=1e-3)
+
+
+def test_row_fingerprints_script_compares_the_rows_it_fingerprints(tmp_path, capsys):
+    # bench/row_fingerprints.py is how a refactoring shows every row bit-identical: a rerun of
+    # the same code matches, and one changed digest is found and fails the comparison
+    import importlib.util
+    import json
+
+    from tests.conftest import ROOT
+
+    loaded = importlib.util.spec_from_file_location("row_fingerprints", ROOT / "bench" / "row_fingerprints.py")
+    script = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(script)
+    out = tmp_path / "prints.json"
+    assert script.main(["--specs", "quickstart", "--out", str(out)]) == 0
+    prints = json.loads(out.read_text())
+    assert len(prints) >= 4 and all({"grads", "detect.nms", "detect.nms_free"} <= set(p) for p in prints.values())
+    assert script.main(["--specs", "quickstart", "--compare", str(out)]) == 0
+    first = sorted(prints)[0]
+    prints[first]["grads"] = "0" * 16
+    out.write_text(json.dumps(prints))
+    assert script.main(["--specs", "quickstart", "--compare", str(out)]) == 1
+    assert f"DIFFERENT {first}" in capsys.readouterr().out
