@@ -5,6 +5,8 @@ A workspace holds one directory per cell, named by the cell's run key::
     <workspace>/<run_key>/lock                  held while a process trains the cell
     <workspace>/<run_key>/log.txt               the job's stdout and stderr, every attempt appended
     <workspace>/<run_key>/progress.json         the trainer's progress, for the live table and status
+    <workspace>/<run_key>/job.json              the cell as the scheduler planned it (the worker's input)
+    <workspace>/<run_key>/result.json           how the worker's launch ended (its answer)
     <workspace>/<run_key>/checkpoint.pt         the last checkpoint (resume point)
     <workspace>/<run_key>/config.yaml           the resolved config (also an MLflow artifact)
     <workspace>/<run_key>/eval.json             the last evaluation's metrics
@@ -61,6 +63,12 @@ class CellPaths:
         """The resolved cell the scheduler planned (config, run key, sweep link): what a worker
         started with `harness train --job` trains, never a re-read of the spec."""
         return self.dir / "job.json"
+
+    @property
+    def result(self) -> Path:
+        """The worker's answer to its job (`harness.train.result`): outcome, signal, reason,
+        iteration, metrics. Removed by the scheduler before each launch."""
+        return self.dir / "result.json"
 
     @property
     def checkpoint(self) -> Path:
