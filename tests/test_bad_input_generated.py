@@ -644,14 +644,14 @@ def _checkpoint_bytes(width: int = 8, drop: str | None = None) -> bytes:
 
     from harness.spec import expand, load_spec
     from harness.train import checkpoint as ckpt
-    from harness.train.run import _prepare
+    from harness.train.session import Resume, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "s.yaml"
         spec.write_bytes(dump(set_in(TRAIN_BASE, ("base", "model", "backbone", "tiny_width"), width)))
         cell = expand(load_spec(spec))[0]
         state = torch.get_rng_state()
-        p = _prepare(cell, workspace=Path(tmp) / "ws", resume=False, spec_file=str(spec))
+        p = prepare(cell, workspace=Path(tmp) / "ws", resume=Resume.FRESH, spec_file=str(spec))
         torch.set_rng_state(state)
         path = Path(tmp) / "checkpoint.pt"
         ckpt.save(path, model=p.model, optimizer=p.optimizer, scheduler=p.scheduler, scaler=None, iteration=1,

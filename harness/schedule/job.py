@@ -261,19 +261,36 @@ class TrainJob:
     def execute(self, uri: str | None = None, cell=None) -> int:
         """Train the cell in this process; returns `harness train`'s exit code. uri: the store as
         resolved at the edge (`harness train`); a launched job carries its launcher's resolved URI.
-        cell: `self.cell()` when the caller has it already (the spec is read once)."""
-        cell = cell or self.cell()
-        from harness.train.run import run_cell
+        cell: `self.cell()` when the caller has it already (the spec is read once).
 
+        A job launched from a job file answers in the cell's `result.json` (rank 0): how it
+        ended, bad input included (then re-raised for the one-line message)."""
+        import os
+
+        from harness.spec import UserError
+        from harness.train.result import CellResult, Outcome, write_result
+        from harness.train.run import Launch, run_cell
+        from harness.train.session import Resume
+
+        cell = cell or self.cell()
         uri = uri or self.tracking_uri
         if uri is None:
             raise ValueError("a job executes with a resolved tracking URI (resolve_tracking_uri)")
         sweep = None
         if self.sweep is not None:
             sweep = {"parent_run": self.sweep.parent_run, "trial": self.sweep.trial, "sweep": self.sweep.sweep}
-        return run_cell(cell, workspace=self.workspace, uri=uri,
-                        resume=False if self.fresh else (True if self.resume else None), spec_file=self.spec_file,
-                        sweep=sweep)
+        launch = Launch(uri, Resume.of(fresh=self.fresh, resume=self.resume), spec_file=self.spec_file, sweep=sweep)
+        answer = self.job_file is not None and int(os.environ.get("RANK", "0")) == 0
+        try:
+            result = run_cell(cell, launch, self.workspace)
+        except UserError as exc:
+            if answer:
+                write_result(CellPaths.of(self.workspace, cell.run_key).result,
+                             CellResult(Outcome.BAD_INPUT, str(exc).splitlines()[0]))
+            raise
+        if answer:
+            write_result(CellPaths.of(self.workspace, cell.run_key).result, result)
+        return result.exit_code
 
 
 __all__ = ["Overrides", "SweepLink", "TrainJob", "add_override_arguments", "add_store_arguments",

@@ -71,3 +71,36 @@ def cell_params(config: dict[str, Any], *, slurm: bool = False) -> dict[str, str
     if flat.get("train.optimizer") == "adamw":
         drop.add("train.momentum")
     return {k: v for k, v in flat.items() if k not in drop}
+
+
+def run_tags(cell, *, spec_file: str | None, attempt: int, world: int, platform: str, commit: str,
+             sweep: dict | None = None) -> dict[str, Any]:
+    """The tags a cell's run starts with: what identifies it (run key, row, dataset, seed, axis
+    values), where it ran (host, world size, platform, Slurm job, commit) and, for a sweep
+    trial, its place in the sweep (a nested child of the sweep's run)."""
+    import os
+
+    tags = {"harness.run_key": cell.run_key, "harness.row": cell.row, "harness.dataset": cell.dataset,
+            "harness.seed": cell.seed, "harness.spec": spec_file or "", "harness.git_commit": commit,
+            "harness.attempt": attempt, "harness.spec_name": cell.spec_name,
+            "harness.host": os.uname().nodename, "harness.world_size": world, "harness.platform": platform,
+            "harness.headline": "nms" if cell.config.eval.nms else "nms_free", **axis_tags(cell.picks)}
+    if os.environ.get("SLURM_JOB_ID"):
+        tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
+    if sweep:
+        tags.update({"mlflow.parentRunId": sweep["parent_run"], "harness.trial": sweep["trial"],
+                     "harness.sweep": sweep["sweep"]})
+    return tags
+
+
+def run_params(cell, sched) -> dict[str, str]:
+    """`cell_params` of the cell's config, plus the schedule actually trained where the linear
+    scaling rule changed it (`schedule.*`)."""
+    import os
+
+    params = cell_params(cell.config.model_dump(mode="json"), slurm=bool(os.environ.get("SLURM_JOB_ID")))
+    if sched.scale != 1.0:
+        params.update({"schedule.lr": sched.base_lr, "schedule.max_iter": sched.max_iter,
+                       "schedule.steps": list(sched.steps), "schedule.warmup_iters": sched.warmup_iters,
+                       "schedule.linear_scale": sched.scale})
+    return params

@@ -9,8 +9,11 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -19,6 +22,9 @@ from harness.data.transforms import nonempty, to_original
 from harness.evaluation.coco import evaluate_coco
 from harness.evaluation.crowdhuman import evaluate_images, images_from_records
 from harness.train.health import Unhealthy
+
+if TYPE_CHECKING:
+    from harness.train.session import Session
 
 
 class NonFiniteLoss(RuntimeError):
@@ -236,10 +242,21 @@ def score(preds: dict[str, list[dict]], info, val_records, *, metrics: str, back
     return out, files
 
 
-def fit(model, optimizer, scheduler, scaler, batches, *, sched, start_iter: int, device, amp_dtype,
-        clip_grad_norm: float | None, log_period: int, guard, health, tracker, bar, save, evaluate,
-        first_iteration=None) -> int:
-    """The training loop, top to bottom; returns the last iteration.
+@dataclass
+class LoopContext:
+    """What the loop calls besides the step: the stop check, the tracker, the progress bar, and
+    the checkpoint and evaluation of the cell (`save(iteration)`, `evaluate(iteration, final)`)."""
+
+    guard: object
+    tracker: object
+    bar: Progress
+    save: Callable[[int], None]
+    evaluate: Callable[[int, bool], None]
+    first_iteration: Callable[[], None] | None = None
+
+
+def fit(s: Session, batches, loop: LoopContext) -> int:
+    """The training loop, top to bottom; returns the last iteration (also kept in `s.iteration`).
 
     Each iteration: stop if a signal arrived (`guard`), take a batch, one optimisation step, one
     schedule step, feed the loss to the health rules, log the window's means every `log_period`
@@ -248,24 +265,26 @@ def fit(model, optimizer, scheduler, scaler, batches, *, sched, start_iter: int,
     iteration and re-raises; a health flag raises `Unhealthy` after logging what led to it. At
     the end: the last checkpoint, then the final evaluation.
     """
+    model, optimizer, sched, health, tracker = s.model, s.optimizer, s.sched, s.health, loop.tracker
+    log_period, start_iter = s.cfg.tracking.log_period, s.start_iter
     model.train()
-    iteration = start_iter
+    iteration = s.iteration = start_iter
     meter = WindowMeter()
     t_last = time.perf_counter()
     try:
         while iteration < sched.max_iter:
-            guard.check(iteration)
+            loop.guard.check(iteration)
             t0 = time.perf_counter()
-            batch = to_device(next(batches), device)
+            batch = to_device(next(batches), s.device)
             data_time = time.perf_counter() - t0
-            values = train_step(model, batch, optimizer, scaler, iteration=iteration + 1, amp_dtype=amp_dtype,
-                                clip_grad_norm=clip_grad_norm)
-            scheduler.step()
-            iteration += 1
+            values = train_step(model, batch, optimizer, s.scaler, iteration=iteration + 1, amp_dtype=s.amp_dtype,
+                                clip_grad_norm=s.cfg.train.clip_grad_norm)
+            s.scheduler.step()
+            iteration = s.iteration = iteration + 1
             flag = health.update(iteration, values["total_loss"])  # the same value on every rank
-            bar.tick(iteration)
-            if iteration == start_iter + 1 and first_iteration is not None:
-                first_iteration()
+            loop.bar.tick(iteration)
+            if iteration == start_iter + 1 and loop.first_iteration is not None:
+                loop.first_iteration()
             values["data_time"] = data_time
             meter.add(values)
             if iteration % log_period == 0 or iteration == sched.max_iter:
@@ -273,23 +292,23 @@ def fit(model, optimizer, scheduler, scaler, batches, *, sched, start_iter: int,
                 means = log_window(tracker, meter, optimizer, health, iteration,
                                    iter_per_s=log_period / max(1e-9, now - t_last))
                 t_last = now
-                bar.update(iteration, {"loss": means["total_loss"], "lr": means["lr"]})
+                loop.bar.update(iteration, {"loss": means["total_loss"], "lr": means["lr"]})
             if flag:
                 if meter.count:  # the unlogged part of the window: the explosion shows in the metrics
                     tracker.log_metrics({f"train.{k}": v for k, v in meter.means().items()}, step=iteration)
                     tracker.flush()
                 raise Unhealthy(flag)
             if iteration % sched.checkpoint_period == 0 and iteration < sched.max_iter:
-                save(iteration)
+                loop.save(iteration)
             if sched.eval_period and iteration % sched.eval_period == 0 and iteration < sched.max_iter:
-                evaluate(iteration, final=False)
+                loop.evaluate(iteration, False)
     except (Stop, SystemExit):  # SystemExit: submitit stopping the job to requeue it
-        save(iteration)  # the last completed iteration: a later run resumes from here
+        loop.save(iteration)  # the last completed iteration: a later run resumes from here
         raise
     finally:
-        bar.close()
-    save(iteration)
-    evaluate(iteration, final=True)
+        loop.bar.close()
+    loop.save(iteration)
+    loop.evaluate(iteration, True)
     return iteration
 
 

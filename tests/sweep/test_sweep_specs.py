@@ -34,9 +34,11 @@ def test_trial_overrides_reach_a_train_worker_of_the_swept_row(run_cli, tmp_path
     # a trial's worker is `harness train BASE --row ROW --set ...`: the override (POTO's alpha) must
     # resolve for that row even though the base spec's FCOS row has no such key
     import harness.train.run
+    from harness.train.result import CellResult, Outcome
 
     got = []
-    monkeypatch.setattr(harness.train.run, "run_cell", lambda cell, **kw: got.append(cell) or 0)
+    monkeypatch.setattr(harness.train.run, "run_cell",
+                        lambda cell, launch, workspace: got.append(cell) or CellResult(Outcome.FINISHED))
     sweep = validate_sweep(str(EXPERIMENTS / "sweep_quickstart.yaml"))
     items = [set_item(".".join(map(str, o.path)), o.value) for o in sweep.fixed]
     items += [set_item("model.predictor.assigner.alpha", 0.6)]

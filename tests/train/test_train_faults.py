@@ -134,3 +134,52 @@ def test_real_mlflow_server(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_a_launched_job_answers_in_its_result_file(tmp_path):
+    # the scheduler's one channel back: finished with the final metrics, killed with its signal,
+    # bad input with its one line; no log line or exception text is parsed
+    import json
+
+    from harness.schedule.job import Overrides, TrainJob
+    from harness.spec import expand, load_spec
+    from harness.train.result import CellState, Outcome, read_result
+
+    over = Overrides.of(files=[str(tiny_overrides(tmp_path, iters=30, ckpt=2, fmt="odgt"))])
+    ws = tmp_path / "ws"
+
+    def job(row, extra=()):
+        cell = next(c for c in expand(load_spec(QUICK), over.plus(extra).parsed()) if c.row == row)
+        j = TrainJob.for_cell(cell, spec_file=str(QUICK), workspace=str(ws), tracking_uri=None)
+        j.paths().make()
+        j.write_job()
+        return j
+
+    done = job("FCOS")
+    proc = subprocess.run(done.command(), env=ENV, capture_output=True, text=True, timeout=300)
+    result = read_result(done.paths().result)
+    assert proc.returncode == 0 and result.outcome is Outcome.FINISHED, proc.stderr
+    assert result.iteration == 30 and result.run_id and result.state is CellState.FINISHED
+    eval_json = json.loads(done.paths().eval_json.read_text())
+    assert result.metrics["ap50"] == eval_json["ap50"] and result.metrics["nms.ap50"] == eval_json["nms.ap50"]
+
+    killed = job("POTO")
+    proc = subprocess.Popen(killed.command(), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not killed.paths().checkpoint.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    result = read_result(killed.paths().result)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert result.outcome is Outcome.KILLED and result.signal == signal.SIGTERM, out
+    assert proc.returncode == result.exit_code == 128 + signal.SIGTERM
+    assert result.message.startswith("killed by SIGTERM at iteration") and result.iteration >= 2
+
+    bad = job("DATE-F", ["model.num_classes=3"])
+    proc = subprocess.run(bad.command(), env=ENV, capture_output=True, text=True, timeout=300)
+    result = read_result(bad.paths().result)
+    assert proc.returncode == 2 and result.outcome is Outcome.BAD_INPUT
+    assert "model.num_classes" in result.message and result.message in proc.stderr
+    assert sorted(p.name for p in bad.paths().dir.iterdir()) == ["job.json", "result.json"]

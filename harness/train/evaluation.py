@@ -1,0 +1,69 @@
+"""Evaluation during training: predict on every rank, score on rank 0, log, and check health.
+
+Every rank holds every image's detections (`gather`); rank 0 alone scores them, logs the
+metrics and, at the end of training, writes the detections and `eval.json` (also as artifacts).
+A health rule that fires raises `Unhealthy` on every rank: rank 0 broadcasts its verdict on
+the quality rule, which only it can check.
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from harness.data.build import eval_dataset
+from harness.data.loader import eval_loader
+from harness.formats.atomic import write_json, write_json_lines
+from harness.track.names import logged_eval_metrics
+from harness.train.engine import gather, predict, score
+from harness.train.health import Unhealthy
+from harness.train.session import Session
+
+
+class Evaluation:
+    """`evaluation(iteration, final)`: one evaluation of the session's model on the val split."""
+
+    def __init__(self, s: Session, tracker):
+        cfg = s.cfg
+        self.s, self.tracker = s, tracker
+        self.headline = "nms" if cfg.eval.nms else "nms_free"
+        self.loader = eval_loader(eval_dataset(cfg.data, s.data.val, cfg.model.backbone.input_format),
+                                  rank=s.ranks.rank, world_size=s.ranks.world, num_workers=cfg.data.num_workers,
+                                  divisibility=cfg.data.size_divisibility)
+        self.final: dict[str, float] = {}  # the last evaluation's metrics (rank 0)
+
+    def __call__(self, iteration: int, final: bool) -> None:
+        s, cfg = self.s, self.s.cfg
+        preds = gather(predict(s.model, self.loader, s.device, drop_empty=cfg.eval.drop_empty))
+        n_dets = sum(len(p["scores"]) for p in preds[self.headline])
+        flag = s.health.check_eval(iteration, n_dets)
+        if not s.ranks.main:
+            if flag:
+                raise Unhealthy(flag)
+            if s.ranks.world > 1:  # rank 0 alone scores: it tells the others whether the AP rule fired
+                verdict = [None]
+                dist.broadcast_object_list(verdict, src=0)
+                if verdict[0]:
+                    raise Unhealthy(verdict[0])
+            return
+        metrics, files = score(preds, s.data.info, s.data.val, metrics=cfg.eval.metrics, backend=cfg.eval.backend,
+                               headline=self.headline)
+        flag = flag or s.health.check_quality(iteration, metrics["ap" if cfg.eval.metrics == "coco" else "ap50"])
+        self.tracker.log_metrics({**logged_eval_metrics(metrics), "health.eval_dets": n_dets}, step=iteration)
+        self.tracker.flush()
+        self.final = metrics
+        if final:
+            self._write(iteration, metrics, files)
+        if s.ranks.world > 1 and not s.health.check_eval(iteration, n_dets):  # the others wait for the verdict
+            dist.broadcast_object_list([flag], src=0)
+        if flag:
+            raise Unhealthy(flag)
+
+    def _write(self, iteration: int, metrics: dict, files: dict) -> None:
+        """The final detections and metrics, in the cell's folder and as artifacts."""
+        paths, ext = self.s.paths, "json" if self.s.cfg.eval.metrics == "coco" else "odgt"
+        for key, results in files.items():
+            path = paths.detections(key, ext)
+            (write_json if ext == "json" else write_json_lines)(path, results)
+            self.tracker.log_artifact(path, "detections")
+        write_json(paths.eval_json, {"iteration": iteration, "headline": self.headline, **metrics}, indent=1)
+        self.tracker.log_artifact(paths.eval_json)
