@@ -74,16 +74,17 @@ def cell_params(config: dict[str, Any], *, slurm: bool = False) -> dict[str, str
 
 
 def run_tags(cell, *, spec_file: str | None, attempt: int, world: int, platform: str, commit: str,
-             sweep: dict | None = None) -> dict[str, Any]:
+             workspace: str, sweep: dict | None = None) -> dict[str, Any]:
     """The tags a cell's run starts with: what identifies it (run key, row, dataset, seed, axis
     values), where it ran (host, world size, platform, Slurm job, commit) and, for a sweep
-    trial, its place in the sweep (a nested child of the sweep's run)."""
+    trial, its place in the sweep (a nested child of the sweep's run). workspace: `workspace_tag`."""
     import os
 
     tags = {"harness.run_key": cell.run_key, "harness.row": cell.row, "harness.dataset": cell.dataset,
             "harness.seed": cell.seed, "harness.spec": spec_file or "", "harness.git_commit": commit,
             "harness.attempt": attempt, "harness.spec_name": cell.spec_name,
             "harness.host": os.uname().nodename, "harness.world_size": world, "harness.platform": platform,
+            "harness.workspace": workspace,
             "harness.headline": "nms" if cell.config.eval.nms else "nms_free", **axis_tags(cell.picks)}
     if os.environ.get("SLURM_JOB_ID"):
         tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
@@ -91,6 +92,14 @@ def run_tags(cell, *, spec_file: str | None, attempt: int, world: int, platform:
         tags.update({"mlflow.parentRunId": sweep["parent_run"], "harness.trial": sweep["trial"],
                      "harness.sweep": sweep["sweep"]})
     return tags
+
+
+def workspace_tag(workspace) -> str:
+    """`host:/absolute/workspace`: which workspace's lock guards a run (`runs.end_abandoned`)."""
+    import os
+    from pathlib import Path
+
+    return f"{os.uname().nodename}:{Path(workspace).resolve()}"
 
 
 def run_params(cell, sched) -> dict[str, str]:

@@ -263,7 +263,9 @@ def fit(s: Session, batches, loop: LoopContext) -> int:
     iterations, then checkpoint (`save`) and evaluate (`evaluate(iteration, final=False)`) on
     their periods. A stop (a signal, or submitit requeueing the job) saves the last completed
     iteration and re-raises; a health flag raises `Unhealthy` after logging what led to it. At
-    the end: the last checkpoint, then the final evaluation.
+    the end: the last checkpoint, then the final evaluation. Iterations up to `s.logged_until`
+    (a resume from a checkpoint older than what the run logged) are trained but neither logged
+    nor evaluated again: each step of the run's history has one value.
     """
     model, optimizer, sched, health, tracker = s.model, s.optimizer, s.sched, s.health, loop.tracker
     log_period, start_iter = s.cfg.tracking.log_period, s.start_iter
@@ -287,7 +289,10 @@ def fit(s: Session, batches, loop: LoopContext) -> int:
                 loop.first_iteration()
             values["data_time"] = data_time
             meter.add(values)
-            if iteration % log_period == 0 or iteration == sched.max_iter:
+            if (iteration % log_period == 0 or iteration == sched.max_iter) and iteration <= s.logged_until:
+                meter.means()  # a replayed window: the earlier attempt logged it (docs/architecture.md)
+                t_last = time.perf_counter()
+            elif iteration % log_period == 0 or iteration == sched.max_iter:
                 now = time.perf_counter()
                 means = log_window(tracker, meter, optimizer, health, iteration,
                                    iter_per_s=log_period / max(1e-9, now - t_last))
@@ -300,7 +305,7 @@ def fit(s: Session, batches, loop: LoopContext) -> int:
                 raise Unhealthy(flag)
             if iteration % sched.checkpoint_period == 0 and iteration < sched.max_iter:
                 loop.save(iteration)
-            if sched.eval_period and iteration % sched.eval_period == 0 and iteration < sched.max_iter:
+            if (sched.eval_period and iteration % sched.eval_period == 0 and s.logged_until < iteration < sched.max_iter):
                 loop.evaluate(iteration, False)
     except (Stop, SystemExit):  # SystemExit: submitit stopping the job to requeue it
         loop.save(iteration)  # the last completed iteration: a later run resumes from here
