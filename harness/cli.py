@@ -7,6 +7,7 @@ Heavy modules (torch, mlflow) are imported inside the commands that need them, s
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -334,6 +335,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a folder that cannot be written: one line naming it, not a traceback
+        if exc.errno not in UNWRITABLE:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror}" if exc.errno == errno.ENOSPC else
+              f"error: {where}cannot be written ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+
+
+#: errors of a place that cannot be written: read-only, no permission, full
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 
 
 if __name__ == "__main__":

@@ -18,16 +18,22 @@ from pathlib import Path
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
+    """A folder that refuses the write is reported under the target's name, not the temporary's."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_no_space(exc) and not isinstance(exc, NoSpace):
+            raise NoSpace(path, len(text.encode())) from exc
         raise
     return path
 
