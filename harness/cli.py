@@ -20,6 +20,7 @@ from harness.schedule.job import (
     add_train_arguments,
 )
 from harness.spec import UserError
+from harness.spec.schema import EVALUATOR_METRICS
 from harness.train.exit_codes import ExitCode
 
 EXIT_USAGE = ExitCode.BAD_INPUT
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a detections file against ground truth",
                        description="Evaluate detections with the official COCO or CrowdHuman "
                                    "metric.")
-    p.add_argument("kind", choices=["coco", "crowdhuman"])
+    p.add_argument("kind", choices=list(EVALUATOR_METRICS))
     p.add_argument("--gt", required=True, metavar="FILE",
                    help="COCO instances json, or CrowdHuman .odgt")
     p.add_argument("--dets", required=True, metavar="FILE",
@@ -200,12 +201,9 @@ def _json_safe(metrics: dict) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    from harness.evaluation.files import evaluate_coco_files, evaluate_crowdhuman_files
+    from harness.evaluation.kinds import evaluator
 
-    if args.kind == "coco":
-        metrics = evaluate_coco_files(args.gt, args.dets, args.backend)
-    else:
-        metrics = evaluate_crowdhuman_files(args.gt, args.dets, args.images)
+    metrics = evaluator(args.kind).evaluate_files(args.gt, args.dets, backend=args.backend, images=args.images)
     if args.json:
         print(json.dumps(_json_safe(metrics)))
         return 0

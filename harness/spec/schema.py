@@ -520,6 +520,23 @@ class TrainConfig(Strict):
 # ------------------------------------------------------------------------------- eval
 
 
+#: eval.metrics -> the metrics its evaluator reports, as fractions: COCO's 12 numbers of
+#: COCOeval.summarize in their order, CrowdHuman's AP50, mMR and recall. The spec checks the
+#: metrics a table or claim names against them, so they are written here, below every other
+#: layer; harness/evaluation/kinds.py says the rest of each evaluator (its headline metric,
+#: detections file and scoring).
+EVALUATOR_METRICS: dict[str, tuple[str, ...]] = {
+    "coco": ("ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl"),
+    "crowdhuman": ("ap50", "mmr", "recall"),
+}
+
+
+def headline_mode(nms: bool) -> Literal["nms", "nms_free"]:
+    """The name of the postprocess `eval.nms` makes the headline: `nms` or `nms_free`, as in
+    the logged `eval.<mode>.<metric>`."""
+    return "nms" if nms else "nms_free"
+
+
 class EvalConfig(Strict):
     #: Evaluate every `period` iterations (0 = only at the end).
     period: int = Field(0, ge=0)
@@ -537,6 +554,12 @@ class EvalConfig(Strict):
     drop_empty: bool = True
     metrics: Literal["coco", "crowdhuman"] = "coco"
     backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
+
+    @property
+    def headline(self) -> Literal["nms", "nms_free"]:
+        """The headline postprocess by name (`eval.nms`). A property: it is not in the config's
+        dump, so it never enters a run key."""
+        return headline_mode(self.nms)
 
 
 # ------------------------------------------------------------------ tracking/resources
@@ -585,10 +608,8 @@ class Config(Strict):
 
 # --------------------------------------------------------------------------- the spec
 
-METRICS = (
-    "ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl",
-    "mmr", "recall",
-)  # fmt: skip
+#: Every metric name a table or claim may use: the evaluators' metrics, each once.
+METRICS = tuple(dict.fromkeys(m for names in EVALUATOR_METRICS.values() for m in names))
 
 
 class Row(Strict):
