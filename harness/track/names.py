@@ -105,7 +105,7 @@ def run_tags(cell, *, spec_file: str | None, attempt: int, world: int, platform:
             "harness.attempt": attempt, "harness.spec_name": cell.spec_name,
             "harness.host": os.uname().nodename, "harness.world_size": world, "harness.platform": platform,
             "harness.workspace": workspace,
-            "harness.headline": "nms" if cell.config.eval.nms else "nms_free", **axis_tags(cell.picks)}
+            "harness.headline": cell.config.eval.headline, **axis_tags(cell.picks)}
     if os.environ.get("SLURM_JOB_ID"):
         tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
     if sweep:
