@@ -667,6 +667,23 @@ class Claim(Strict):
     text: str = ""
 
 
+class Decide(Strict):
+    """Decide a table's claims by adding seeds (`harness decide`, `harness run --until-decided`): a
+    group-sequential design planned before any look. Presentation only: never in a run key.
+
+    looks: the seeds per row at which the claims are looked at, strictly increasing; the last is
+    the cap. Seeds beyond the spec's own are new seed numbers after its largest, so the cells
+    the spec already has keep their keys. spending: how the error α is spent over the looks
+    (Lan-DeMets: O'Brien-Fleming-like spends little early, Pocock evenly).
+    """
+
+    #: indices into the table's `claims` (0 = the first); absent: all of them
+    claims: list[Annotated[int, Field(ge=0)]] | None = None
+    looks: list[Annotated[int, Field(ge=3, le=1000)]] = Field(min_length=1)
+    alpha: float = Field(default=0.05, gt=0.0, le=0.2)
+    spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+
+
 class Table(Strict):
     title: str
     layout: Literal[
@@ -678,6 +695,8 @@ class Table(Strict):
     #: each row against its `compare_to` row or the table's baseline on the first metric,
     #: two-sided.
     claims: list[Claim] = Field(default_factory=list)
+    #: Decide (some of) the claims by adding seeds: `harness decide`.
+    decide: Decide | None = None
 
 
 class Spec(Strict):
