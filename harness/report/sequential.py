@@ -94,6 +94,8 @@ MIN_STAGE = 2
 #: stage p-values are kept in [EPS, 1 - EPS] (|z| <= 7.9): each clip only lowers the
 #: statistic it could raise, so the error stays controlled
 EPS = 1e-15
+#: regula falsi steps per interval end (the bracket shrinks below 1e-9 of its width in fewer)
+_ROOT_STEPS = 20
 #: verdict codes of `decide_arrays`, in order
 OPEN, HOLDS, CONTRADICTED, CAPPED, UNTESTED = range(5)
 CONTINUE = "continue"
@@ -182,9 +184,12 @@ class Design:
     def __post_init__(self):
         try:
             looks = tuple(self.looks)
+        except TypeError:
+            looks = ()
+        try:
             whole = all(not isinstance(n, bool) and float(n).is_integer() for n in looks)
         except (TypeError, ValueError):
-            looks, whole = (), False
+            whole = False
         if not looks:
             raise ValueError(f"looks {self.looks!r}: a non-empty list of cumulative seed counts, e.g. [3, 5, 8, 12]")
         if not whole:
@@ -320,7 +325,8 @@ def _pad(x: np.ndarray, n: int) -> np.ndarray:
 def combined(est, se, df, weights, theta) -> np.ndarray:
     """Z_k(θ) at each look: the inverse-normal combination of the stage-wise one-sided p-values
     of the null Δ ≤ θ (est in the claim's direction)."""
-    z = _z((est - theta) / se, df)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a stage without spread: NaN, untested
+        z = _z((est - theta) / se, df)
     w = np.asarray(weights, dtype=float)
     return np.cumsum(w * z, axis=-1) / np.sqrt(np.cumsum(w ** 2))
 
@@ -487,13 +493,23 @@ def rci(est, se, df, weights, bnd) -> tuple[np.ndarray, np.ndarray]:
         return np.where(mask, z * w, 0.0).sum(axis=-1) / norm_w
 
     def solve(target, points):
+        """The θ with Z_k(θ) = target: Z_k falls in θ, f(lo) >= 0 >= f(hi); the Illinois
+        variant of regula falsi (a bracketing method: the root stays between lo and hi)."""
         lo = np.where(mask, points, np.inf).min(axis=-1)
         hi = np.where(mask, points, -np.inf).max(axis=-1)
-        for _ in range(64):
-            mid = (lo + hi) / 2
-            above = z_at(mid) >= target
-            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-        return (lo + hi) / 2
+        f_lo, f_hi = z_at(lo) - target, z_at(hi) - target
+        last = np.zeros(lo.shape, dtype=np.int8)
+        for _ in range(_ROOT_STEPS):
+            span = f_lo - f_hi
+            x = np.where(span > 0, lo + f_lo / np.where(span > 0, span, 1.0) * (hi - lo), (lo + hi) / 2)
+            f = z_at(x) - target
+            up = f >= 0
+            f_hi = np.where(up & (last == 1), f_hi / 2, f_hi)
+            f_lo = np.where(~up & (last == -1), f_lo / 2, f_lo)
+            lo, f_lo = np.where(up, x, lo), np.where(up, f, f_lo)
+            hi, f_hi = np.where(up, hi, x), np.where(up, f_hi, f)
+            last = np.where(up, 1, -1).astype(np.int8)
+        return np.where(np.abs(f_lo) < np.abs(f_hi), lo, hi)
 
     with np.errstate(invalid="ignore"):
         low = solve(bnd, e - s * q)
@@ -523,13 +539,17 @@ class Look:
     verdict: str
 
     def to_json(self) -> dict:
-        return {"look": self.look, "seeds": self.seeds, "level": self.level, "boundary": self.boundary,
-                "statistic": list(self.statistic), "stage_p": list(self.stage_p), "verdict": self.verdict}
+        return {"look": self.look, "seeds": self.seeds, "level": self.level, "boundary": _num(self.boundary),
+                "statistic": [_num(x) for x in self.statistic], "stage_p": [_num(x) for x in self.stage_p],
+                "verdict": self.verdict}
 
     @classmethod
     def from_json(cls, d: Mapping) -> Look:
-        return cls(d["look"], d["seeds"], d["level"], d["boundary"], tuple(d["statistic"]), tuple(d["stage_p"]),
-                   d["verdict"])
+        def num(x):
+            return math.nan if x is None else x
+
+        return cls(d["look"], d["seeds"], d["level"], num(d["boundary"]), tuple(num(x) for x in d["statistic"]),
+                   tuple(num(x) for x in d["stage_p"]), d["verdict"])
 
 
 @dataclass(frozen=True)
@@ -614,7 +634,7 @@ def _result(batch: Batch, i: int, side: tuple[list[float], list[float]]) -> Sequ
     level = float(batch.level[0, i])
     last = stop if stop >= 0 else made - 1
     looks = []
-    for k in range(last + 1):
+    for k in range(last if code == UNTESTED else last + 1):  # a stage without spread tests nothing
         lv = float(batch.level_at[0, i, k])
         one = _level_for(h.kind, lv)
         bound = float(d.bounds(one)[k])
