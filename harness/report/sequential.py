@@ -23,8 +23,9 @@ t_k = n_k / n_K. **Why it controls the error:** under per-seed normality and θ 
 exactly uniform (a t statistic has its t law for any σ, even at 2 seeds), and the stages use
 disjoint seeds, so the Φ⁻¹(1 - p_j) are independent standard normals: (Z_1 .. Z_K) is exactly
 multivariate normal with corr(Z_i, Z_j) = sqrt(t_i / t_j), the law the boundaries are computed
-for (scipy's multivariate normal, P(Z_1 < b_1, .., Z_{k-1} < b_{k-1}, Z_k ≥ b_k) = α(t_k) -
-α(t_{k-1})). So P(some look crosses) = α(1) = the level, at any n, with no large-sample step.
+for (P(Z_1 < b_1, .., Z_{k-1} < b_{k-1}, Z_k ≥ b_k) = α(t_k) - α(t_{k-1}), by numerical
+integration; the tests check it with scipy's multivariate normal). So P(some look crosses) =
+α(1) = the level, at any n, with no large-sample step.
 For θ < θ0 every p_j is stochastically larger: less. Stopping for the other verdicts only
 removes chances to cross. (A z boundary on the pooled t of all seeds so far is not valid at a
 handful of seeds: the t has heavier tails than the normal the boundary assumes.)

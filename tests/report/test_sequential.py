@@ -243,6 +243,13 @@ def test_a_shared_row_is_planned_once():
     assert sq.Plan.from_json(json.loads(json.dumps(p.to_json()))) == p
 
 
+def test_before_the_first_look_every_claim_is_open():
+    hyps = [sq.Hypothesis(1, "A", "B", "superiority"), sq.Hypothesis(2, "A", "A", "superiority", paired=True)]
+    out = sq.decide(DESIGN, hyps, [({0: 0.4}, {}), ({0: 0.4, 1: 0.41}, {0: 0.3, 1: 0.32})])
+    assert [(r.verdict, r.seeds, r.next_seeds, r.low) for r in out] == [("continue", 0, 3, None)] * 2
+    assert sq.plan(DESIGN, out) == sq.Plan((1, 2), 1, 3, {"A": 2, "B": 3})
+
+
 def test_results_round_trip_through_json():
     rng = np.random.default_rng(6)
     a, b = seeds(rng.normal(1, 1, 8)), seeds(rng.normal(0, 1, 10))
