@@ -123,7 +123,8 @@ def _corr(t: np.ndarray) -> np.ndarray:
 
 def crossing(bounds: Sequence[float], fractions: Sequence[float]) -> float:
     """P(Z_k ≥ b_k at some look) for the canonical joint normal (Z_1 .. Z_K) at these
-    information fractions (scipy's multivariate normal; what the boundaries are solved with)."""
+    information fractions, by scipy's multivariate normal: the tests' independent check of the
+    boundaries `boundaries` solves by quadrature."""
     t = np.asarray(fractions, dtype=float)
     b = np.asarray(bounds, dtype=float)
     below = stats.multivariate_normal.cdf(b, mean=np.zeros(len(t)), cov=_corr(t), abseps=1e-8,
@@ -476,8 +477,8 @@ def decide_arrays(design: Design, hypotheses: Sequence[Hypothesis],
 
 
 def rci(est, se, df, weights, bnd) -> tuple[np.ndarray, np.ndarray]:
-    """Repeated confidence intervals at each look (N, K): {θ : -b_k < Z_k(θ) < b_k}, by
-    bisection; est in the claim's direction, bnd (N, K) boundaries (NaN: none)."""
+    """Repeated confidence intervals at each look (N, K): {θ : -b_k < Z_k(θ) < b_k}, each end
+    by a bracketing root search; est in the claim's direction, bnd (N, K) boundaries (NaN: none)."""
     est, se, df, bnd = (np.asarray(x, dtype=float) for x in (est, se, df, bnd))
     w = np.asarray(weights, dtype=float)
     k_n = est.shape[1]
