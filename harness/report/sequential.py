@@ -1,0 +1,758 @@
+"""Group-sequential decisions for a table's claims (issue 29): add seeds until each claim is decided.
+
+A **design** fixes in advance the cumulative seeds per row at which the claims are looked at
+(`looks`, e.g. (3, 5, 8, 12); the last is the cap), the family's α and a Lan-DeMets spending
+function (`obrien_fleming` or `pocock`). The claims are those of `claims.py` (superiority,
+non-inferiority, two-sided, equivalence by TOST; paired or unpaired; sign and margin as
+`claims.claim_decision` takes them).
+
+**The rule: inverse-normal combination of stage-wise t-tests.** Stage k is the seeds at
+positions n_{k-1} .. n_k - 1 of each side in seed order (paired: of the seeds both sides have),
+so its size m_k = n_k - n_{k-1} is exactly the planned one. Its own t-test, on its seeds alone,
+gives a one-sided p-value p_k for the claim's null θ ≤ θ0 (θ: the true Δ in the claim's
+direction; θ0 = -margin): paired, the one-sample t on the stage's per-seed differences (df
+m_k - 1); unpaired, the pooled-variance (Student) t on the stage's two groups of m_k seeds (df
+2 m_k - 2; exact under equal variances, which `power.py` assumes too; with equal group sizes its
+statistic is Welch's, only the df differ, and `bench/decide_calibration.py` prints its type-I
+error at a variance ratio of 4). At look k the statistic is
+
+    Z_k = Σ_{j≤k} w_j Φ⁻¹(1 - p_j) / sqrt(Σ_{j≤k} w_j²),   w_j = sqrt(m_j) (planned, fixed),
+
+compared with the one-sided boundary b_k of the spending function at information fractions
+t_k = n_k / n_K. **Why it controls the error:** under per-seed normality and θ = θ0 each p_j is
+exactly uniform (a t statistic has its t law for any σ, even at 2 seeds), and the stages use
+disjoint seeds, so the Φ⁻¹(1 - p_j) are independent standard normals: (Z_1 .. Z_K) is exactly
+multivariate normal with corr(Z_i, Z_j) = sqrt(t_i / t_j), the law the boundaries are computed
+for (P(Z_1 < b_1, .., Z_{k-1} < b_{k-1}, Z_k ≥ b_k) = α(t_k) - α(t_{k-1}), by numerical
+integration; the tests check it with scipy's multivariate normal). So P(some look crosses) =
+α(1) = the level, at any n, with no large-sample step.
+For θ < θ0 every p_j is stochastically larger: less. Stopping for the other verdicts only
+removes chances to cross. (A z boundary on the pooled t of all seeds so far is not valid at a
+handful of seeds: the t has heavier tails than the normal the boundary assumes.)
+
+**Verdicts at a look** (claim's level ℓ; the fixed-design meanings of docs/statistics.md):
+
+- one-sided (superiority, non-inferiority): holds once Z_j(θ0) ≥ b_j(ℓ) at some look j made;
+  contradicted once Z_j(θ0) ≤ -b_j(ℓ): the boundary of the opposite one-sided null θ ≥ θ0;
+- two-sided: holds once |Z_j(0)| ≥ b_j(ℓ/2) (ℓ/2 spent on each side); never contradicted;
+- equivalence: two one-sided nulls, θ ≤ -m and θ ≥ m, each a sequential test at ℓ; equivalent
+  once both have crossed (at the same or different looks: an intersection-union test needs no
+  correction); contradicted once either opposite boundary is crossed (Δ shown beyond ±m);
+- otherwise `continue`, and at the cap `inconclusive at cap`.
+
+**The family: Holm with the spending (Maurer & Bretz 2013).** Each of the m claims starts at
+level α/m; when a claim holds, the claims still open are re-tested at α/(m - r) (r claims
+holding), with boundaries recomputed for that level, over all looks made so far, until no
+further claim holds at the look. The false claims hold together at most α of the time: until the
+first true null is rejected only false nulls have been, so every true null's level is at most
+α/|I0| (I0: the true nulls); a true null rejected at level ≤ α/|I0| at some look would also be
+rejected by its own sequential test at α/|I0|, whose boundaries are higher; summing over I0
+gives ≤ α, for any dependence between the claims (claims sharing a row are dependent). A claim
+that stopped as contradicted keeps its verdict: not re-testing it only removes rejections.
+The family advances a look only when every open claim has its seeds for it, so the verdicts are
+a function of the data at the planned looks, whenever they are computed (resuming re-derives
+them; no look can go uncounted).
+
+**The interval: repeated confidence intervals** (Jennison & Turnbull 1989). At look k the RCI is
+the set of θ that the look's two-sided test at the claim's level does not reject,
+{θ : -b_k < Z_k(θ) < b_k}, Z_k(θ) being the statistic recomputed with θ as the null. At the
+true θ the Z_k(θ) have exactly the null law above, so all RCIs cover θ together with
+probability ≥ 1 - 2ℓ (two-sided claims: 1 - ℓ); the interval given is their intersection over
+the looks made, at the claim's final level, which covers at least as often and is what the
+verdict is read from: a claim holds exactly when that interval clears its bound, as in the fixed
+design (its Holm level is data-dependent, as the fixed design's is). In the rare case the
+intersection is empty, the last look's RCI is given. The estimate printed beside it is the naive
+mean difference at the stopping look (biased away from 0 when stopping early).
+
+**Planning.** `plan` gives the open claims, the next look and the seeds each row still needs for
+it, a row shared by several open claims once. `savings` simulates one claim's design (through
+`decide_arrays`, the function `decide` and the calibration benchmark use) for its power and mean
+seeds per side, against the seeds of the fixed design of the same power (`power.seeds_needed`).
+
+Values and margins are in the metric's stored unit (fractions, as `claims.evaluate` passes
+them); the rule is scale-free. Pure functions on plain data; no torch, no mlflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from scipy import optimize, special, stats
+
+from harness.report import power as pw
+from harness.report.claims import ALPHA, MIN_N, MIN_STD, RULE, kind_of
+from harness.report.stats import direction
+from harness.spec.schema import Claim
+
+SPENDING = ("obrien_fleming", "pocock")
+KINDS = tuple(RULE)
+#: new seeds a stage needs for its own t-test (paired: df 1; unpaired: df 2)
+MIN_STAGE = 2
+#: stage p-values are kept in [EPS, 1 - EPS] (|z| <= 7.9): each clip only lowers the
+#: statistic it could raise, so the error stays controlled
+EPS = 1e-15
+#: regula falsi steps per interval end (the bracket shrinks below 1e-9 of its width in fewer)
+_ROOT_STEPS = 20
+#: verdict codes of `decide_arrays`, in order
+OPEN, HOLDS, CONTRADICTED, CAPPED, UNTESTED = range(5)
+CONTINUE = "continue"
+AT_CAP = "inconclusive at cap"
+
+
+# ------------------------------------------------------------------ the design
+
+
+def spent(spending: str, t, level: float) -> np.ndarray:
+    """α spent by information fraction t (Lan & DeMets 1983), one-sided `level` in all:
+    O'Brien-Fleming type 2 - 2Φ(z_{1-level/2} / √t), Pocock type level · ln(1 + (e - 1) t)."""
+    t = np.asarray(t, dtype=float)
+    if spending == "obrien_fleming":
+        return 2 * stats.norm.sf(stats.norm.isf(level / 2) / np.sqrt(t))
+    if spending == "pocock":
+        return level * np.log1p((math.e - 1) * t)
+    raise ValueError(f"spending {spending!r}: one of {', '.join(SPENDING)}")
+
+
+def _corr(t: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.minimum.outer(t, t) / np.maximum.outer(t, t))
+
+
+def crossing(bounds: Sequence[float], fractions: Sequence[float]) -> float:
+    """P(Z_k ≥ b_k at some look) for the canonical joint normal (Z_1 .. Z_K) at these
+    information fractions, by scipy's multivariate normal: the tests' independent check of the
+    boundaries `boundaries` solves by quadrature."""
+    t = np.asarray(fractions, dtype=float)
+    b = np.asarray(bounds, dtype=float)
+    below = stats.multivariate_normal.cdf(b, mean=np.zeros(len(t)), cov=_corr(t), abseps=1e-8,
+                                          releps=0, maxpts=400_000 * len(t), rng=np.random.default_rng(0))
+    return float(1 - below)
+
+
+def _simpson(lo: float, hi: float, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and Simpson weights on [lo, hi], spacing at most `step`."""
+    n = max(3, 2 * math.ceil((hi - lo) / step / 2) + 1)
+    x = np.linspace(lo, hi, n)
+    w = np.full(n, 2.0)
+    w[1::2], w[0], w[-1] = 4.0, 1.0, 1.0
+    return x, w * (hi - lo) / (n - 1) / 3
+
+
+@lru_cache(maxsize=1024)
+def boundaries(looks: tuple[int, ...], level: float, spending: str) -> tuple[float, ...]:
+    """One-sided z boundaries b_1 .. b_K spending `level` at the fractions t = looks / cap:
+    b_1 from the normal tail, then each b_k solving P(Z_1 < b_1, .., Z_{k-1} < b_{k-1},
+    Z_k ≥ b_k) = α(t_k) - α(t_{k-1}) for the canonical joint normal (corr sqrt(t_i / t_j)).
+    The probability is integrated numerically on the score scale S_k = Z_k √t_k, whose
+    increments are independent N(0, t_k - t_{k-1}) (Armitage, McPherson & Rowe 1969; Simpson's
+    rule on a grid finer than a fortieth of each increment's sd: error below 1e-8, milliseconds);
+    the tests check the crossing probabilities against scipy's multivariate normal (`crossing`).
+    Cached."""
+    t = np.asarray(looks, dtype=float) / looks[-1]
+    cum = spent(spending, t, level)
+    b = [float(stats.norm.isf(cum[0]))]
+    step = float(np.sqrt(np.diff(np.r_[0.0, t])).min()) / 40
+    x, w = _simpson(-10.0, b[0] * math.sqrt(t[0]), step)
+    density = np.exp(-x ** 2 / (2 * t[0])) / math.sqrt(2 * math.pi * t[0])
+    for k in range(1, len(t)):
+        inc = float(cum[k] - cum[k - 1])
+        sd = math.sqrt(t[k] - t[k - 1])
+        mass = w * density  # the paths still below every earlier boundary, on the grid
+
+        def gap(z, k=k, sd=sd, mass=mass, inc=inc, x=x):
+            return float(mass @ special.ndtr((x - z * math.sqrt(t[k])) / sd)) - inc
+
+        # P(Z_k ≥ x) - α(t_{k-1}) <= the target probability <= P(Z_k ≥ x): a bracket of width < 1
+        lo, hi = float(stats.norm.isf(cum[k])) - 0.05, float(stats.norm.isf(inc)) + 0.05
+        b.append(float(optimize.brentq(gap, lo, hi, xtol=1e-9)))
+        x_new, w = _simpson(-10.0 * math.sqrt(t[k]) - 1.0, b[-1] * math.sqrt(t[k]), step)
+        kernel = np.exp(-((x_new[:, None] - x[None, :]) / sd) ** 2 / 2) / (sd * math.sqrt(2 * math.pi))
+        density, x = kernel @ mass, x_new
+    return tuple(b)
+
+
+@dataclass(frozen=True)
+class Design:
+    """A pre-planned sequential design: cumulative seeds per row at each look (the last is the
+    cap), the family's α and the spending function."""
+
+    looks: tuple[int, ...]
+    alpha: float = ALPHA
+    spending: str = "obrien_fleming"
+
+    def __post_init__(self):
+        try:
+            looks = tuple(self.looks)
+        except TypeError:
+            looks = ()
+        try:
+            whole = all(not isinstance(n, bool) and float(n).is_integer() for n in looks)
+        except (TypeError, ValueError):
+            whole = False
+        if not looks:
+            raise ValueError(f"looks {self.looks!r}: a non-empty list of cumulative seed counts, e.g. [3, 5, 8, 12]")
+        if not whole:
+            raise ValueError(f"looks {list(looks)}: seed counts are whole numbers")
+        looks = tuple(int(n) for n in looks)
+        if looks[0] < MIN_N:
+            raise ValueError(f"looks {list(looks)}: the first look needs at least {MIN_N} seeds per row "
+                             f"(a claim's test needs {MIN_N}), not {looks[0]}")
+        for prev, n in zip(looks, looks[1:], strict=False):
+            if n <= prev:
+                raise ValueError(f"looks {list(looks)}: seed counts must increase strictly ({prev} then {n})")
+            if n - prev < MIN_STAGE:
+                raise ValueError(f"looks {list(looks)}: each look adds at least {MIN_STAGE} new seeds "
+                                 f"(its own t-test needs them); {prev} -> {n} adds {n - prev}")
+        if not 0 < float(self.alpha) < 0.5:
+            raise ValueError(f"alpha {self.alpha!r}: between 0 and 0.5")
+        if self.spending not in SPENDING:
+            raise ValueError(f"spending {self.spending!r}: one of {', '.join(SPENDING)}")
+        object.__setattr__(self, "looks", looks)
+        object.__setattr__(self, "alpha", float(self.alpha))
+
+    @property
+    def cap(self) -> int:
+        return self.looks[-1]
+
+    @property
+    def stages(self) -> np.ndarray:
+        """New seeds per row at each look."""
+        return np.diff(np.r_[0, self.looks])
+
+    @property
+    def fractions(self) -> np.ndarray:
+        return np.asarray(self.looks, dtype=float) / self.cap
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.sqrt(self.stages.astype(float))
+
+    def bounds(self, level: float) -> np.ndarray:
+        """One-sided z boundaries at each look spending `level`."""
+        return np.asarray(boundaries(self.looks, float(level), self.spending))
+
+    def to_json(self) -> dict:
+        return {"looks": list(self.looks), "alpha": self.alpha, "spending": self.spending}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> Design:
+        return cls(tuple(d["looks"]), d.get("alpha", ALPHA), d.get("spending", "obrien_fleming"))
+
+
+# ------------------------------------------------------------------ claims
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One claim as the procedure sees it: Δ = a - b (values of `row` against `vs`), read in the
+    claim's direction `sign`; margin in the values' unit; `margin_label` names it in verdicts."""
+
+    number: int
+    row: str
+    vs: str
+    kind: str  # superiority / non-inferiority / two-sided / equivalence
+    sign: int = 1
+    margin: float = 0.0
+    paired: bool = False
+    margin_label: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.number}: kind {self.kind!r}, one of {', '.join(KINDS)}")
+        if self.sign not in (1, -1):
+            raise ValueError(f"claim {self.number}: sign {self.sign!r}, +1 or -1")
+        if not self.margin >= 0 or (self.kind == "equivalence" and not self.margin > 0):
+            raise ValueError(f"claim {self.number}: margin {self.margin!r} (equivalence needs one > 0)")
+
+    def to_json(self) -> dict:
+        return {"number": self.number, "row": self.row, "vs": self.vs, "kind": self.kind, "sign": self.sign,
+                "margin": self.margin, "paired": self.paired, "margin_label": self.margin_label}
+
+
+def hypothesis_of(claim: Claim, number: int) -> Hypothesis:
+    """The spec's claim (its metric set) as a hypothesis, as `claims.evaluate` reads it: margin in
+    fractions, direction from the metric, paired when both sides are one row or declared so."""
+    sign = direction(claim.metric or "") * (-1 if claim.expect == "worse" else 1)
+    return Hypothesis(number, claim.row, claim.vs, kind_of(claim), sign, claim.margin / 100,
+                      claim.row == claim.vs or claim.paired, f"{claim.margin:g}")
+
+
+def _level_for(kind: str, level: float) -> float:
+    """The one-sided level each boundary of a claim spends: half for a two-sided claim."""
+    return level / 2 if kind == "two-sided" else level
+
+
+def _z(t, df):
+    """Φ⁻¹(1 - p) of the one-sided t p-value p = P(T_df ≥ t), p kept in [EPS, 1 - EPS]."""
+    p = np.clip(special.stdtr(df, -t), EPS, 1 - EPS)
+    return -special.ndtri(p)
+
+
+def stage_tests(a: np.ndarray, b: np.ndarray, design: Design, paired: bool):
+    """Each stage's own test, on its seeds only: (Δ estimate, its se, df, spread) per stage,
+    arrays (N, K); a, b: (N, n) per-seed values in seed order, NaN past the seeds there are.
+    Paired: one-sample t on the stage's differences; unpaired: pooled-variance t. The spread
+    (std of the differences; unpaired, the smaller side's) is what `MIN_STD` is checked on."""
+    a = _pad(np.asarray(a, dtype=float), design.cap)
+    b = _pad(np.asarray(b, dtype=float), design.cap)
+    edges = np.r_[0, design.looks]
+    out = np.full((4, a.shape[0], len(design.looks)), np.nan)
+    for k, m in enumerate(design.stages):
+        part = slice(edges[k], edges[k + 1])
+        if paired:
+            d = a[:, part] - b[:, part]
+            var = d.var(axis=1, ddof=1)
+            out[0, :, k], out[1, :, k], out[2, :, k], out[3, :, k] = d.mean(axis=1), np.sqrt(var / m), m - 1, np.sqrt(var)
+        else:
+            xa, xb = a[:, part], b[:, part]
+            va, vb = xa.var(axis=1, ddof=1), xb.var(axis=1, ddof=1)
+            out[0, :, k] = xa.mean(axis=1) - xb.mean(axis=1)
+            out[1, :, k] = np.sqrt((va + vb) / m)  # pooled variance (va + vb) / 2, times 2 / m
+            out[2, :, k] = 2 * m - 2
+            out[3, :, k] = np.sqrt(np.minimum(va, vb))
+    return out[0], out[1], out[2], out[3]
+
+
+def _pad(x: np.ndarray, n: int) -> np.ndarray:
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.shape[1] >= n:
+        return x[:, :n]
+    return np.concatenate([x, np.full((x.shape[0], n - x.shape[1]), np.nan)], axis=1)
+
+
+def combined(est, se, df, weights, theta) -> np.ndarray:
+    """Z_k(θ) at each look: the inverse-normal combination of the stage-wise one-sided p-values
+    of the null Δ ≤ θ (est in the claim's direction)."""
+    with np.errstate(invalid="ignore", divide="ignore"):  # a stage without spread: NaN, untested
+        z = _z((est - theta) / se, df)
+    w = np.asarray(weights, dtype=float)
+    return np.cumsum(w * z, axis=-1) / np.sqrt(np.cumsum(w ** 2))
+
+
+def _statistics(h: Hypothesis, est, se, df, weights) -> np.ndarray:
+    """(S, N, K): the statistics compared with +b for the claim to hold; TOST: the lower null
+    θ ≤ -m and the upper one θ ≥ m."""
+    e = h.sign * est
+    if h.kind == "two-sided":
+        return combined(e, se, df, weights, 0.0)[None]
+    low = combined(e, se, df, weights, -h.margin)
+    if h.kind != "equivalence":
+        return low[None]
+    return np.stack([low, -combined(e, se, df, weights, h.margin)])
+
+
+def _crossed(kind: str, z: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(holds by look k, contradicted by look k), (N, K) each, at the boundaries b (K,)."""
+    up = np.logical_or.accumulate(z >= b, axis=-1)
+    down = np.logical_or.accumulate(z <= -b, axis=-1)
+    if kind == "two-sided":
+        return up[0] | down[0], np.zeros_like(up[0])
+    if kind == "equivalence":
+        return up[0] & up[1], down[0] | down[1]
+    return up[0], down[0]
+
+
+# ------------------------------------------------------------------ the procedure on arrays
+
+
+@dataclass
+class Batch:
+    """The procedure run on N simulated or real stores at once (`decide_arrays`). Per claim i:
+    status[:, i] (OPEN, HOLDS, CONTRADICTED, CAPPED, UNTESTED), stop[:, i] (0-based look of
+    the verdict; -1 while open), level[:, i] (the claim's Holm level when decided, or now);
+    made: looks the family has made; level_at[:, i, k]: the claim's level at look k (NaN when
+    it was not looked at); stats[i]: (S, N, K) statistics; est/se/df[i]: stage tests (N, K),
+    est in the claim's direction."""
+
+    design: Design
+    hypotheses: list[Hypothesis]
+    status: np.ndarray
+    stop: np.ndarray
+    level: np.ndarray
+    made: np.ndarray
+    level_at: np.ndarray
+    stats: list[np.ndarray]
+    est: list[np.ndarray]
+    se: list[np.ndarray]
+    df: list[np.ndarray]
+    spread: list[np.ndarray]
+
+    def seeds(self, i: int) -> np.ndarray:
+        """Seeds per side claim i used: at its verdict's look, else at the last look made."""
+        last = np.where(self.stop[:, i] >= 0, self.stop[:, i], self.made - 1)
+        looks = np.r_[0, self.design.looks]
+        return looks[last + 1]
+
+    def interval(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The claim's interval on Δ in its direction: the intersection of its repeated
+        confidence intervals over the looks it was looked at, at its final level (N,) each."""
+        h, d = self.hypotheses[i], self.design
+        n, k_n = self.status.shape[0], len(d.looks)
+        last = np.where(self.stop[:, i] >= 0, self.stop[:, i], self.made - 1)
+        bnd = np.full((n, k_n), np.nan)
+        for level in np.unique(self.level[:, i][np.isfinite(self.level[:, i])]):
+            rows = self.level[:, i] == level
+            bnd[rows] = d.bounds(_level_for(h.kind, float(level)))
+        low, high = rci(self.est[i], self.se[i], self.df[i], d.weights, bnd)
+        seen = np.arange(k_n)[None, :] <= last[:, None]
+        lo = np.where(seen, low, -np.inf).max(axis=1)
+        hi = np.where(seen, high, np.inf).min(axis=1)
+        rows = np.arange(n)
+        at = np.clip(last, 0, None)
+        empty = lo > hi
+        lo = np.where(empty, low[rows, at], lo)
+        hi = np.where(empty, high[rows, at], hi)
+        none = last < 0
+        return np.where(none, np.nan, lo), np.where(none, np.nan, hi)
+
+
+def decide_arrays(design: Design, hypotheses: Sequence[Hypothesis],
+                  values: Sequence[tuple[np.ndarray, np.ndarray]], available: np.ndarray | None = None) -> Batch:
+    """The whole procedure on N stores at once: values[i] = (a, b) of claim i, arrays (N, n)
+    in seed order (paired: column j of both is one seed); `available` (N, m): looks each claim
+    has the seeds for (default: every look up to n). What `decide` runs (N = 1) and what the
+    calibration benchmark simulates."""
+    m, k_n = len(hypotheses), len(design.looks)
+    if m == 0:
+        raise ValueError("no claims to decide")
+    if len(values) != m:
+        raise ValueError(f"{m} claims but {len(values)} pairs of values")
+    est, se, df, spread, zs = [], [], [], [], []
+    for h, (a, b) in zip(hypotheses, values, strict=True):
+        e, s, f, sp = stage_tests(a, b, design, h.paired)
+        est.append(h.sign * e)
+        se.append(s)
+        df.append(f)
+        spread.append(sp)
+        zs.append(_statistics(h, e, s, f, design.weights))
+    n = zs[0].shape[1]
+    if available is None:
+        available = np.stack([(np.isfinite(e)).cumprod(axis=1).sum(axis=1) for e in est], axis=1)
+    available = np.broadcast_to(np.asarray(available), (n, m))
+    # (claim, r - 1): holds / contradicted by look k at level α / r
+    held = np.zeros((m, m, n, k_n), dtype=bool)
+    contra = np.zeros((m, m, n, k_n), dtype=bool)
+    for i, h in enumerate(hypotheses):
+        for r in range(1, m + 1):
+            held[i, r - 1], contra[i, r - 1] = _crossed(h.kind, zs[i], design.bounds(_level_for(h.kind, design.alpha / r)))
+    status = np.full((n, m), OPEN, dtype=np.int8)
+    stop = np.full((n, m), -1)
+    level = np.full((n, m), design.alpha / m)
+    level_at = np.full((n, m, k_n), np.nan)
+    made = np.zeros(n, dtype=int)
+    rejected = np.zeros(n, dtype=int)
+    rows = np.arange(n)
+    for k in range(k_n):
+        is_open = status == OPEN
+        go = (made == k) & np.all(~is_open | (available > k), axis=1)
+        if not go.any():
+            break
+        made[go] = k + 1
+        looked = go[:, None] & is_open
+        # a stage without spread: the seeds did not vary the runs; the claim keeps its α share
+        flat = looked & np.stack([~(sp[:, k] > MIN_STD) for sp in spread], axis=1)
+        status[flat], stop[flat] = UNTESTED, k
+        for _ in range(m):
+            r = np.maximum(m - rejected, 1)
+            new = np.stack([held[i, r - 1, rows, k] for i in range(m)], axis=1) & go[:, None] & (status == OPEN)
+            if not new.any():
+                break
+            status[new], stop[new] = HOLDS, k
+            level[new] = np.broadcast_to((design.alpha / r)[:, None], (n, m))[new]
+            rejected += new.sum(axis=1)
+        r = np.maximum(m - rejected, 1)
+        still = go[:, None] & (status == OPEN)
+        level[still] = np.broadcast_to((design.alpha / r)[:, None], (n, m))[still]
+        new = np.stack([contra[i, r - 1, rows, k] for i in range(m)], axis=1) & still
+        status[new], stop[new] = CONTRADICTED, k
+        if k == k_n - 1:
+            capped = go[:, None] & (status == OPEN)
+            status[capped], stop[capped] = CAPPED, k
+        level_at[:, :, k] = np.where(looked, level, np.nan)
+    return Batch(design, list(hypotheses), status, stop, level, made, level_at, zs, est, se, df, spread)
+
+
+def rci(est, se, df, weights, bnd) -> tuple[np.ndarray, np.ndarray]:
+    """Repeated confidence intervals at each look (N, K): {θ : -b_k < Z_k(θ) < b_k}, each end
+    by a bracketing root search; est in the claim's direction, bnd (N, K) boundaries (NaN: none)."""
+    est, se, df, bnd = (np.asarray(x, dtype=float) for x in (est, se, df, bnd))
+    w = np.asarray(weights, dtype=float)
+    k_n = est.shape[1]
+    mask = np.tri(k_n, dtype=bool)  # [look k, stage j]: j <= k
+    norm_w = np.sqrt(np.cumsum(w ** 2))
+    # each stage's z at b_k · |w| / Σw puts Z_k at b_k: the roots lie between those stages' θs
+    share = bnd * norm_w / np.cumsum(w)
+    tail = stats.norm.sf(share)
+    q = stats.t.isf(np.clip(tail, EPS, 0.5)[:, :, None], df[:, None, :])
+    e, s, f = est[:, None, :], se[:, None, :], df[:, None, :]
+
+    def z_at(theta):
+        z = _z((e - theta[:, :, None]) / s, f)
+        return np.where(mask, z * w, 0.0).sum(axis=-1) / norm_w
+
+    def solve(target, points):
+        """The θ with Z_k(θ) = target: Z_k falls in θ, f(lo) >= 0 >= f(hi); the Illinois
+        variant of regula falsi (a bracketing method: the root stays between lo and hi)."""
+        lo = np.where(mask, points, np.inf).min(axis=-1)
+        hi = np.where(mask, points, -np.inf).max(axis=-1)
+        f_lo, f_hi = z_at(lo) - target, z_at(hi) - target
+        last = np.zeros(lo.shape, dtype=np.int8)
+        for _ in range(_ROOT_STEPS):
+            span = f_lo - f_hi
+            x = np.where(span > 0, lo + f_lo / np.where(span > 0, span, 1.0) * (hi - lo), (lo + hi) / 2)
+            f = z_at(x) - target
+            up = f >= 0
+            f_hi = np.where(up & (last == 1), f_hi / 2, f_hi)
+            f_lo = np.where(~up & (last == -1), f_lo / 2, f_lo)
+            lo, f_lo = np.where(up, x, lo), np.where(up, f, f_lo)
+            hi, f_hi = np.where(up, hi, x), np.where(up, f_hi, f)
+            last = np.where(up, 1, -1).astype(np.int8)
+        return np.where(np.abs(f_lo) < np.abs(f_hi), lo, hi)
+
+    with np.errstate(invalid="ignore"):
+        low = solve(bnd, e - s * q)
+        high = solve(-bnd, e + s * q)
+    beyond = tail < EPS  # the boundary is out of the statistic's reach: no bound from this look
+    low = np.where(beyond, -np.inf, low)
+    high = np.where(beyond, np.inf, high)
+    bad = ~np.isfinite(bnd) | ~np.isfinite(est) | ~(se > 0)
+    return np.where(bad, np.nan, low), np.where(bad, np.nan, high)
+
+
+# ------------------------------------------------------------------ one store: results
+
+
+@dataclass(frozen=True)
+class Look:
+    """One look at one claim: cumulative seeds per side, the claim's level then, the boundary
+    and statistic(s) (TOST: the lower and upper null's), this stage's own p-value(s) and the
+    verdict after the look."""
+
+    look: int  # 1-based
+    seeds: int
+    level: float
+    boundary: float
+    statistic: tuple[float, ...]
+    stage_p: tuple[float, ...]
+    verdict: str
+
+    def to_json(self) -> dict:
+        return {"look": self.look, "seeds": self.seeds, "level": self.level, "boundary": _num(self.boundary),
+                "statistic": [_num(x) for x in self.statistic], "stage_p": [_num(x) for x in self.stage_p],
+                "verdict": self.verdict}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> Look:
+        def num(x):
+            return math.nan if x is None else x
+
+        return cls(d["look"], d["seeds"], d["level"], num(d["boundary"]), tuple(num(x) for x in d["statistic"]),
+                   tuple(num(x) for x in d["stage_p"]), d["verdict"])
+
+
+@dataclass(frozen=True)
+class SequentialResult:
+    """One claim's sequential decision so far. low/high: the interval on Δ = row - vs (values'
+    unit) with its nominal simultaneous `confidence`; estimate: the naive Δ at `seeds`."""
+
+    hypothesis: Hypothesis
+    verdict: str  # holds / equivalent within ±m / contradicted / continue / inconclusive at cap / untested
+    level: float  # the claim's Holm level (one-sided; two-sided claims spend half per side)
+    seeds: int  # seeds per side the verdict rests on
+    available: tuple[int, int]  # usable seeds per side now (paired: the seeds both sides have)
+    next_seeds: int | None  # seeds per side at the claim's next look; None once decided
+    estimate: float | None
+    low: float | None
+    high: float | None
+    confidence: float
+    looks: tuple[Look, ...] = ()
+    untested: str = ""
+
+    @property
+    def holds(self) -> bool:
+        return self.verdict == "holds" or self.verdict.startswith("equivalent within")
+
+    @property
+    def is_open(self) -> bool:
+        return self.verdict == CONTINUE
+
+    def to_json(self) -> dict:
+        return {"hypothesis": self.hypothesis.to_json(), "verdict": self.verdict, "holds": self.holds,
+                "level": self.level, "seeds": self.seeds, "available": list(self.available),
+                "next_seeds": self.next_seeds, "estimate": self.estimate, "interval": [self.low, self.high],
+                "confidence": self.confidence, "looks": [lk.to_json() for lk in self.looks],
+                "untested": self.untested}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> SequentialResult:
+        return cls(Hypothesis(**d["hypothesis"]), d["verdict"], d["level"], d["seeds"], tuple(d["available"]),
+                   d["next_seeds"], d["estimate"], d["interval"][0], d["interval"][1], d["confidence"],
+                   tuple(Look.from_json(lk) for lk in d["looks"]), d["untested"])
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _aligned(h: Hypothesis, a: Mapping[int, float], b: Mapping[int, float]) -> tuple[list[float], list[float]]:
+    """Each side's finite values in seed order; paired: over the seeds both sides have."""
+    fa = {int(s): float(v) for s, v in a.items() if v is not None and math.isfinite(float(v))}
+    fb = {int(s): float(v) for s, v in b.items() if v is not None and math.isfinite(float(v))}
+    if h.paired:
+        common = sorted(set(fa) & set(fb))
+        return [fa[s] for s in common], [fb[s] for s in common]
+    return [fa[s] for s in sorted(fa)], [fb[s] for s in sorted(fb)]
+
+
+def _verdict(h: Hypothesis, code: int) -> str:
+    if code == HOLDS:
+        return f"equivalent within ±{h.margin_label or f'{h.margin:g}'}" if h.kind == "equivalence" else "holds"
+    return {OPEN: CONTINUE, CONTRADICTED: "contradicted", CAPPED: AT_CAP, UNTESTED: "untested"}[code]
+
+
+def decide(design: Design, hypotheses: Sequence[Hypothesis],
+           values: Sequence[tuple[Mapping[int, float], Mapping[int, float]]]) -> list[SequentialResult]:
+    """Decide a family of claims on the seeds there are: values[i] = (row's, vs's) per-seed
+    values of claim i keyed by seed number. Looks are made in order while every open claim has
+    the seeds for the next one; the seeds past the last look made wait for the next."""
+    if len(values) != len(hypotheses):
+        raise ValueError(f"{len(hypotheses)} claims but {len(values)} pairs of values")
+    sides = [_aligned(h, a, b) for h, (a, b) in zip(hypotheses, values, strict=True)]
+    batch = decide_arrays(design, hypotheses, [(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
+                                               for a, b in sides],
+                          available=np.array([[sum(n <= min(len(a), len(b)) for n in design.looks)
+                                               for a, b in sides]]))
+    return [_result(batch, i, side) for i, side in enumerate(sides)]
+
+
+def _result(batch: Batch, i: int, side: tuple[list[float], list[float]]) -> SequentialResult:
+    h, d = batch.hypotheses[i], batch.design
+    code, stop, made = int(batch.status[0, i]), int(batch.stop[0, i]), int(batch.made[0])
+    level = float(batch.level[0, i])
+    last = stop if stop >= 0 else made - 1
+    looks = []
+    for k in range(last if code == UNTESTED else last + 1):  # a stage without spread tests nothing
+        lv = float(batch.level_at[0, i, k])
+        one = _level_for(h.kind, lv)
+        bound = float(d.bounds(one)[k])
+        z = tuple(float(x) for x in batch.stats[i][:, 0, k])
+        e, s, f = batch.est[i][0, k], batch.se[i][0, k], batch.df[i][0, k]
+        if h.kind == "two-sided":
+            p = (float(special.stdtr(f, -e / s)),)
+        elif h.kind == "equivalence":
+            p = (float(special.stdtr(f, -(e + h.margin) / s)), float(special.stdtr(f, (e - h.margin) / s)))
+        else:
+            p = (float(special.stdtr(f, -(e + h.margin) / s)),)
+        now = _verdict(h, code) if k == stop else CONTINUE
+        looks.append(Look(k + 1, d.looks[k], lv, bound, z, p, now))
+    a, b = side
+    seeds = d.looks[last] if last >= 0 else 0
+    untested = ""
+    if code == UNTESTED:
+        untested = (f"no spread in stage {stop + 1} ({'identical per-seed differences' if h.paired else 'identical values on one side'}): "
+                    "the seeds did not vary the runs")
+    if seeds:
+        estimate = float(np.mean(a[:seeds]) - np.mean(b[:seeds]))
+        lo, hi = (float(x[0]) for x in batch.interval(i))
+        lo, hi = (lo, hi) if h.sign > 0 else (-hi, -lo)
+    else:
+        estimate = lo = hi = math.nan
+    conf = 1 - level if h.kind == "two-sided" else 1 - 2 * level
+    nxt = None
+    if code == OPEN:
+        nxt = d.looks[made] if made < len(d.looks) else None
+    return SequentialResult(h, _verdict(h, code), level, seeds, (len(a), len(b)), nxt, _num(estimate), _num(lo),
+                            _num(hi), conf, tuple(looks), untested)
+
+
+# ------------------------------------------------------------------ planning
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run next: the open claims, the family's next look (1-based) and its cumulative
+    seeds per row, and per row the seeds still to add for it (a row shared by several open
+    claims once)."""
+
+    open: tuple[int, ...]
+    look: int | None
+    seeds: int | None
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"open": list(self.open), "look": self.look, "seeds": self.seeds, "rows": dict(self.rows)}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> Plan:
+        return cls(tuple(d["open"]), d["look"], d["seeds"], dict(d["rows"]))
+
+
+def plan(design: Design, results: Sequence[SequentialResult]) -> Plan:
+    """The next look's seeds for the claims still open (empty when all are decided)."""
+    open_ = [r for r in results if r.is_open and r.next_seeds is not None]
+    if not open_:
+        return Plan((), None, None, {})
+    target = min(r.next_seeds for r in open_)
+    rows: dict[str, int] = {}
+    for r in open_:
+        h = r.hypothesis
+        for row, have in ((h.row, r.available[0]), (h.vs, r.available[1])):
+            rows[row] = max(rows.get(row, 0), target - have, 0)
+    return Plan(tuple(r.hypothesis.number for r in open_), design.looks.index(target) + 1, target, rows)
+
+
+# ------------------------------------------------------------------ seeds saved
+
+
+@dataclass(frozen=True)
+class Savings:
+    """One claim's design at a true effect (σ units): power, how often contradicted, mean seeds
+    per side, and the seeds per side of the fixed design with the same power (`power.py`)."""
+
+    effect: float
+    power: float
+    contradicted: float
+    mean_seeds: float
+    fixed_seeds: int | None
+    ratio: float | None  # mean_seeds / fixed_seeds
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def draw(rng: np.random.Generator, n: int, cap: int, delta: float, paired: bool,
+         sd_b: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """N = n simulated stores of one claim: (a, b) arrays (n, cap) with Δ = delta and σ = 1
+    (paired: the per-seed differences have σ = 1; unpaired: side a has σ = 1, side b sd_b)."""
+    b = rng.normal(0.0, sd_b, (n, cap))
+    if paired:
+        return b + rng.normal(delta, 1.0, (n, cap)), b
+    return rng.normal(delta, 1.0, (n, cap)), b
+
+
+def fixed_seeds(kind: str, *, paired: bool, effect: float, margin: float, alpha: float, power: float) -> int | None:
+    """Seeds per side of the fixed design with `power` (capped at 0.999) against `effect`; None
+    at or beyond the claim's null, where no number of seeds has power."""
+    null = {"two-sided": effect == 0, "equivalence": abs(effect) >= margin}.get(kind, effect <= -margin)
+    if null or not power > 0:
+        return None
+    return pw.seeds_needed(abs(effect) if kind == "two-sided" else effect, paired=paired, kind=RULE[kind],
+                           alpha=alpha, margin=margin, target=min(power, 0.999))
+
+
+def savings(design: Design, kind: str, *, paired: bool, effect: float, margin: float = 0.0, sims: int = 4000,
+            seed: int = 0) -> Savings:
+    """Simulate one claim alone (its level α) at a true effect in σ (claim's direction) through
+    `decide_arrays`: the sequential design's power and mean seeds against the fixed design's."""
+    h = Hypothesis(1, "row", "vs", kind, 1, margin, paired)
+    batch = decide_arrays(design, [h], [draw(np.random.default_rng(seed), sims, design.cap, effect, paired)])
+    power = float(np.mean(batch.status[:, 0] == HOLDS))
+    mean = float(np.mean(batch.seeds(0)))
+    fixed = fixed_seeds(kind, paired=paired, effect=effect, margin=margin, alpha=design.alpha, power=power)
+    return Savings(effect, power, float(np.mean(batch.status[:, 0] == CONTRADICTED)), mean, fixed,
+                   mean / fixed if fixed else None)
