@@ -103,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine): the report adds its row means against this store's 95%% intervals; "
                         "may be repeated")
 
+    p = sub.add_parser("decide", help="decide a spec's claims by adding seeds: the looks so far and the next cells",
+                       description="For each table with a `decide` section: read the finished runs of its "
+                                   "claims' rows, make the design's looks so far (group-sequential, α spent "
+                                   "over the looks, Holm over the claims), print each claim's statistic, "
+                                   "boundary and verdict, and the cells to run next. Trains nothing.")
+    p.add_argument("spec", metavar="SPEC")
+    _add_overrides(p)
+    _add_store(p)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the same as JSON (the only file written)")
+
     p = sub.add_parser("sweep", help="Optuna sweep of loss weights over a spec's cells",
                        description="Run an Optuna study whose trials are cells dispatched through "
                                    "the scheduler.")
@@ -300,6 +310,27 @@ def cmd_report(args) -> int:
                   against=tuple(args.against), allow_empty=args.allow_empty, json_out=args.json)
 
 
+def cmd_decide(args) -> int:
+    from harness.report.decide import cells_to_decide, decide_tables, lines
+    from harness.spec import Problem, load_spec
+    from harness.track.mlflow_tracker import check_store_exists
+
+    loaded = load_spec(args.spec)
+    cells = cells_to_decide(loaded, _overrides(args))
+    if not cells:
+        raise UserError(Problem(args.spec, None, "tables", "no table has a decide section (tables.NAME.decide)"))
+    uri = _store(args)
+    check_store_exists(uri)
+    decisions = decide_tables(loaded, cells, uri)
+    for d in decisions:
+        print("\n".join(lines(d)))
+    if args.json:
+        from harness.formats.atomic import write_json
+
+        write_json(args.json, {"spec": loaded.spec.name, "tables": [d.to_json() for d in decisions]}, indent=1)
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from harness.sweep.space import validate_sweep
 
@@ -316,7 +347,7 @@ def cmd_sweep(args) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate, "data": cmd_data, "train": cmd_train,
-            "run": cmd_run, "status": cmd_status, "sync": cmd_sync, "report": cmd_report,
+            "run": cmd_run, "status": cmd_status, "sync": cmd_sync, "report": cmd_report, "decide": cmd_decide,
             "sweep": cmd_sweep}
 
 

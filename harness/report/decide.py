@@ -1,0 +1,157 @@
+"""`harness decide`: each table's `decide` claims, decided group-sequentially from the store.
+
+A table's `decide` section (spec) names the claims and the design: the looks (seeds per row), the
+cap, α and the spending function. This module reads the finished runs of the claims' rows for the
+design's seeds (`seeds_for`: the spec's own seeds, then new numbers after its largest), hands the
+per-seed values to `sequential.decide` and says what to run next (`sequential.plan`): which rows,
+which seed numbers. It trains nothing and writes nothing; `harness run --until-decided` runs the
+plan and asks again.
+
+A look counts only the seeds in order: a row's values are its finished seeds from the first
+planned one up to the first that is not finished (a failed or missing seed stops the row there,
+and the plan names it), so a stage is always the block of seeds the design planned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from harness.report import sequential as sq
+from harness.report.claims import claims_of, side
+from harness.report.collect import collect
+from harness.report.tables import LAYOUTS
+from harness.spec.load import LoadedSpec
+from harness.spec.matrix import Cell, expand, seeds_for
+from harness.spec.schema import Claim
+from harness.track.names import eval_key
+
+
+@dataclass
+class TableDecision:
+    """One table's sequential decision: its design, claims (numbered by their index in the
+    table's `claims`), per-claim results, the plan, and the seed numbers of the design."""
+
+    table: str
+    design: sq.Design
+    claims: list[Claim]
+    results: list[sq.SequentialResult]
+    plan: sq.Plan
+    seeds: list[int]
+    have: dict[str, int] = field(default_factory=dict)  # row -> finished seeds in order
+    blocked: dict[str, str] = field(default_factory=dict)  # row -> why its next seed does not count
+
+    def next_cells(self) -> dict[str, list[int]]:
+        """Row -> the seed numbers to run for the next look (a row shared by claims once)."""
+        if self.plan.seeds is None:
+            return {}
+        return {row: self.seeds[self.have.get(row, 0):self.plan.seeds] for row, need in self.plan.rows.items()
+                if need > 0}
+
+    @property
+    def decided(self) -> bool:
+        return not self.plan.open
+
+    def to_json(self) -> dict:
+        return {"table": self.table, "design": self.design.to_json(), "seeds": self.seeds,
+                "claims": [{"number": r.hypothesis.number, "text": c.text, "row": side(c.row, c.post),
+                            "vs": side(c.vs, c.vs_post), "metric": c.metric, **r.to_json()}
+                           for c, r in zip(self.claims, self.results, strict=True)],
+                "next": {"look": self.plan.look, "seeds": self.plan.seeds, "cells": self.next_cells()},
+                "have": self.have, "blocked": self.blocked, "decided": self.decided}
+
+
+def design_of(ld: LoadedSpec, name: str) -> sq.Design:
+    d = ld.spec.tables[name].decide
+    return sq.Design(tuple(d.looks), alpha=d.alpha, spending=d.spending)
+
+
+def deciding_tables(ld: LoadedSpec) -> list[str]:
+    return [name for name, t in ld.spec.tables.items() if t.decide is not None]
+
+
+def cells_to_decide(ld: LoadedSpec, overrides=()) -> list[Cell]:
+    """Every cell a decision may read or run: the claims' rows at every seed up to each cap."""
+    cap = max((ld.spec.tables[n].decide.looks[-1] for n in deciding_tables(ld)), default=0)
+    rows = {r for n in deciding_tables(ld) for c in _selected(ld, n) for r in (c.row, c.vs)}
+    if not rows:
+        return []
+    return expand(ld, list(overrides), rows=rows, seeds=seeds_for(ld, cap))
+
+
+def _selected(ld: LoadedSpec, name: str) -> list[Claim]:
+    table = ld.spec.tables[name]
+    claims = claims_of(ld.spec, name, LAYOUTS[table.layout].columns[0].metric)
+    return [claims[i] for i in (table.decide.claims if table.decide.claims is not None else range(len(claims)))]
+
+
+def _prefix(df: pd.DataFrame, row: str, key: str, seeds: list[int]) -> tuple[dict[int, float], str]:
+    """The row's values of `key` for the planned seeds in order, up to the first that does not
+    count, and why that one does not (empty when every planned seed counts)."""
+    mine = df[df["row"] == row]
+    dataset = mine["dataset"].iloc[0] if len(mine) else None
+    out: dict[int, float] = {}
+    for seed in seeds:
+        rec = mine[(mine["seed"] == seed) & (mine["dataset"] == dataset)]
+        if rec.empty or rec["status"].iloc[0] != "finished":
+            status = rec["status"].iloc[0] if len(rec) else "missing"
+            reason = rec["failure"].iloc[0] if len(rec) and rec["failure"].iloc[0] else ""
+            return out, "" if status == "missing" else f"seed {seed} {status}" + (f" ({reason})" if reason else "")
+        value = rec[key].iloc[0] if key in rec else float("nan")
+        if pd.isna(value) or not math.isfinite(float(value)):
+            return out, f"seed {seed}: {key} is not a finite number"
+        out[seed] = float(value)
+    return out, ""
+
+
+def decide_tables(ld: LoadedSpec, cells: list[Cell], uri: str) -> list[TableDecision]:
+    """Each deciding table's decision from the finished runs in the store at `uri`."""
+    df = collect(cells, uri, ld.spec.name)
+    out = []
+    for name in deciding_tables(ld):
+        design = design_of(ld, name)
+        seeds = seeds_for(ld, design.cap)
+        table = ld.spec.tables[name]
+        numbers = table.decide.claims if table.decide.claims is not None else range(len(table.claims))
+        claims = _selected(ld, name)
+        values, have, blocked = [], {}, {}
+        for claim in claims:
+            pair = []
+            for row, post in ((claim.row, claim.post), (claim.vs, claim.vs_post)):
+                got, why = _prefix(df, row, eval_key(post, claim.metric), seeds)
+                pair.append(got)
+                have[row] = min(have.get(row, len(got)), len(got))
+                if why:
+                    blocked[row] = why
+            values.append(tuple(pair))
+        hypotheses = [sq.hypothesis_of(c, n) for c, n in zip(claims, numbers, strict=True)]
+        results = sq.decide(design, hypotheses, values)
+        out.append(TableDecision(name, design, claims, results, sq.plan(design, results), seeds, have, blocked))
+    return out
+
+
+def lines(d: TableDecision) -> list[str]:
+    """What `harness decide` prints for one table."""
+    design = d.design
+    out = [f"{d.table}: looks at {', '.join(map(str, design.looks))} seeds per row (cap {design.cap}), "
+           f"α = {design.alpha:g}, {design.spending.replace('_', '-')} spending"]
+    for c, r in zip(d.claims, d.results, strict=True):
+        out.append(f"  claim {r.hypothesis.number}: {c.text or side(c.row, c.post) + ' vs ' + side(c.vs, c.vs_post)}")
+        for lk in r.looks:
+            stat = " / ".join(f"{z:+.2f}" for z in lk.statistic)  # TOST: the lower and the upper null's
+            out.append(f"    look {lk.look} at {lk.seeds} seeds: statistic {stat}, boundary "
+                       f"±{lk.boundary:.2f} (level {lk.level:.4g}): {lk.verdict}")
+        interval = "" if r.low is None else (f"; Δ {100 * r.estimate:+.2f} points, {100 * r.confidence:.0f}% "
+                                             f"repeated interval [{100 * r.low:+.2f}, {100 * r.high:+.2f}]")
+        out.append(f"    verdict: {r.verdict}{' (' + r.untested + ')' if r.untested else ''}{interval}")
+    for row, why in sorted(d.blocked.items()):
+        out.append(f"  {row}: {why}; the seeds after it do not count until it finishes")
+    cells = d.next_cells()
+    if cells:
+        todo = "; ".join(f"{row}: seeds {', '.join(map(str, seeds))}" for row, seeds in cells.items())
+        out.append(f"  next: look {d.plan.look} at {d.plan.seeds} seeds per row; run {todo}")
+    elif d.decided:
+        out.append("  every claim is decided")
+    return out

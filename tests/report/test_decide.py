@@ -1,0 +1,117 @@
+"""`harness decide` on a store another process filled (an MLflow client and the harness tags):
+the looks so far, each claim's verdict, the cells to run next; nothing trained, nothing written
+but the JSON asked for."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from harness.report.decide import cells_to_decide
+from harness.spec import load_spec
+
+SPEC = """\
+name: dec
+base:
+  model: {num_classes: 1, backbone: {name: tiny}, predictor: {assigner: {name: poto}}}
+  data: {name: synthetic, synthetic: {num_train: 4, num_val: 2, format: odgt}}
+  train: {max_iter: 10, base_lr: 0.01}
+  eval: {nms: false, metrics: crowdhuman}
+axes:
+  method:
+    fcos: {model.predictor.assigner: {name: fcos}, eval.nms: true}
+    poto: {}
+    poto_b: {train.checkpoint_period: 7}
+rows:
+  - {label: FCOS, table: t, method: fcos, baseline: true}
+  - {label: POTO, table: t, method: poto}
+  - {label: POTO-B, table: t, method: poto_b}
+tables:
+  t:
+    title: T
+    layout: quickstart
+    claims:
+      - {row: FCOS, post: nms_free, vs: FCOS, vs_post: nms, metric: ap50, expect: worse}
+      - {row: POTO-B, post: nms_free, vs: POTO, vs_post: nms_free, metric: ap50, expect: better}
+    decide: {looks: [3, 5, 8], spending: pocock}
+seeds: [0, 1, 2]
+"""
+
+
+def fill(uri, cells, values):
+    """Runs as another process would write them: FINISHED, tagged, with final metrics."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("dec") or client.get_experiment(client.create_experiment("dec"))
+    for c in cells:
+        if (c.row, c.seed) not in values:
+            continue
+        nms, free = values[(c.row, c.seed)]
+        run = client.create_run(exp.experiment_id, tags={"harness.run_key": c.run_key, "harness.row": c.row,
+                                                         "harness.seed": str(c.seed)}, run_name=c.id)
+        client.log_batch(run.info.run_id, metrics=[Metric("eval.nms.ap50", nms, 0, 10),
+                                                   Metric("eval.nms_free.ap50", free, 0, 10)])
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "dec.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_decide_reads_another_process_store_and_plans_the_next_seeds(spec, tmp_path, run_cli):
+    cells = cells_to_decide(load_spec(spec))
+    assert sorted({c.seed for c in cells}) == list(range(8))  # the spec's 3 seeds, then 3..7
+    rng = np.random.default_rng(0)
+    values = {}
+    for seed in range(3):
+        values[("FCOS", seed)] = (0.80 + 0.002 * rng.standard_normal(), 0.40 + 0.01 * rng.standard_normal())
+        for row in ("POTO", "POTO-B"):  # the same setting: no effect
+            values[(row, seed)] = (0.8, 0.85 + 0.01 * rng.standard_normal())
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    fill(uri, cells, values)
+    before = sorted(p.name for p in ws.iterdir()), (ws / "mlflow.db").stat().st_mtime_ns
+    code, out, err = run_cli("decide", spec, "--tracking-uri", uri, "--json", tmp_path / "d.json")
+    assert code == 0, err
+    assert (sorted(p.name for p in ws.iterdir()), (ws / "mlflow.db").stat().st_mtime_ns) == before
+    data = json.loads((tmp_path / "d.json").read_text())
+    (table,) = data["tables"]
+    huge, null = table["claims"]
+    assert huge["verdict"] == "holds" and huge["seeds"] == 3 and len(huge["looks"]) == 1  # the first look
+    assert null["verdict"] == "continue"
+    assert table["next"] == {"look": 2, "seeds": 5, "cells": {"POTO-B": [3, 4], "POTO": [3, 4]}}
+    assert "next: look 2 at 5 seeds per row; run POTO-B: seeds 3, 4; POTO: seeds 3, 4" in out
+
+    # the next look's seeds arrive, one of them failed: the seeds after it do not count yet
+    more = {(row, seed): (0.8, 0.85 + 0.01 * rng.standard_normal()) for row in ("POTO", "POTO-B") for seed in (3, 4)}
+    fill(uri, [c for c in cells if (c.row, c.seed) != ("POTO", 3)], more)
+    code, out, _ = run_cli("decide", spec, "--tracking-uri", uri)
+    assert code == 0 and "next: look 2 at 5 seeds per row; run POTO: seeds 3, 4" in out
+
+
+def test_decide_without_a_decide_section_is_one_line(tmp_path, run_cli):
+    path = tmp_path / "dec.yaml"
+    path.write_text(SPEC.replace("    decide: {looks: [3, 5, 8], spending: pocock}\n", ""))
+    code, _, err = run_cli("decide", path, "--workspace", tmp_path)
+    assert code == 2 and "no table has a decide section" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("decide, message", [
+    ("{looks: [3, 4, 8]}", "each look needs at least 2 more seeds"),
+    ("{looks: [2, 5]}", "greater than or equal to 3"),
+    ("{claims: [5], looks: [3, 5]}", "claim 5 does not exist"),
+    ("{looks: [3, 5], spending: linear}", "spending"),
+])
+def test_a_bad_decide_section_is_one_line(tmp_path, run_cli, decide, message):
+    path = tmp_path / "dec.yaml"
+    path.write_text(SPEC.replace("{looks: [3, 5, 8], spending: pocock}", decide))
+    code, _, err = run_cli("decide", path, "--workspace", tmp_path)
+    assert code == 2 and message in err and "decide" in err, err
