@@ -14,6 +14,7 @@ and the plan names it), so a stage is always the block of seeds the design plann
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -155,3 +156,31 @@ def lines(d: TableDecision) -> list[str]:
     elif d.decided:
         out.append("  every claim is decided")
     return out
+
+
+def record_looks(uri: str, ld: LoadedSpec, decisions: list[TableDecision]) -> list[str]:
+    """Write each look made to the spec's decision run in the store (`harness.decide.<table>.look<k>`:
+    its seeds and every claim's verdict after it), so that every look a procedure made is on
+    record; returns a line for each look recorded earlier that reads differently now (a run of
+    its seeds changed since: the store, not the design, moved)."""
+    from harness.track.runs import end_run, named_run, record, run_tags_of
+
+    run = named_run(uri, ld.spec.name, "harness.decision", ld.spec.name, run_name=f"decide:{ld.spec.name}")
+    before, new, notes = run_tags_of(uri, run), {}, []
+    for d in decisions:
+        looks: dict[int, dict] = {}
+        for r in d.results:
+            for lk in r.looks:
+                looks.setdefault(lk.look, {"seeds": lk.seeds, "claims": {}})["claims"][str(r.hypothesis.number)] = \
+                    lk.verdict
+        for k, look in sorted(looks.items()):
+            key, text = f"harness.decide.{d.table}.look{k}", json.dumps(look, sort_keys=True)
+            if key not in before:
+                new[key] = text
+            elif before[key] != text:
+                notes.append(f"{d.table}: look {k} was recorded as {before[key]} and now reads {text}: "
+                             "a run of its seeds changed since")
+    if new:
+        record(uri, run, tags=new)
+    end_run(uri, run, "FINISHED")
+    return notes

@@ -333,17 +333,32 @@ def end_abandoned(uri: str, experiment: str, run_key: str, *, workspace: str, ke
 def sweep_parent(uri: str, experiment: str, name: str, tags: dict, params: dict) -> str:
     """The sweep's parent run: the one tagged `harness.sweep_parent = name` (set RUNNING again),
     else a new one with these tags and params."""
+    return named_run(uri, experiment, "harness.sweep_parent", name, run_name=f"sweep:{name}", tags=tags,
+                     params=params)
+
+
+def named_run(uri: str, experiment: str, tag: str, name: str, *, run_name: str, tags: dict | None = None,
+              params: dict | None = None) -> str:
+    """The run tagged `tag = name` in the experiment (set RUNNING again), else a new one (the
+    experiment too) with these tags and params: a sweep's parent run, a spec's decision record."""
     from harness.track.client import client_for
 
     client = client_for(uri)
     exp = client.get_experiment_by_name(experiment)
-    found = client.search_runs([exp.experiment_id], f"tags.`harness.sweep_parent` = '{name}'")
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    found = client.search_runs([exp_id], f"tags.`{tag}` = '{name}'")
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
-    run = client.create_run(exp.experiment_id, run_name=f"sweep:{name}", tags={"harness.sweep_parent": name, **tags})
-    write(client, run.info.run_id, params=params)
+    run = client.create_run(exp_id, run_name=run_name, tags={tag: name, **(tags or {})})
+    write(client, run.info.run_id, params=params or {})
     return run.info.run_id
+
+
+def run_tags_of(uri: str, run_id: str) -> dict[str, str]:
+    from harness.track.client import client_for
+
+    return dict(client_for(uri).get_run(run_id).data.tags)
 
 
 def end_killed(uri: str, run_id: str, reason: str) -> None:
