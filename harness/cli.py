@@ -7,6 +7,7 @@ Heavy modules (torch, mlflow) are imported inside the commands that need them, s
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from harness.schedule.job import (
     add_train_arguments,
 )
 from harness.spec import UserError
+from harness.spec.schema import EVALUATOR_METRICS
 from harness.train.exit_codes import ExitCode
 
 EXIT_USAGE = ExitCode.BAD_INPUT
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a detections file against ground truth",
                        description="Evaluate detections with the official COCO or CrowdHuman "
                                    "metric.")
-    p.add_argument("kind", choices=["coco", "crowdhuman"])
+    p.add_argument("kind", choices=list(EVALUATOR_METRICS))
     p.add_argument("--gt", required=True, metavar="FILE",
                    help="COCO instances json, or CrowdHuman .odgt")
     p.add_argument("--dets", required=True, metavar="FILE",
@@ -199,12 +201,9 @@ def _json_safe(metrics: dict) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    from harness.evaluation.files import evaluate_coco_files, evaluate_crowdhuman_files
+    from harness.evaluation.kinds import evaluator
 
-    if args.kind == "coco":
-        metrics = evaluate_coco_files(args.gt, args.dets, args.backend)
-    else:
-        metrics = evaluate_crowdhuman_files(args.gt, args.dets, args.images)
+    metrics = evaluator(args.kind).evaluate_files(args.gt, args.dets, backend=args.backend, images=args.images)
     if args.json:
         print(json.dumps(_json_safe(metrics)))
         return 0
@@ -334,6 +333,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a folder that cannot be written: one line naming it, not a traceback
+        if exc.errno not in UNWRITABLE:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror}" if exc.errno == errno.ENOSPC else
+              f"error: {where}cannot be written ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+
+
+#: errors of a place that cannot be written: read-only, no permission, full
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ import contextlib
 import copy
 import io
 
-METRICS = ("ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl")
+from harness.spec.schema import EVALUATOR_METRICS
+
+METRICS = EVALUATOR_METRICS["coco"]  # COCOeval.summarize's order
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from harness.formats.paths import expand_vars, redact
+from harness.model.anchors import RetinaAnchors, SquareAnchors
 from harness.model.assign.aware import (
     assign_aux,
     assign_detr_hungarian,
@@ -15,9 +16,12 @@ from harness.model.assign.aware import (
 )
 from harness.model.assign.static import assign_anchor, assign_atss, assign_center, assign_fcos
 from harness.model.backbone import ResNetBackbone, TinyBackbone, WeightsError
+from harness.model.coders import BOX_CODERS
+from harness.model.criterion import Criterion
 from harness.model.detector import FCNDetector
+from harness.model.filter3d import MaxFilter3D
 from harness.model.fpn import FPN
-from harness.model.head import Predictor, Towers
+from harness.model.head import Predictor, Towers, aux_losses, output_convs
 from harness.spec.schema import ModelConfig, PredictorConfig
 
 #: assigner name -> function (docs/architecture.md rule 3: one plain dict, no registry)
@@ -42,18 +46,39 @@ def build_assigner(pc: PredictorConfig):
     return functools.partial(ASSIGNERS[name], **params)
 
 
+def build_anchors(pc: PredictorConfig) -> RetinaAnchors | SquareAnchors | None:
+    """RetinaNet anchors from the `anchors` section, the Anchor row's square anchor, else None
+    (anchor-free)."""
+    if pc.anchors is not None:
+        a = pc.anchors
+        return RetinaAnchors(a.octave_base_scale, a.scales_per_octave, tuple(a.ratios), a.valid_pad)
+    if pc.assigner.name == "anchor":
+        return SquareAnchors(pc.assigner.anchor_scale)
+    return None
+
+
+def build_criterion(pc: PredictorConfig) -> Criterion:
+    loss = pc.loss
+    return Criterion(
+        product_focal=pc.filter != "none" and pc.filter_score == "product", focal_alpha=loss.focal_alpha,
+        focal_gamma=loss.focal_gamma, cls_weight=loss.cls_weight, box_loss=loss.box, box_weight=loss.box_weight,
+        box_weighting=loss.box_weighting, ctr_norm_min=loss.ctr_norm_min, centerness=pc.centerness != "none",
+        ctr_weight=loss.ctr_weight, l1_weight=loss.l1_weight)
+
+
 def build_predictor(pc: PredictorConfig, *, num_classes: int, channels: int, gn_groups: int, prior_prob: float) -> Predictor:
-    return Predictor(
-        num_classes=num_classes, channels=channels, assign=build_assigner(pc),
-        box_coder=pc.box_coder, centerness=pc.centerness, filter=pc.filter, filter_kernel=pc.filter_kernel,
-        filter_tau=pc.filter_tau, filter_score=pc.filter_score, gn_groups=gn_groups, use_scales=pc.scales, prior_prob=prior_prob,
-        square_anchor_scale=pc.assigner.anchor_scale if pc.assigner.name == "anchor" else None,
-        retina_anchors=pc.anchors.model_dump(exclude={"valid_pad"}) if pc.anchors is not None else None,
-        anchor_valid_pad=pc.anchors.valid_pad if pc.anchors is not None else None,
-        focal_alpha=pc.loss.focal_alpha, focal_gamma=pc.loss.focal_gamma, cls_weight=pc.loss.cls_weight,
-        box_loss=pc.loss.box, box_weight=pc.loss.box_weight, box_weighting=pc.loss.box_weighting,
-        l1_weight=pc.loss.l1_weight, ctr_weight=pc.loss.ctr_weight, ctr_norm_min=pc.loss.ctr_norm_min,
-    )
+    anchors = build_anchors(pc)
+    # the output convs first, then the 3DMF: the order the initial weights of a seed come in
+    convs = output_convs(channels=channels, num_classes=num_classes,
+                         per_location=anchors.per_location if anchors is not None else 1, prior_prob=prior_prob,
+                         centerness=pc.centerness != "none")
+    filt = None
+    if pc.filter != "none":
+        filt = MaxFilter3D(channels=channels, kernel=pc.filter_kernel, tau=pc.filter_tau, norm=pc.filter == "3dmf",
+                           gn_groups=gn_groups)
+    return Predictor(num_classes=num_classes, convs=convs, coder=BOX_CODERS[pc.box_coder], assign=build_assigner(pc),
+                     criterion=build_criterion(pc), anchors=anchors, ctr_on_reg=pc.centerness == "reg", filter=filt,
+                     filter_logit=filt is not None and pc.filter_score == "logit", use_scales=pc.scales)
 
 
 def build_detector(model: ModelConfig, *, score_thresh: float = 0.05, topk_per_level: int = 1000,
@@ -75,10 +100,15 @@ def build_detector(model: ModelConfig, *, score_thresh: float = 0.05, topk_per_l
                   prior_prob=model.head.prior_prob)
     predictor = build_predictor(model.predictor, **common)
     o2m = build_predictor(model.o2m, **common) if model.o2m is not None else None
-    aux = functools.partial(assign_aux, topk=model.aux.topk, alpha=model.aux.alpha) if model.aux else None
-    return FCNDetector(backbone=backbone, fpn=fpn, towers=towers, predictor=predictor, o2m=o2m, aux_assign=aux,
-                       aux_weight=model.aux.weight if model.aux else 1.0, score_thresh=score_thresh,
-                       topk_per_level=topk_per_level, topk_cap=topk_cap, nms_thresh=nms_thresh, max_dets=max_dets)
+    aux = None
+    if model.aux is not None:  # on the predictor's outputs, with its focal loss settings
+        loss = model.predictor.loss
+        aux = functools.partial(aux_losses, assign=functools.partial(assign_aux, topk=model.aux.topk,
+                                                                     alpha=model.aux.alpha),
+                                weight=model.aux.weight, focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)
+    return FCNDetector(backbone=backbone, fpn=fpn, towers=towers, predictor=predictor, o2m=o2m, aux_loss=aux,
+                       score_thresh=score_thresh, topk_per_level=topk_per_level, topk_cap=topk_cap,
+                       nms_thresh=nms_thresh, max_dets=max_dets)
 
 
 def build_from_config(config) -> FCNDetector:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from harness.model.head import Predictor, Towers, aux_losses
+from harness.model.head import Predictor, Towers
 from harness.model.points import make_grid
 from harness.model.postprocess import both
 
@@ -15,17 +15,18 @@ from harness.model.postprocess import both
 class FCNDetector(nn.Module):
     """Training: ``forward(images, image_sizes, targets)`` -> dict of losses.
     Inference: ``detect(images, image_sizes)`` -> per image {'nms': ..., 'nms_free': ...} with
-    (boxes [M, 4] in input pixels, scores [M], labels [M])."""
+    (boxes [M, 4] in input pixels, scores [M], labels [M]). `aux_loss(out, grid, targets, boxes)`:
+    DeFCN's auxiliary loss on the predictor's outputs, built with its assigner and weights."""
 
     def __init__(self, *, backbone: nn.Module, fpn: nn.Module, towers: Towers, predictor: Predictor,
-                 o2m: Predictor | None = None, aux_assign: Callable | None = None, aux_weight: float = 1.0,
+                 o2m: Predictor | None = None, aux_loss: Callable[..., dict] | None = None,
                  score_thresh: float = 0.05, topk_per_level: int = 1000, topk_cap: str = "locations",
                  nms_thresh: float = 0.6,
                  max_dets: int = 100):
         super().__init__()
         self.backbone, self.fpn, self.towers = backbone, fpn, towers
         self.predictor, self.o2m = predictor, o2m
-        self.aux_assign, self.aux_weight = aux_assign, aux_weight
+        self.aux_loss = aux_loss
         self.score_thresh, self.topk_per_level, self.topk_cap = score_thresh, topk_per_level, topk_cap
         self.nms_thresh, self.max_dets = nms_thresh, max_dets
         self.strides = list(fpn.strides)
@@ -48,10 +49,9 @@ class FCNDetector(nn.Module):
         scales = self.towers.scales
         out = self.predictor(cls_f, reg_f, scales, self.strides)
         losses, _ = self.predictor.losses(out, grid, targets, image_sizes)
-        if self.aux_assign is not None:
+        if self.aux_loss is not None:
             boxes = [self.predictor.decode(out["reg"][i].detach(), grid, None) for i in range(len(targets))]
-            losses.update(aux_losses(out, grid, targets, boxes, assign=self.aux_assign, weight=self.aux_weight,
-                                     focal_alpha=self.predictor.focal_alpha, focal_gamma=self.predictor.focal_gamma))
+            losses.update(self.aux_loss(out, grid, targets, boxes))
         if self.o2m is not None:
             out2 = self.o2m(cls_f, reg_f, scales, self.strides)
             more, _ = self.o2m.losses(out2, grid, targets, image_sizes)

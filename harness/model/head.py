@@ -2,14 +2,16 @@
 
 Towers: cls and reg, each num_convs x (conv3x3 + GN + ReLU), shared across levels; the
 per-level learnable scales live here too, so that DATE's two predictors share them.
-A predictor adds cls / box (/ centerness, / 3DMF filter) convs and knows how to turn its
-outputs into matching scores, boxes and losses.
+A predictor holds cls / box (/ centerness, / 3DMF filter) convs, received built with its
+coder, anchors, assigner and criterion, and knows how to turn its outputs into matching
+scores, boxes and losses.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,7 +19,7 @@ from torch import nn
 from harness.model import losses as L
 from harness.model.anchors import RetinaAnchors, SquareAnchors
 from harness.model.assign.common import BACKGROUND, IGNORE, AssignInput
-from harness.model.coders import BOX_CODERS
+from harness.model.coders import DeltaCoder, LtrbCoder
 from harness.model.comm import mean_across_processes
 from harness.model.criterion import Criterion, Matched
 from harness.model.filter3d import MaxFilter3D
@@ -69,53 +71,54 @@ def _flatten(maps: list[torch.Tensor], per_loc: int) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
-class Predictor(nn.Module):
-    """Output convs on the shared towers plus the rule that trains them: a box coder, optional
-    anchors, an assigner and a criterion, each chosen once here from the predictor's settings."""
+class OutputConvs(NamedTuple):
+    """A predictor's output convs: classes and boxes per anchor, centerness per location (None
+    without centerness)."""
 
-    def __init__(self, *, num_classes: int, channels: int, assign: Callable[[AssignInput], torch.Tensor],
-                 box_coder: str = "ltrb_relu", centerness: str = "none", filter: str = "none",
-                 filter_kernel: int = 3, filter_tau: int = 2, filter_score: str = "product", gn_groups: int = 32,
-                 use_scales: bool = True,
-                 prior_prob: float = 0.01, square_anchor_scale: float | None = None,
-                 retina_anchors: dict | None = None, anchor_valid_pad: int | None = None, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0,
-                 cls_weight: float = 1.0, box_loss: str = "giou", box_weight: float = 1.0,
-                 box_weighting: str = "none", l1_weight: float = 0.0, ctr_weight: float = 1.0,
-                 ctr_norm_min: float = 1.0):
+    cls_score: nn.Conv2d
+    box_pred: nn.Conv2d
+    ctr_pred: nn.Conv2d | None
+
+
+def output_convs(*, channels: int, num_classes: int, per_location: int, prior_prob: float,
+                 centerness: bool) -> OutputConvs:
+    """The output convs, created and initialised in this order, before a predictor's 3DMF: for a
+    seed the order fixes the initial weights, so it is the one every run and checkpoint was made
+    with. The cls bias starts at the prior (sigmoid(bias) = prior_prob)."""
+    cls_score = nn.Conv2d(channels, num_classes * per_location, 3, padding=1)
+    box_pred = nn.Conv2d(channels, 4 * per_location, 3, padding=1)
+    _init_conv(cls_score, -math.log((1 - prior_prob) / prior_prob))
+    _init_conv(box_pred)
+    ctr_pred = None
+    if centerness:
+        ctr_pred = nn.Conv2d(channels, 1, 3, padding=1)
+        _init_conv(ctr_pred)
+    return OutputConvs(cls_score, box_pred, ctr_pred)
+
+
+class Predictor(nn.Module):
+    """Output convs on the shared towers plus the rule that trains them. Every piece comes built
+    (harness/model/build.py, from the predictor's settings): the convs, the box coder, the
+    anchors (None: anchor-free), the assigner, the criterion and the 3DMF filter with its score
+    rule (filter_logit: DATE's logit, else DeFCN's product)."""
+
+    def __init__(self, *, num_classes: int, convs: OutputConvs, coder: LtrbCoder | DeltaCoder,
+                 assign: Callable[[AssignInput], torch.Tensor], criterion: Criterion,
+                 anchors: SquareAnchors | RetinaAnchors | None = None, ctr_on_reg: bool = False,
+                 filter: MaxFilter3D | None = None, filter_logit: bool = False, use_scales: bool = True):
         super().__init__()
         self.num_classes = num_classes
         self.assign = assign
-        self.coder = BOX_CODERS[box_coder]
+        self.coder = coder
         self.use_scales = use_scales
-        self.anchor_gen: SquareAnchors | RetinaAnchors | None = None
-        if retina_anchors is not None:
-            self.anchor_gen = RetinaAnchors(retina_anchors["octave_base_scale"], retina_anchors["scales_per_octave"],
-                                            tuple(retina_anchors["ratios"]), anchor_valid_pad)
-        elif square_anchor_scale is not None:
-            self.anchor_gen = SquareAnchors(square_anchor_scale)
-        self.num_anchors = self.anchor_gen.per_location if self.anchor_gen is not None else 1
-        a = self.num_anchors
-        self.cls_score = nn.Conv2d(channels, num_classes * a, 3, padding=1)
-        self.box_pred = nn.Conv2d(channels, 4 * a, 3, padding=1)
-        _init_conv(self.cls_score, -math.log((1 - prior_prob) / prior_prob))
-        _init_conv(self.box_pred)
-        self.ctr_pred = None
-        self.ctr_on_reg = centerness == "reg"
-        if centerness != "none":
-            self.ctr_pred = nn.Conv2d(channels, 1, 3, padding=1)
-            _init_conv(self.ctr_pred)
-        self.filter = None
-        if filter != "none":
-            self.filter = MaxFilter3D(channels=channels, kernel=filter_kernel, tau=filter_tau,
-                                      norm=filter == "3dmf", gn_groups=gn_groups)
-        self.filter_logit = filter != "none" and filter_score == "logit"  # DATE's 3DMF
-        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
-        self.criterion = Criterion(
-            product_focal=filter != "none" and filter_score == "product", focal_alpha=focal_alpha,
-            focal_gamma=focal_gamma, cls_weight=cls_weight, box_loss=box_loss, box_weight=box_weight,
-            box_weighting=box_weighting, ctr_norm_min=ctr_norm_min, centerness=centerness != "none",
-            ctr_weight=ctr_weight, l1_weight=l1_weight)
+        self.anchor_gen = anchors
+        self.num_anchors = anchors.per_location if anchors is not None else 1
+        # registered in this order: the state dict's names and order (checkpoints) stay the same
+        self.cls_score, self.box_pred, self.ctr_pred = convs
+        self.ctr_on_reg = ctr_on_reg
+        self.filter = filter
+        self.filter_logit = filter_logit
+        self.criterion = criterion
 
     # ------------------------------------------------------------------ forward
 

@@ -18,6 +18,7 @@ from harness.report.readme import regions, rewrite
 from harness.report.stats import summarize
 from harness.report.tables import (
     LAYOUTS,
+    Column,
     claims_table,
     confidence_table,
     pct,
@@ -137,7 +138,7 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
             "units": "fractions (0.5 = 50 %), as logged; *_points in points", "tables": []}
     hist = None
     if out is not None:  # histories only for plots: the tables need the listing alone
-        keys = sorted({"train.total_loss"} | {k for t in spec.tables.values() for _, _, k in LAYOUTS[t.layout][1][:2]})
+        keys = sorted({"train.total_loss"} | {c.key for t in spec.tables.values() for c in LAYOUTS[t.layout].columns[:2]})
         hist = plot_histories(df, uri, keys, cache_dir=history_cache())
     for name, table in spec.tables.items():
         rt = render_table(name, spec, cells, df)
@@ -154,20 +155,19 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
             lines += [f"- {claim_line(r)}" for r in rt.results] + [""]
         lines += ["Per-seed values:", ""] + [f"- {f}" for f in rt.footnotes] + [""]
         lines += ["95% t-intervals:", "", confidence_table(name, spec, df), ""]
-        _, metrics = LAYOUTS[table.layout]
+        layout = LAYOUTS[table.layout]
         if hist is not None:
-            lines += [convergence_check(hist, rows, metrics[0][2]), ""]
+            lines += [convergence_check(hist, rows, layout.columns[0].key), ""]
         idle = []
         for r in rows:
-            key = metrics[0][2] if table.layout != "quickstart" else ("eval.nms.ap50" if _nms(cells, r) else "eval.nms_free.ap50")
-            m, vals = _mean(df, r, key)
+            m, vals = _mean(df, r, layout.headline(_headline(cells, r)).key)
             if vals and m < NOT_LEARNED:
                 idle.append(f"{r} ({pct(m)})")
         if idle:
-            lines += [f"Rows that did not learn at this scale (headline {metrics[0][0]} below "
+            lines += [f"Rows that did not learn at this scale (headline {layout.columns[0].header} below "
                       f"{100 * NOT_LEARNED:.0f}%): " + ", ".join(idle) + ".", ""]
         if hist is not None:  # out is given: every input was checked (report), its folder exists
-            lines += figures(spec, name, rows, df, hist, metrics, plot_dir, stem, rt.results)
+            lines += figures(spec, name, rows, df, hist, layout.columns, plot_dir, stem, rt.results)
     if against:
         section, summary = reproduction(spec, cells, df, against)
         lines += section
@@ -200,42 +200,40 @@ def table_json(name: str, spec, df: pd.DataFrame, results) -> dict:
     """One table's results: per row and column every seed's value (with its run id and state),
     n, mean, sample std and 95% t-interval; and the claims (`claims.Result.as_dict`)."""
     table = spec.tables[name]
-    _, metrics = LAYOUTS[table.layout]
     rows = []
     for r in (r for r in spec.rows if r.table == name):
         sub = df[df["row"] == r.label].sort_values(["dataset", "seed"])
         cols = []
-        for header, metric, key in metrics:
-            post = key.split(".")[1] if key.count(".") == 2 else None
-            column = sub[key] if key in sub else [None] * len(sub)
+        for c in LAYOUTS[table.layout].columns:
+            column = sub[c.key] if c.key in sub else [None] * len(sub)
             values = [{"dataset": d, "seed": int(seed), "status": status, "run_id": run_id, "value": _finite(v)}
                       for d, seed, status, run_id, v in zip(sub["dataset"], sub["seed"], sub["status"], sub["run_id"],
                                                            column, strict=True)]
             s = summarize([v["value"] for v in values if v["status"] == "finished" and v["value"] is not None])
-            cols.append({"column": header, "metric": metric, "key": key, "post": post, "n": s.n,
+            cols.append({"column": c.header, "metric": c.metric, "key": c.key, "post": c.mode, "n": s.n,
                          "mean": _finite(s.mean), "std": _finite(s.std), "ci95": [_finite(s.ci_low), _finite(s.ci_high)],
-                         "paper_points": r.paper.get(metric) if key == f"eval.{metric}" else None, "values": values})
+                         "paper_points": r.paper.get(c.metric) if c.mode is None else None, "values": values})
         rows.append({"label": r.label, "model": r.model or r.label, "assignment": r.assignment,
                      "baseline": r.baseline, "columns": cols})
     return {"name": name, "title": table.title, "layout": table.layout, "rows": rows,
             "claims": [c.as_dict() for c in results]}
 
 
-def figures(spec, name: str, rows: list[str], df: pd.DataFrame, hist: pd.DataFrame, metrics, plot_dir: Path,
-            stem: str, results) -> list[str]:
+def figures(spec, name: str, rows: list[str], df: pd.DataFrame, hist: pd.DataFrame, columns: tuple[Column, ...],
+            plot_dir: Path, stem: str, results) -> list[str]:
     """The table's figures, each with a caption saying what its lines, dots and bands are."""
     from harness.report import plots  # matplotlib: imported only when figures are drawn
     prefix = stem if stem == name else f"{stem}_{name}"  # quickstart.md: quickstart_loss.png
-    shown = [(plots.metric_label(header, key), key) for header, _, key in metrics[:2]]
+    shown = [(plots.metric_label(c.header, c.mode), c.key) for c in columns[:2]]
     both = " and ".join(label for label, _ in shown)
-    short = metrics[0][0].replace("↑", "").replace("↓", "").split()[0]
+    short = columns[0].header.replace("↑", "").replace("↓", "").split()[0]
     made = [
         ("Validation metrics during training", plots.convergence(hist, shown, rows, plot_dir / f"{prefix}_convergence.png"),
          plots.CAPTIONS["convergence"].format(metric=both)),
         ("Final values per seed", plots.seed_dots(df, shown, rows, plot_dir / f"{prefix}_seeds.png"),
          plots.CAPTIONS["seeds"].format(metric=both)),
         (f"{short} with and without NMS per seed",
-         plots.nms_pairs(df, metrics[0][1], short, rows, plot_dir / f"{prefix}_nms.png"),
+         plots.nms_pairs(df, columns[0].metric, short, rows, plot_dir / f"{prefix}_nms.png"),
          plots.CAPTIONS["nms"].format(metric=short)),
         ("The declared claims", plots.claims_forest(results, plot_dir / f"{prefix}_claims.png"),
          plots.CAPTIONS["claims"]),
@@ -310,7 +308,7 @@ def platforms(a: pd.DataFrame, b: pd.DataFrame) -> tuple[set[str], set[str]]:
 def largest_difference(a: pd.DataFrame, b: pd.DataFrame, spec) -> tuple[float, str] | None:
     """The largest |a - b| in points over the tables' metrics of the cells finished in both
     stores, with the cell and metric it belongs to."""
-    keys = sorted({key for t in spec.tables.values() for _, _, key in LAYOUTS[t.layout][1]})
+    keys = sorted({c.key for t in spec.tables.values() for c in LAYOUTS[t.layout].columns})
     a = a[a["status"] == "finished"].set_index("run_key")
     b = b[b["status"] == "finished"].set_index("run_key")
     best = None
@@ -334,8 +332,9 @@ def identical_cells(a: pd.DataFrame, b: pd.DataFrame) -> tuple[int, int]:
     return same, len(common)
 
 
-def _nms(cells: list[Cell], row: str) -> bool:
-    return next((c.config.eval.nms for c in cells if c.row == row), False)
+def _headline(cells: list[Cell], row: str) -> str:
+    """The row's headline postprocess (`eval.nms` of its cells)."""
+    return next((c.config.eval.headline for c in cells if c.row == row), "nms_free")
 
 
 def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, readme: str | None,

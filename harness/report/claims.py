@@ -36,6 +36,7 @@ from scipy import stats as st
 from harness.report import power as pw
 from harness.report.stats import Comparison, compare, direction, holm, pooled_std
 from harness.spec.schema import Claim, Spec
+from harness.track.names import eval_key
 
 ALPHA = 0.05
 MIN_N = 3
@@ -69,10 +70,6 @@ def kind_of(claim: Claim) -> str:
     if claim.expect == "equivalent":
         return "equivalence"
     return "non-inferiority" if claim.margin else "superiority"
-
-
-def key_of(post: str | None, metric: str) -> str:
-    return f"eval.{post}.{metric}" if post else f"eval.{metric}"
 
 
 def side(label: str, post: str | None) -> str:
@@ -263,8 +260,8 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, alpha: float = ALPHA, plan: 
     results = []
     for i, c in enumerate(claims, 1):
         metric = c.metric or ""
-        a = by_seed(df, c.row, key_of(c.post, metric))
-        b = by_seed(df, c.vs, key_of(c.vs_post, metric))
+        a = by_seed(df, c.row, eval_key(c.post, metric))
+        b = by_seed(df, c.vs, eval_key(c.vs_post, metric))
         paired = c.row == c.vs or c.paired
         pairing = ("the same runs, post-processed twice" if c.row == c.vs else c.pairing) if paired else ""
         if paired:

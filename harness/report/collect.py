@@ -29,7 +29,7 @@ def collect(cells: list[Cell], uri: str, experiment: str, listing: Listing | Non
             rec.update(status=r.status.lower(), run_id=r.run_id, failure=r.failure, finished_runs=r.finished_runs,
                        finished=r.finished, heartbeat=r.heartbeat, platform=r.platform)
             if r.status == "FINISHED":
-                metrics = with_headline(r.metrics, c.config.eval.nms)  # eval.ap: the cell's headline mode
+                metrics = with_headline(r.metrics, c.config.eval.headline)  # eval.ap: the cell's headline mode
                 evals = {k: v for k, v in metrics.items() if k.startswith("eval.")}
                 rec.update(evals)
                 rec["nan_keys"] = tuple(sorted(k for k, v in evals.items() if not math.isfinite(v)))

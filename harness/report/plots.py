@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from harness.report.stats import summarize  # noqa: E402
+from harness.track.names import eval_key  # noqa: E402
 
 META = {"Software": None}  # no version stamp: the same data gives the same bytes
 DPI = 150
@@ -47,12 +48,13 @@ CAPTIONS = {
 }
 
 
-def metric_label(header: str, key: str) -> str:
-    """A readable metric name: 'AP50 with NMS' for eval.nms.ap50, the table header otherwise."""
+def metric_label(header: str, mode: str | None) -> str:
+    """A readable metric name: 'AP50 with NMS' for a column of the NMS postprocess (`mode`), the
+    table header for a column of each row's headline mode."""
     name = header.replace("↑", "").replace("↓", "").split()[0]
-    if ".nms_free." in key:
+    if mode == "nms_free":
         return f"{name} without NMS"
-    if ".nms." in key:
+    if mode == "nms":
         return f"{name} with NMS"
     return header.replace("↑", "").replace("↓", "").strip()
 
@@ -197,7 +199,7 @@ def loss_curves(hist: pd.DataFrame, rows: list[str], path: Path) -> Path | None:
 
 def nms_pairs(df: pd.DataFrame, name: str, label: str, rows: list[str], path: Path) -> Path | None:
     """eval.nms.<name> vs eval.nms_free.<name> of the same runs: a panel per row, a line per seed."""
-    a, b = f"eval.nms.{name}", f"eval.nms_free.{name}"
+    a, b = eval_key("nms", name), eval_key("nms_free", name)
     if a not in df or b not in df:
         return None
     shown = [r for r in rows if len(_finished(_finished(df, r, a), r, b))]

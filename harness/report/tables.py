@@ -21,27 +21,57 @@ from harness.report.claims import (
 from harness.report.stats import Summary, pooled_std, prediction_interval, summarize
 from harness.spec.matrix import Cell
 from harness.spec.schema import Spec
+from harness.track.names import eval_key
 
-#: layout -> (text columns, metrics as (header, metric, source key))
-LAYOUTS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str, str]]]] = {
-    "defcn_coco": ([("model", "model"), ("assignment", "assignment"), ("with NMS", "with_nms"),
-                    ("lr sched.", "lr_sched")], [("mAP", "ap", "eval.ap"), ("mAR", "ar100", "eval.ar100")]),
-    "defcn_ablation": ([("model", "model"), ("assignment", "assignment"), ("with NMS", "with_nms"),
-                        ("lr sched.", "lr_sched")], [("mAP", "ap", "eval.ap"), ("mAR", "ar100", "eval.ar100")]),
-    "defcn_crowdhuman": ([("model", "model"), ("assignment", "assignment"), ("with NMS", "with_nms"),
-                          ("lr sched.", "lr_sched")],
-                         [("AP50", "ap50", "eval.ap50"), ("mMR", "mmr", "eval.mmr"), ("recall", "recall", "eval.recall")]),
-    "date_coco": ([("Model", "model"), ("epoch", "lr_sched")],
-                  [("AP", "ap", "eval.ap"), ("AP50", "ap50", "eval.ap50"), ("AP75", "ap75", "eval.ap75"),
-                   ("APs", "aps", "eval.aps"), ("APm", "apm", "eval.apm"), ("APl", "apl", "eval.apl")]),
-    "date_crowdhuman": ([("Model", "model"), ("iters", "lr_sched")],
-                        [("AP50 ↑", "ap50", "eval.ap50"), ("mMR ↓", "mmr", "eval.mmr"), ("Recall ↑", "recall", "eval.recall")]),
-    "quickstart": ([("model", "model"), ("assignment", "assignment")],
-                   [("AP50 NMS", "ap50", "eval.nms.ap50"), ("AP50 no NMS", "ap50", "eval.nms_free.ap50"),
-                    ("mMR NMS", "mmr", "eval.nms.mmr"), ("mMR no NMS", "mmr", "eval.nms_free.mmr"),
-                    ("recall NMS", "recall", "eval.nms.recall"), ("recall no NMS", "recall", "eval.nms_free.recall")]),
+
+@dataclass(frozen=True)
+class Column:
+    """A metric column: its header, its metric and the postprocess it reads (`nms`, `nms_free`;
+    None: each row's headline mode, as the papers' tables print it)."""
+
+    header: str
+    metric: str
+    mode: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Its name in the runs table and the report's JSON (`harness.track.names.eval_key`)."""
+        return eval_key(self.mode, self.metric)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A seed README's table: text columns as (header, row field), metric columns, and whether
+    each line ends with the row's note."""
+
+    text: tuple[tuple[str, str], ...]
+    columns: tuple[Column, ...]
+    note: bool = False
+
+    def headline(self, mode: str) -> Column:
+        """The column a row whose headline postprocess is `mode` leads with: the first that reads
+        that mode or each row's own (the quickstart's AP50 NMS or AP50 no NMS by the row's
+        `eval.nms`; a paper's first column)."""
+        return next(c for c in self.columns if c.mode in (None, mode))
+
+
+DEFCN_TEXT = (("model", "model"), ("assignment", "assignment"), ("with NMS", "with_nms"), ("lr sched.", "lr_sched"))
+DEFCN_COCO = (Column("mAP", "ap"), Column("mAR", "ar100"))
+
+LAYOUTS: dict[str, Layout] = {
+    "defcn_coco": Layout(DEFCN_TEXT, DEFCN_COCO),
+    "defcn_ablation": Layout(DEFCN_TEXT, DEFCN_COCO, note=True),
+    "defcn_crowdhuman": Layout(DEFCN_TEXT, (Column("AP50", "ap50"), Column("mMR", "mmr"), Column("recall", "recall"))),
+    "date_coco": Layout((("Model", "model"), ("epoch", "lr_sched")),
+                        (Column("AP", "ap"), Column("AP50", "ap50"), Column("AP75", "ap75"), Column("APs", "aps"),
+                         Column("APm", "apm"), Column("APl", "apl"))),
+    "date_crowdhuman": Layout((("Model", "model"), ("iters", "lr_sched")),
+                              (Column("AP50 ↑", "ap50"), Column("mMR ↓", "mmr"), Column("Recall ↑", "recall"))),
+    "quickstart": Layout((("model", "model"), ("assignment", "assignment")),
+                         (Column("AP50 NMS", "ap50", "nms"), Column("AP50 no NMS", "ap50", "nms_free"),
+                          Column("mMR NMS", "mmr", "nms"), Column("mMR no NMS", "mmr", "nms_free"),
+                          Column("recall NMS", "recall", "nms"), Column("recall no NMS", "recall", "nms_free"))),
 }
-NOTE_LAYOUTS = {"defcn_ablation"}
 
 
 def pct(x: float) -> str:
@@ -125,50 +155,50 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
     """The results table (the seed README's rows, columns, headers and footnotes, mean ± std over
     seeds) and, apart from it, the claims table (one line per declared claim)."""
     table = spec.tables[name]
-    text_cols, metrics = LAYOUTS[table.layout]
+    layout = LAYOUTS[table.layout]
     rows = [r for r in spec.rows if r.table == name]
     labels = [r.label for r in rows]
     per_row = {lab: sum(c.row == lab for c in cells) for lab in labels}
     expected = max(per_row.values(), default=len(spec.seeds)) or len(spec.seeds)
     nms_of = {c.row: c.config.eval.nms for c in cells}
 
-    results = evaluate(claims_of(spec, name, metrics[0][1]), df)
-    header = [h for h, _ in text_cols] + [h for h, _, _ in metrics]
-    if table.layout in NOTE_LAYOUTS:
+    results = evaluate(claims_of(spec, name, layout.columns[0].metric), df)
+    header = [h for h, _ in layout.text] + [c.header for c in layout.columns]
+    if layout.note:
         header.append("note")
 
     body = []
     for r in rows:
         text = {"model": r.model or r.label, "assignment": r.assignment, "lr_sched": r.lr_sched,
                 "with_nms": r.with_nms or ("Yes" if nms_of.get(r.label) else "No")}
-        line = [text[k] for _, k in text_cols]
-        for _, metric, key in metrics:
-            paper = r.paper.get(metric) if key == f"eval.{metric}" else None
-            line.append(fmt_summary(summarize(_values(df, r.label, key)), per_row.get(r.label) or expected, paper))
-        if table.layout in NOTE_LAYOUTS:
+        line = [text[k] for _, k in layout.text]
+        for c in layout.columns:  # the paper's values are of its headline mode
+            paper = r.paper.get(c.metric) if c.mode is None else None
+            line.append(fmt_summary(summarize(_values(df, r.label, c.key)), per_row.get(r.label) or expected, paper))
+        if layout.note:
             line.append(r.note)
         body.append(line)
 
-    keys = list(dict.fromkeys(k for _, _, k in metrics))
+    keys = list(dict.fromkeys(c.key for c in layout.columns))
     foot = []
     for r in rows:
         sub = df[df["row"] == r.label].sort_values(["dataset", "seed"])
         parts = []
-        for h, _, key in metrics:  # every column, both post-processings where the layout has them
+        for c in layout.columns:  # every column, both post-processings where the layout has them
             vals = [(f"{pct(v)}" if pd.notna(v) else "NaN") if st == "finished" else "—"
-                    for v, st in zip(sub.get(key, [math.nan] * len(sub)), sub["status"], strict=True)]
+                    for v, st in zip(sub.get(c.key, [math.nan] * len(sub)), sub["status"], strict=True)]
             if vals:
-                parts.append(f"{h} " + ", ".join(vals))
+                parts.append(f"{c.header} " + ", ".join(vals))
         seeds = ", ".join(str(s) for s in sub["seed"])
         bad = shortfalls(df, r.label, keys)
         foot.append(f"{r.label} (seeds {seeds}): " + "; ".join(parts) + (" — " + "; ".join(bad) if bad else ""))
     noise_parts = []
-    for h, _, key in metrics:
-        ps = pooled_std([_values(df, lab, key) for lab in labels])
+    for c in layout.columns:
+        ps = pooled_std([_values(df, lab, c.key) for lab in labels])
         if not math.isnan(ps):
-            noise_parts.append(f"{h} {100 * ps:.2f}")
-    widest = max(((max(v) - min(v), lab, h) for h, _, key in metrics for lab in labels
-                  if len(v := _values(df, lab, key)) >= 2), default=None)
+            noise_parts.append(f"{c.header} {100 * ps:.2f}")
+    widest = max(((max(v) - min(v), lab, c.header) for c in layout.columns for lab in labels
+                  if len(v := _values(df, lab, c.key)) >= 2), default=None)
     noise = ("Observed seed noise (pooled std over rows, points): " + ", ".join(noise_parts)) if noise_parts else \
         "Observed seed noise: needs at least two finished seeds per row"
     if table.remark:
@@ -177,7 +207,7 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
         noise += f"; widest range over seeds: {100 * widest[0]:.1f} points ({widest[1]}, {widest[2]})"
     has_paper = any(r.paper for r in rows)
     short = [f"{lab}: " + "; ".join(b) for lab in labels if (b := shortfalls(df, lab, keys))]
-    lower = any(m == "mmr" for _, m, _ in metrics)
+    lower = any(c.metric == "mmr" for c in layout.columns)
     legend = (f"Cells: mean ± sample std over {expected} seeds, in percent"
               + ("; (x): the paper's value" if has_paper else "")
               + f"; n=k/N: k of N seeds count{' (why: below)' if short else ''}; —: none"
@@ -224,28 +254,18 @@ def claims_table(results: list[Result]) -> tuple[str, str]:
     return _markdown(header, body), legend
 
 
-def _first_per_metric(metrics):
-    seen, out = set(), []
-    for h, m, key in metrics:
-        if m not in seen:
-            seen.add(m)
-            out.append((h, m, key))
-    return out
-
-
 def confidence_table(name: str, spec: Spec, df: pd.DataFrame) -> str:
     """95% t-intervals of every metric of a table (for the report body)."""
-    table = spec.tables[name]
-    _, metrics = LAYOUTS[table.layout]
+    columns = LAYOUTS[spec.tables[name].layout].columns
     rows = [r for r in spec.rows if r.table == name]
     body = []
     for r in rows:
         line = [r.label]
-        for _, _, key in metrics:
-            s = summarize(_values(df, r.label, key))
+        for c in columns:
+            s = summarize(_values(df, r.label, c.key))
             line.append(f"[{pct(s.ci_low)}, {pct(s.ci_high)}]" if s.n >= 2 else "—")
         body.append(line)
-    return _markdown(["row"] + [h for h, _, _ in metrics], body)
+    return _markdown(["row"] + [c.header for c in columns], body)
 
 
 def reproduction_table(name: str, spec: Spec, ref: pd.DataFrame, other: pd.DataFrame) -> tuple[str, int, int]:
@@ -256,13 +276,13 @@ def reproduction_table(name: str, spec: Spec, ref: pd.DataFrame, other: pd.DataF
     Returns the markdown table and (inside, compared) counts; a metric is compared when `ref`
     has at least 2 seeds and `other` at least one finished run.
     """
-    _, metrics = LAYOUTS[spec.tables[name].layout]
+    columns = LAYOUTS[spec.tables[name].layout].columns
     body, inside, compared = [], 0, 0
     for r in (r for r in spec.rows if r.table == name):
         line = [r.label]
-        for _, _, key in metrics:
-            ref_values = _values(ref, r.label, key)
-            o = summarize(_values(other, r.label, key))
+        for c in columns:
+            ref_values = _values(ref, r.label, c.key)
+            o = summarize(_values(other, r.label, c.key))
             low, high = prediction_interval(ref_values, o.n)
             if math.isnan(low) or o.n == 0:
                 line.append("—")
@@ -273,4 +293,4 @@ def reproduction_table(name: str, spec: Spec, ref: pd.DataFrame, other: pd.DataF
             line.append(f"{pct(o.mean)} in [{pct(low)}, {pct(high)}] {'✓' if ok else '✗'}"
                         + (f" (n={o.n})" if o.n != summarize(ref_values).n else ""))
         body.append(line)
-    return _markdown(["row"] + [h for h, _, _ in metrics], body), inside, compared
+    return _markdown(["row"] + [c.header for c in columns], body), inside, compared

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.evaluation.kinds import evaluator
 from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths
 from harness.train.result import CellState
@@ -59,9 +60,9 @@ def headline(cell: Cell, paths: CellPaths) -> str:
         values = json.loads(paths.eval_json.read_text())
     except (OSError, ValueError):
         return ""
-    name = "ap" if cell.config.eval.metrics == "coco" else "ap50"
+    name = evaluator(cell.config.eval.metrics).headline_metric
     mode = "NMS" if cell.config.eval.nms else "no NMS"
-    value = values.get(f"{'nms' if cell.config.eval.nms else 'nms_free'}.{name}", values.get(name))
+    value = values.get(f"{cell.config.eval.headline}.{name}", values.get(name))
     if not isinstance(value, (int, float)):
         return ""
     return f"{name.upper()} {100 * value:.1f} {mode}"

@@ -375,4 +375,28 @@ def _reference_problems(ld: LoadedSpec) -> list[Problem]:
             elif claim.pairing and not claim.paired:
                 problems.append(ld.source("tables", name, "claims", i, "pairing").problem(
                     "a pairing reason without paired: true"))
+        if table.decide is not None:
+            problems += _decide_problems(ld, name)
+    return problems
+
+
+def _decide_problems(ld: LoadedSpec, name: str) -> list[Problem]:
+    """A table's `decide` section against its claims and the spec's seeds."""
+    table, problems = ld.spec.tables[name], []
+    d = table.decide
+    if not table.claims:
+        return [ld.source("tables", name, "decide").problem("decides claims, and this table declares none")]
+    for i, index in enumerate(d.claims or []):
+        if index >= len(table.claims):
+            problems.append(ld.source("tables", name, "decide", "claims", i).problem(
+                f"claim {index} does not exist: the table has {len(table.claims)} (0 to {len(table.claims) - 1})"))
+    if d.claims is not None and len(set(d.claims)) != len(d.claims):
+        problems.append(ld.source("tables", name, "decide", "claims").problem("a claim is listed twice"))
+    steps = list(zip(d.looks, d.looks[1:], strict=False))
+    if any(b - a < 2 for a, b in steps):
+        problems.append(ld.source("tables", name, "decide", "looks").problem(
+            f"{d.looks}: each look needs at least 2 more seeds than the one before (a stage's own test)"))
+    if d.looks[0] < len(ld.spec.seeds):
+        problems.append(ld.source("tables", name, "decide", "looks", 0).problem(
+            f"the first look ({d.looks[0]} seeds) comes before the spec's own {len(ld.spec.seeds)} seeds"))
     return problems

@@ -193,16 +193,25 @@ def row_labels(ld: LoadedSpec) -> list[str]:
     return [label for label, *_ in _row_plans(ld)]
 
 
-def expand(ld: LoadedSpec, overrides: list[Override] = (), rows: Collection[str] | None = None) -> list[Cell]:
+def seeds_for(ld: LoadedSpec, n: int) -> list[int]:
+    """The first `n` seeds of a spec: its own, then new numbers after its largest (a sequential
+    decision's added seeds; the cells of the spec's own seeds keep their keys)."""
+    own = list(ld.spec.seeds)
+    return own[:n] + list(range(max(own) + 1, max(own) + 1 + n - len(own)))
+
+
+def expand(ld: LoadedSpec, overrides: list[Override] = (), rows: Collection[str] | None = None,
+           seeds: Collection[int] | None = None) -> list[Cell]:
     """All cells of a spec, in row order, then dataset, then seed; with `rows`, only the cells of
-    those rows are resolved (the overrides need not fit the other rows)."""
+    those rows are resolved (the overrides need not fit the other rows); with `seeds`, those seeds
+    instead of the spec's (`seeds_for`)."""
     cells: list[Cell] = []
     problems: list[Problem] = []
     for label, picks, row, index in _row_plans(ld):
         if rows is not None and label not in rows:
             continue
         for dataset in _datasets(ld, row):
-            for seed in ld.spec.seeds:
+            for seed in ld.spec.seeds if seeds is None else seeds:
                 try:
                     config = resolve(ld, picks, dataset, seed, row, index, overrides)
                 except SpecError as exc:
@@ -249,4 +258,5 @@ def select(cells: list[Cell], row: str, dataset: str | None = None,
     return mine[0]
 
 
-__all__ = ["Cell", "cell_from_json", "expand", "row_labels", "resolve", "run_key", "hashed_config", "select", "Source"]
+__all__ = ["Cell", "cell_from_json", "expand", "row_labels", "resolve", "run_key", "hashed_config", "seeds_for", "select",
+           "Source"]

@@ -520,6 +520,23 @@ class TrainConfig(Strict):
 # ------------------------------------------------------------------------------- eval
 
 
+#: eval.metrics -> the metrics its evaluator reports, as fractions: COCO's 12 numbers of
+#: COCOeval.summarize in their order, CrowdHuman's AP50, mMR and recall. The spec checks the
+#: metrics a table or claim names against them, so they are written here, below every other
+#: layer; harness/evaluation/kinds.py says the rest of each evaluator (its headline metric,
+#: detections file and scoring).
+EVALUATOR_METRICS: dict[str, tuple[str, ...]] = {
+    "coco": ("ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl"),
+    "crowdhuman": ("ap50", "mmr", "recall"),
+}
+
+
+def headline_mode(nms: bool) -> Literal["nms", "nms_free"]:
+    """The name of the postprocess `eval.nms` makes the headline: `nms` or `nms_free`, as in
+    the logged `eval.<mode>.<metric>`."""
+    return "nms" if nms else "nms_free"
+
+
 class EvalConfig(Strict):
     #: Evaluate every `period` iterations (0 = only at the end).
     period: int = Field(0, ge=0)
@@ -537,6 +554,12 @@ class EvalConfig(Strict):
     drop_empty: bool = True
     metrics: Literal["coco", "crowdhuman"] = "coco"
     backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
+
+    @property
+    def headline(self) -> Literal["nms", "nms_free"]:
+        """The headline postprocess by name (`eval.nms`). A property: it is not in the config's
+        dump, so it never enters a run key."""
+        return headline_mode(self.nms)
 
 
 # ------------------------------------------------------------------ tracking/resources
@@ -585,10 +608,8 @@ class Config(Strict):
 
 # --------------------------------------------------------------------------- the spec
 
-METRICS = (
-    "ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl",
-    "mmr", "recall",
-)  # fmt: skip
+#: Every metric name a table or claim may use: the evaluators' metrics, each once.
+METRICS = tuple(dict.fromkeys(m for names in EVALUATOR_METRICS.values() for m in names))
 
 
 class Row(Strict):
@@ -646,6 +667,23 @@ class Claim(Strict):
     text: str = ""
 
 
+class Decide(Strict):
+    """Decide a table's claims by adding seeds (`harness decide`, `harness run --until-decided`): a
+    group-sequential design planned before any look. Presentation only: never in a run key.
+
+    looks: the seeds per row at which the claims are looked at, strictly increasing; the last is
+    the cap. Seeds beyond the spec's own are new seed numbers after its largest, so the cells
+    the spec already has keep their keys. spending: how the error α is spent over the looks
+    (Lan-DeMets: O'Brien-Fleming-like spends little early, Pocock evenly).
+    """
+
+    #: indices into the table's `claims` (0 = the first); absent: all of them
+    claims: list[Annotated[int, Field(ge=0)]] | None = None
+    looks: list[Annotated[int, Field(ge=3, le=1000)]] = Field(min_length=1)
+    alpha: float = Field(default=0.05, gt=0.0, le=0.2)
+    spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+
+
 class Table(Strict):
     title: str
     layout: Literal[
@@ -657,6 +695,8 @@ class Table(Strict):
     #: each row against its `compare_to` row or the table's baseline on the first metric,
     #: two-sided.
     claims: list[Claim] = Field(default_factory=list)
+    #: Decide (some of) the claims by adding seeds: `harness decide`.
+    decide: Decide | None = None
 
 
 class Spec(Strict):

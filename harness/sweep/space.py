@@ -9,15 +9,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness.evaluation.kinds import evaluator
 from harness.spec import SpecError, expand, load_spec, row_labels
 from harness.spec.errors import Problem
 from harness.spec.load import Source, load_yaml, pydantic_problems
 from harness.spec.matrix import Cell
 from harness.spec.overrides import Override, check_path, parse_set
 from harness.spec.schema import Config
-
-COCO = ("ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl")
-CROWDHUMAN = ("ap50", "mmr", "recall")  # counts are not metrics (eval.json only): not objectives
+from harness.track.names import eval_key, parse_eval_key
 
 
 class Strict(BaseModel):
@@ -202,12 +201,12 @@ def load_sweep(file: str, extra: list[Override] = ()) -> Sweep:
             raise SpecError(src.problem(f"row {spec.row} of {spec.experiment} has no dataset {spec.dataset!r} "
                                         f"(known: {', '.join(known_ds)})", ("dataset",)))
         cells = [c for c in cells if c.dataset == spec.dataset]
-    for evaluator in dict.fromkeys(c.config.eval.metrics for c in cells):
-        known = COCO if evaluator == "coco" else CROWDHUMAN
-        prefix, _, name = spec.objective.metric.rpartition(".")
-        if prefix not in ("eval", "eval.nms", "eval.nms_free") or name not in known:
-            allowed = ", ".join(f"eval.{m}" for m in known)
-            raise SpecError(src.problem(f"the {evaluator} evaluator does not produce "
+    for name in dict.fromkeys(c.config.eval.metrics for c in cells):
+        known = evaluator(name).metrics  # counts are not metrics (eval.json only): not objectives
+        parsed = parse_eval_key(spec.objective.metric)
+        if parsed is None or parsed[1] not in known:
+            allowed = ", ".join(eval_key(None, m) for m in known)
+            raise SpecError(src.problem(f"the {name} evaluator does not produce "
                                         f"{spec.objective.metric!r} (known: {allowed}, also under eval.nms. / "
                                         "eval.nms_free.)", ("objective", "metric")))
     by_seed = {c.seed: c for c in cells}

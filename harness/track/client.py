@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from harness.track.store import sqlite_file
+from harness.track.store import sqlite_file, sqlite_uri
 
 
 def quiet_store_logs() -> None:
@@ -48,7 +48,7 @@ def _create_sqlite_store(path: Path) -> None:
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
     try:
-        client = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
+        client = MlflowClient(tracking_uri=sqlite_uri(tmp))
         store = client._tracking_client.store
         with contextlib.suppress(AttributeError):
             store.engine.dispose()  # no connection left on the private name

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from harness.spec.errors import Problem, UserError
 from harness.spec.workspace import artifacts_folder
 from harness.track.client import client_for
-from harness.track.store import sqlite_file
+from harness.track.store import kind, sqlite_file, sqlite_uri, without_credentials
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlalchemy.*")
 warnings.filterwarnings("ignore", message=r".*declarative_base.*")
@@ -57,19 +57,7 @@ class NullTracker:
 
 
 def default_tracking_uri(workspace: str | Path) -> str:
-    return f"sqlite:///{Path(workspace).resolve() / 'mlflow.db'}"
-
-
-def without_credentials(uri: str) -> str:
-    """The URI as it may appear in a message: user and password removed."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return sqlite_uri(Path(workspace) / "mlflow.db")
 
 
 def _default_postgres_driver() -> str:
@@ -84,7 +72,7 @@ def _default_postgres_driver() -> str:
 
 def check_tracking_uri(uri: str, timeout: float = 5.0, what: str = "--tracking-uri") -> None:
     """Fail fast and clearly when the store cannot be used (before any training)."""
-    if uri.startswith(("http://", "https://")):
+    if kind(uri) == "server":
         base = uri.rstrip("/")
         try:
             with urllib.request.urlopen(base + "/health", timeout=timeout) as resp:
@@ -111,7 +99,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, what: str = "--tracking-u
             raise UserError(Problem(None, None, what,
                                     f"cannot reach the MLflow server at {without_credentials(uri)}: "
                                     f"{str(exc).replace(uri, without_credentials(uri))}")) from None
-    elif uri.startswith(("postgresql:", "postgresql+")):
+    elif kind(uri) == "postgresql":
         import importlib.util
 
         driver = uri.split(":", 1)[0].partition("+")[2] or _default_postgres_driver()
@@ -133,7 +121,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, what: str = "--tracking-u
                                         "not an MLflow database (a corrupt SQLite file, or another program's)"))
         elif path.exists():
             raise UserError(Problem(str(path), None, what, "not a file"))
-    elif uri.startswith("file:") or "://" not in uri:
+    elif kind(uri) == "file":
         raise UserError(Problem(None, None, what,
                                 f"{uri}: MLflow 3 refuses the file store; use sqlite:///PATH or http://HOST:PORT"))
 
@@ -156,14 +144,14 @@ def credentials_to_environment(uri: str) -> str:
     from urllib.parse import unquote, urlsplit, urlunsplit
 
     parts = urlsplit(uri)
-    if parts.password is None and not (parts.username and uri.startswith(("http://", "https://"))):
+    if parts.password is None and not (parts.username and kind(uri) == "server"):
         return uri
     host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    if uri.startswith(("http://", "https://")):
+    if kind(uri) == "server":
         os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
         os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
         return urlunsplit(parts._replace(netloc=host))
-    if uri.startswith(("postgresql:", "postgresql+")):
+    if kind(uri) == "postgresql":
         os.environ["PGPASSWORD"] = unquote(parts.password or "")
         return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host))
     return uri
@@ -249,7 +237,7 @@ def ensure_experiment(client, name: str, uri: str, workspace: str | Path | None,
                 client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     location = None  # a database store (SQLite, PostgreSQL) keeps artifacts in the workspace
-    if not uri.startswith(("http://", "https://")) and workspace is not None:
+    if kind(uri) != "server" and workspace is not None:
         location = artifacts_folder(Path(workspace).resolve()).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location, tags=tags)
@@ -292,7 +280,7 @@ class MLflowTracker:
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, tags: dict[str, Any], *, workspace=None,
               resume_run_id: str | None = None, spool_dir: str | Path | None = None) -> MLflowTracker:
-        remote = uri.startswith(("http://", "https://"))
+        remote = kind(uri) == "server"
         if remote:
             _quick_http_retries()
         client = client_for(uri)
@@ -368,7 +356,7 @@ def sync_cell(cell_dir: str | Path, uri: str) -> int:
 
     if not pending(cell_dir) and not (Path(cell_dir) / "unsynced").exists():
         return 0
-    if uri.startswith(("http://", "https://")):
+    if kind(uri) == "server":
         _quick_http_retries()
     try:
         return sync(cell_dir, lambda: client_for(uri))

@@ -6,43 +6,63 @@ Metric names. Every evaluation is scored twice, from the same predictions: with 
 the runs table never mixes the two modes. `eval.<name>` without a mode means the cell's headline
 mode (`eval.nms` of its config: NMS for FCOS, NMS-free for the one-to-one rows); readers resolve
 it with `headline_key` / `with_headline`. Runs logged before this rule also carry `eval.<name>`
-itself, with the same value. Values are fractions (0-1), as the evaluators return them; reports
-print percent. Counts (`n_images`, `n_valid_gt`, `n_dets`) are not metrics: they are in the run's
-`eval.json` artifact.
+itself, with the same value. One function, `eval_key(mode, name)`, writes every such name, for
+the writer (`logged_eval_metrics`) and the readers (reports, claims, plots, sweeps) alike, and
+`parse_eval_key` reads one back. Values are fractions (0-1), as the evaluators return them;
+reports print percent. Counts (`n_images`, `n_valid_gt`, `n_dets`) are not metrics: they are in
+the run's `eval.json` artifact.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from harness.spec.schema import headline_mode
+
 MODES = ("nms", "nms_free")
 COUNTS = frozenset({"n_images", "n_valid_gt", "n_dets"})
 
 
+def eval_key(mode: str | None, name: str) -> str:
+    """The name of an evaluation metric in MLflow and in reports: `eval.<mode>.<name>`; without a
+    mode, `eval.<name>`, the cell's headline mode."""
+    return f"eval.{mode}.{name}" if mode else f"eval.{name}"
+
+
+def parse_eval_key(key: str) -> tuple[str | None, str] | None:
+    """`eval.<mode>.<name>` -> (mode, name), `eval.<name>` -> (None, name); None for any other key."""
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "eval" and parts[1] in MODES:
+        return parts[1], parts[2]
+    return (None, parts[1]) if len(parts) == 2 and parts[0] == "eval" else None
+
+
 def logged_eval_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """An evaluation's values as MLflow metrics: `eval.<mode>.<name>` only, no counts."""
+    """An evaluation's values (`<mode>.<name>`, `harness.train.engine.score`) as MLflow metrics:
+    `eval.<mode>.<name>` only, no counts."""
     out = {}
     for key, value in metrics.items():
         mode, _, name = key.rpartition(".")
         if mode in MODES and name not in COUNTS:
-            out[f"eval.{key}"] = value
+            out[eval_key(mode, name)] = value
     return out
 
 
 def headline_key(key: str, nms: bool) -> str:
-    """`eval.ap` -> `eval.nms.ap` or `eval.nms_free.ap` (the cell's headline mode); other keys as given."""
-    prefix, _, name = key.rpartition(".")
-    return f"eval.{'nms' if nms else 'nms_free'}.{name}" if prefix == "eval" else key
+    """`eval.ap` -> `eval.nms.ap` or `eval.nms_free.ap` (the cell's headline mode, `eval.nms`);
+    other keys as given."""
+    parsed = parse_eval_key(key)
+    return eval_key(headline_mode(nms), parsed[1]) if parsed and parsed[0] is None else key
 
 
-def with_headline(metrics: dict[str, float], nms: bool) -> dict[str, float]:
-    """The final metrics of a run plus `eval.<name>` for each `eval.<headline mode>.<name>` (kept
-    as logged where the run has it already)."""
-    mode = "eval.nms." if nms else "eval.nms_free."
+def with_headline(metrics: dict[str, float], mode: str) -> dict[str, float]:
+    """The final metrics of a run plus `eval.<name>` for each `eval.<mode>.<name>` of its headline
+    mode (kept as logged where the run has it already)."""
     out = dict(metrics)
     for key, value in metrics.items():
-        if key.startswith(mode):
-            out.setdefault("eval." + key[len(mode):], value)
+        parsed = parse_eval_key(key)
+        if parsed and parsed[0] == mode:
+            out.setdefault(eval_key(None, parsed[1]), value)
     return out
 
 
@@ -74,23 +94,32 @@ def cell_params(config: dict[str, Any], *, slurm: bool = False) -> dict[str, str
 
 
 def run_tags(cell, *, spec_file: str | None, attempt: int, world: int, platform: str, commit: str,
-             sweep: dict | None = None) -> dict[str, Any]:
+             workspace: str, sweep: dict | None = None) -> dict[str, Any]:
     """The tags a cell's run starts with: what identifies it (run key, row, dataset, seed, axis
     values), where it ran (host, world size, platform, Slurm job, commit) and, for a sweep
-    trial, its place in the sweep (a nested child of the sweep's run)."""
+    trial, its place in the sweep (a nested child of the sweep's run). workspace: `workspace_tag`."""
     import os
 
     tags = {"harness.run_key": cell.run_key, "harness.row": cell.row, "harness.dataset": cell.dataset,
             "harness.seed": cell.seed, "harness.spec": spec_file or "", "harness.git_commit": commit,
             "harness.attempt": attempt, "harness.spec_name": cell.spec_name,
             "harness.host": os.uname().nodename, "harness.world_size": world, "harness.platform": platform,
-            "harness.headline": "nms" if cell.config.eval.nms else "nms_free", **axis_tags(cell.picks)}
+            "harness.workspace": workspace,
+            "harness.headline": cell.config.eval.headline, **axis_tags(cell.picks)}
     if os.environ.get("SLURM_JOB_ID"):
         tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
     if sweep:
         tags.update({"mlflow.parentRunId": sweep["parent_run"], "harness.trial": sweep["trial"],
                      "harness.sweep": sweep["sweep"]})
     return tags
+
+
+def workspace_tag(workspace) -> str:
+    """`host:/absolute/workspace`: which workspace's lock guards a run (`runs.end_abandoned`)."""
+    import os
+    from pathlib import Path
+
+    return f"{os.uname().nodename}:{Path(workspace).resolve()}"
 
 
 def run_params(cell, sched) -> dict[str, str]:

@@ -284,16 +284,50 @@ def end_run(uri: str, run_id: str, status: str) -> None:
     client_for(uri).set_terminated(run_id, status=status)
 
 
-def previous_attempt(uri: str, run_id: str) -> tuple[str, int]:
-    """(status, attempt) of a run a worker is about to resume."""
+@dataclass(frozen=True)
+class Attempt:
+    """A run a worker is about to resume: its status, attempt number, the run key it is tagged
+    with, and the last step of its training loss (what an earlier attempt logged already)."""
+
+    status: str
+    attempt: int
+    run_key: str | None
+    last_step: int
+
+
+def previous_attempt(uri: str, run_id: str) -> Attempt:
     from harness.track.client import client_for
 
-    run = client_for(uri).get_run(run_id)
+    client = client_for(uri)
+    run = client.get_run(run_id)
     try:
         attempt = int(run.data.tags.get("harness.attempt", "1"))
     except ValueError:
         attempt = 1
-    return run.info.status, attempt
+    steps = [m.step for m in client.get_metric_history(run_id, "train.total_loss")]
+    return Attempt(run.info.status, attempt, run.data.tags.get("harness.run_key"), max(steps, default=0))
+
+
+def end_abandoned(uri: str, experiment: str, run_key: str, *, workspace: str, keep: str, reason: str) -> list[str]:
+    """End KILLED, with `reason`, every RUNNING run of `run_key` started from `workspace` (its
+    `harness.workspace` tag: host and folder) but `keep`. Called by a worker that holds the
+    cell's lock, so no live process of that workspace writes them: a worker killed before its
+    first checkpoint leaves its run RUNNING, and the retry starts a new one."""
+    from harness.track.client import client_for
+
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    found = client.search_runs([exp.experiment_id], f"tags.`harness.run_key` = '{run_key}' and "
+                                                    "attributes.status = 'RUNNING'")
+    ended = []
+    for run in found:
+        if run.info.run_id != keep and run.data.tags.get("harness.workspace") == workspace:
+            write(client, run.info.run_id, tags={"harness.failure": reason})
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 def sweep_parent(uri: str, experiment: str, name: str, tags: dict, params: dict) -> str:
@@ -314,9 +348,9 @@ def sweep_parent(uri: str, experiment: str, name: str, tags: dict, params: dict)
 
 def end_killed(uri: str, run_id: str, reason: str) -> None:
     """End a run that no process will finish as KILLED, with the reason in `harness.failure`."""
-    from mlflow import MlflowClient
+    from harness.track.client import client_for
 
-    client = MlflowClient(uri)
+    client = client_for(uri)
     write(client, run_id, tags={"harness.failure": reason})
     client.set_terminated(run_id, status="KILLED")
 

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.formats.atomic import is_no_space
+
 SPOOL, SENT, UNSYNCED = "spool.jsonl", "spool.sent", "unsynced"
 METRICS_PER_BATCH = 1000
 BATCH = 100  # params and tags per log_batch
@@ -143,6 +145,7 @@ class Spool:
         self._wake = threading.Condition(self._lock)
         self._closing = False
         self._away_since: float | None = None
+        self._full: BaseException | None = None  # the store's disk is full: waiting is pointless
         self._thread = threading.Thread(target=self._loop, name="harness-spool-sender", daemon=True)
         self._thread.start()
 
@@ -164,7 +167,7 @@ class Spool:
         with self._lock:
             while self._sent < self._written:
                 left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
+                if (left is not None and left <= 0) or self._full is not None:
                     return False
                 self._wake.wait(left if left is None else min(left, 0.5))
         return True
@@ -183,8 +186,10 @@ class Spool:
         if done:
             _clear(self.dir)
         else:
-            (self.dir / UNSYNCED).write_text(
-                f"{left} tracking record(s) not sent: the store was unreachable when the cell ended\n")
+            why = "full" if self._full is not None else "unreachable"
+            with contextlib.suppress(OSError):  # the spool's own disk may be the full one
+                (self.dir / UNSYNCED).write_text(
+                    f"{left} tracking record(s) not sent: the store was {why} when the cell ended\n")
         return done
 
     # ---- the sender's side
@@ -200,6 +205,11 @@ class Spool:
             try:
                 self.sender.send(batch)
             except Exception as exc:  # the store is away: keep the records, try again
+                if is_no_space(exc) and self._full is None:  # not coming back by itself: stop waiting
+                    self.say(f"tracking store full ({_short(exc)}): writes stay spooled in {self.dir / SPOOL}")
+                    with self._lock:
+                        self._full = exc
+                        self._wake.notify_all()
                 if self._away_since is None:
                     self._away_since = time.time()
                     self.say(f"tracking store unreachable ({_short(exc)}); training goes on, writes are "

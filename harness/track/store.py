@@ -2,14 +2,14 @@
 a read command opens, and how messages and reports name it (never with credentials).
 
 Kinds: `sqlite` (`sqlite:///PATH[?options]`, or the read-only form `read_only` writes), `server`
-(`http://` / `https://`: an `mlflow server`), `postgresql` (`postgresql[+driver]://`), `other`
-(anything else MLflow may accept). Credentials are moved out of a URI before it gets here
+(`http://` / `https://`: an `mlflow server`), `postgresql` (`postgresql[+driver]://`), `file` (a
+folder or `file:` URI: MLflow 3's refused file store), `other` (anything else MLflow may accept). Credentials are moved out of a URI before it gets here
 (`mlflow_tracker.credentials_to_environment`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 _SQLITE = "sqlite:///"
 _READ_ONLY = "sqlite+pysqlite:///file:"
@@ -22,7 +22,14 @@ def kind(uri: str) -> str:
         return "server"
     if uri.startswith(("postgresql:", "postgresql+")):
         return "postgresql"
+    if uri.startswith("file:") or "://" not in uri:
+        return "file"
     return "other"
+
+
+def sqlite_uri(path: str | Path) -> str:
+    """The URI of a SQLite store at `path` (made absolute)."""
+    return f"{_SQLITE}{Path(path).resolve()}"
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -59,6 +66,16 @@ def display(uri: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
 
 
+def without_credentials(uri: str) -> str:
+    """The URI with its user and password masked (`***@host`), as a command line may show it."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def short(uri: str) -> str:
     """A store's name for a report: no credentials, no machine-specific directories."""
     path = sqlite_file(uri)
@@ -67,4 +84,4 @@ def short(uri: str) -> str:
     return display(uri)
 
 
-__all__ = ["display", "has_options", "kind", "read_only", "short", "sqlite_file"]
+__all__ = ["display", "has_options", "kind", "read_only", "short", "sqlite_file", "sqlite_uri", "without_credentials"]

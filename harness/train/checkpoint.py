@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.formats.atomic import NoSpace, check_space, free_bytes, is_no_space
+
 
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
@@ -35,13 +37,44 @@ def save(path: str | Path, *, model, optimizer, scheduler, scaler, iteration: in
         "scaler": scaler.state_dict() if scaler is not None else {}, "iteration": iteration,
         "run_id": run_id or "", "run_key": run_key, "rng": _plain(rng_state()), "health": dict(health or {}),
     }
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    need = _nbytes(state)
+    check_space(path, need)  # a full disk is one readable line, not torch's "unexpected pos"
+    tmp = path.with_name(path.name + f"{TMP_MARK}{os.getpid()}")
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
-    except BaseException:  # a full disk, a signal: never leave the temporary file behind
+    except BaseException as exc:  # a full disk, a signal: never leave the temporary file behind
         tmp.unlink(missing_ok=True)
+        if not isinstance(exc, NoSpace) and (is_no_space(exc) or _short_of(path, need)):
+            raise NoSpace(path, need) from exc
         raise
+
+
+#: a save in progress writes `checkpoint.pt<TMP_MARK><pid>` beside the checkpoint
+TMP_MARK = ".tmp"
+
+
+def leftovers(path: str | Path) -> list[Path]:
+    """Temporary files of saves a kill -9 interrupted (remove them while holding the cell's lock)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{path.name}{TMP_MARK}*"))
+
+
+def _nbytes(obj) -> int:
+    """About what `torch.save` writes for `obj`: its tensors' bytes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _short_of(path: Path, need: int) -> bool:
+    """torch's zip writer reports a full disk as a position mismatch: ask the device."""
+    free = free_bytes(path)
+    return free is not None and free < need
 
 
 def _plain(state: dict) -> dict:

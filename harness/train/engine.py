@@ -19,8 +19,7 @@ import torch
 import torch.distributed as dist
 
 from harness.data.transforms import nonempty, to_original
-from harness.evaluation.coco import evaluate_coco
-from harness.evaluation.crowdhuman import evaluate_images, images_from_records
+from harness.evaluation.kinds import evaluator
 from harness.train.health import Unhealthy
 
 if TYPE_CHECKING:
@@ -206,38 +205,18 @@ def gather(preds: dict[str, list[dict]]) -> dict[str, list[dict]]:
     return {k: [p for part in parts for p in part[k]] for k in preds}
 
 
-def coco_results(preds: list[dict], label_to_category: list[int]) -> list[dict]:
-    res = []
-    for p in preds:
-        for (x1, y1, x2, y2), s, lab in zip(p["boxes"], p["scores"], p["labels"], strict=True):
-            res.append({"image_id": p["image_id"], "category_id": label_to_category[lab],
-                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
-    return res
-
-
-def odgt_results(preds: list[dict]) -> list[dict]:
-    return [{"ID": p["image_id"], "dtboxes": [{"box": [x1, y1, x2 - x1, y2 - y1], "score": s, "tag": 1}
-                                             for (x1, y1, x2, y2), s in zip(p["boxes"], p["scores"], strict=True)]}
-            for p in preds]
-
-
 def score(preds: dict[str, list[dict]], info, val_records, *, metrics: str, backend: str, headline: str):
-    """Metrics of both postprocesses; the headline ones (eval.nms) also without prefix."""
+    """Each postprocess's predictions scored by the `metrics` evaluator (harness/evaluation/kinds.py):
+    the metrics as `<mode>.<name>` (eval.json's names; `harness.track.names.logged_eval_metrics`
+    logs them), the `headline` mode's also as `<name>`; and each mode's detections file records."""
+    ev = evaluator(metrics)
     out: dict[str, float] = {}
     files: dict[str, list] = {}
-    for key, items in preds.items():
-        if metrics == "coco":
-            results = coco_results(items, info.label_to_category)
-            values = evaluate_coco(info.gt, results, backend)
-        else:
-            results = odgt_results(items)
-            sizes = {r.image_id: r.size for r in val_records}
-            gt = [{**rec, "width": sizes[rec["ID"]][0], "height": sizes[rec["ID"]][1]} for rec in info.gt]
-            values = evaluate_images(images_from_records(gt, {r["ID"]: r for r in results})).as_dict()
-        files[key] = results
+    for mode, items in preds.items():
+        values, files[mode] = ev.score(items, info, val_records, backend=backend)
         for name, v in values.items():
-            out[f"{key}.{name}"] = float(v)
-            if key == headline:
+            out[f"{mode}.{name}"] = float(v)
+            if mode == headline:
                 out[name] = float(v)
     return out, files
 
@@ -263,7 +242,9 @@ def fit(s: Session, batches, loop: LoopContext) -> int:
     iterations, then checkpoint (`save`) and evaluate (`evaluate(iteration, final=False)`) on
     their periods. A stop (a signal, or submitit requeueing the job) saves the last completed
     iteration and re-raises; a health flag raises `Unhealthy` after logging what led to it. At
-    the end: the last checkpoint, then the final evaluation.
+    the end: the last checkpoint, then the final evaluation. Iterations up to `s.logged_until`
+    (a resume from a checkpoint older than what the run logged) are trained but neither logged
+    nor evaluated again: each step of the run's history has one value.
     """
     model, optimizer, sched, health, tracker = s.model, s.optimizer, s.sched, s.health, loop.tracker
     log_period, start_iter = s.cfg.tracking.log_period, s.start_iter
@@ -287,7 +268,10 @@ def fit(s: Session, batches, loop: LoopContext) -> int:
                 loop.first_iteration()
             values["data_time"] = data_time
             meter.add(values)
-            if iteration % log_period == 0 or iteration == sched.max_iter:
+            if (iteration % log_period == 0 or iteration == sched.max_iter) and iteration <= s.logged_until:
+                meter.means()  # a replayed window: the earlier attempt logged it (docs/architecture.md)
+                t_last = time.perf_counter()
+            elif iteration % log_period == 0 or iteration == sched.max_iter:
                 now = time.perf_counter()
                 means = log_window(tracker, meter, optimizer, health, iteration,
                                    iter_per_s=log_period / max(1e-9, now - t_last))
@@ -300,7 +284,7 @@ def fit(s: Session, batches, loop: LoopContext) -> int:
                 raise Unhealthy(flag)
             if iteration % sched.checkpoint_period == 0 and iteration < sched.max_iter:
                 loop.save(iteration)
-            if sched.eval_period and iteration % sched.eval_period == 0 and iteration < sched.max_iter:
+            if (sched.eval_period and iteration % sched.eval_period == 0 and s.logged_until < iteration < sched.max_iter):
                 loop.evaluate(iteration, False)
     except (Stop, SystemExit):  # SystemExit: submitit stopping the job to requeue it
         loop.save(iteration)  # the last completed iteration: a later run resumes from here

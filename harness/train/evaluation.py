@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from harness.data.build import eval_dataset
 from harness.data.loader import eval_loader
+from harness.evaluation.kinds import evaluator
 from harness.formats.atomic import write_json, write_json_lines
 from harness.track.names import logged_eval_metrics
 from harness.train.engine import gather, predict, score
@@ -25,7 +26,7 @@ class Evaluation:
     def __init__(self, s: Session, tracker):
         cfg = s.cfg
         self.s, self.tracker = s, tracker
-        self.headline = "nms" if cfg.eval.nms else "nms_free"
+        self.headline, self.evaluator = cfg.eval.headline, evaluator(cfg.eval.metrics)
         self.loader = eval_loader(eval_dataset(cfg.data, s.data.val, cfg.model.backbone.input_format),
                                   rank=s.ranks.rank, world_size=s.ranks.world, num_workers=cfg.data.num_workers,
                                   divisibility=cfg.data.size_divisibility)
@@ -47,7 +48,7 @@ class Evaluation:
             return
         metrics, files = score(preds, s.data.info, s.data.val, metrics=cfg.eval.metrics, backend=cfg.eval.backend,
                                headline=self.headline)
-        flag = flag or s.health.check_quality(iteration, metrics["ap" if cfg.eval.metrics == "coco" else "ap50"])
+        flag = flag or s.health.check_quality(iteration, metrics[f"{self.headline}.{self.evaluator.headline_metric}"])
         self.tracker.log_metrics({**logged_eval_metrics(metrics), "health.eval_dets": n_dets}, step=iteration)
         self.tracker.flush()
         self.final = metrics
@@ -60,7 +61,7 @@ class Evaluation:
 
     def _write(self, iteration: int, metrics: dict, files: dict) -> None:
         """The final detections and metrics, in the cell's folder and as artifacts."""
-        paths, ext = self.s.paths, "json" if self.s.cfg.eval.metrics == "coco" else "odgt"
+        paths, ext = self.s.paths, self.evaluator.ext
         for key, results in files.items():
             path = paths.detections(key, ext)
             (write_json if ext == "json" else write_json_lines)(path, results)

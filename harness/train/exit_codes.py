@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # a user error (spec, data, weights, arguments): not retried
     DIVERGED = 3  # a non-finite loss: retrying from the last checkpoint would diverge again
     UNHEALTHY = 4  # a health rule (train.health) flagged divergence: not retried either
+    NO_SPACE = 5  # a disk filled up (checkpoint, evaluation, spool): not retried until space is freed
     BUSY = 75  # the cell is being trained by another process (its lock is held; EX_TEMPFAIL)
 
     @staticmethod
@@ -28,7 +29,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = ExitCode.OK, ExitCode.FAILED, ExitCode.BA
 EXIT_DIVERGED, EXIT_UNHEALTHY, EXIT_BUSY = ExitCode.DIVERGED, ExitCode.UNHEALTHY, ExitCode.BUSY
 
 #: A retry resumes from the last checkpoint and would end the same way.
-NOT_RETRIED = (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_UNHEALTHY)
+NOT_RETRIED = (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_UNHEALTHY, ExitCode.NO_SPACE)
 #: The run diverged; its `harness.failure` tag starts with "diverged:".
 DIVERGENCE = (EXIT_DIVERGED, EXIT_UNHEALTHY)
 
@@ -38,5 +39,5 @@ def describe(code: int) -> str:
     return {EXIT_OK: "finished", EXIT_FAILED: "crashed", EXIT_BAD_INPUT: "bad input, not retried",
             EXIT_DIVERGED: "diverged (non-finite loss), not retried",
             EXIT_UNHEALTHY: "diverged (health rule), not retried",
-            EXIT_BUSY: "trained by another process"}.get(code, "killed by a signal" if code >= 128 or code < 0
+            EXIT_BUSY: "trained by another process", ExitCode.NO_SPACE: "no space left on a device, not retried"}.get(code, "killed by a signal" if code >= 128 or code < 0
                                                           else "crashed")

@@ -57,13 +57,14 @@ class Outcome(StrEnum):
     CRASH = "crash"  # an exception: worth a retry from the last checkpoint
     BAD_INPUT = "bad_input"  # data, weights or config the cell cannot train with
     BUSY = "busy"  # another process trains the cell
+    NO_SPACE = "no_space"  # a disk filled up: a retry would fail the same way until space is freed
 
     @property
     def exit_code(self) -> ExitCode:
         return {Outcome.FINISHED: ExitCode.OK, Outcome.DIVERGED: ExitCode.DIVERGED,
                 Outcome.UNHEALTHY: ExitCode.UNHEALTHY, Outcome.KILLED: ExitCode.FAILED,
                 Outcome.CRASH: ExitCode.FAILED, Outcome.BAD_INPUT: ExitCode.BAD_INPUT,
-                Outcome.BUSY: ExitCode.BUSY}[self]
+                Outcome.BUSY: ExitCode.BUSY, Outcome.NO_SPACE: ExitCode.NO_SPACE}[self]
 
     @property
     def retried(self) -> bool:
@@ -107,6 +108,7 @@ class CellResult:
         phrase = {Outcome.FINISHED: "finished", Outcome.DIVERGED: "diverged (non-finite loss), not retried",
                   Outcome.UNHEALTHY: "diverged (health rule), not retried", Outcome.CRASH: "crashed",
                   Outcome.BAD_INPUT: "bad input, not retried", Outcome.BUSY: "trained by another process",
+                  Outcome.NO_SPACE: "no space left, not retried",
                   Outcome.KILLED: f"killed by {_signal_name(self.signal)}" if self.signal else "killed"}[self.outcome]
         return f"{phrase}: {self.message}" if self.message and self.outcome is not Outcome.FINISHED else phrase
 
@@ -132,7 +134,7 @@ class CellResult:
             return cls(Outcome.CRASH, f"died without writing its result (exit {code})")
         outcome = {ExitCode.OK: Outcome.FINISHED, ExitCode.BAD_INPUT: Outcome.BAD_INPUT,
                    ExitCode.DIVERGED: Outcome.DIVERGED, ExitCode.UNHEALTHY: Outcome.UNHEALTHY,
-                   ExitCode.BUSY: Outcome.BUSY}.get(code, Outcome.CRASH)
+                   ExitCode.BUSY: Outcome.BUSY, ExitCode.NO_SPACE: Outcome.NO_SPACE}.get(code, Outcome.CRASH)
         return cls(outcome, "" if outcome is Outcome.FINISHED else f"no result written (exit {int(code)})")
 
 

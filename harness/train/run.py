@@ -16,25 +16,31 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch.distributed as dist
 import yaml
 
 from harness.data.build import train_dataset
 from harness.data.loader import train_loader
-from harness.formats.atomic import write_text_atomic
+from harness.formats.atomic import NoSpace, is_no_space, write_text_atomic
+from harness.spec.errors import Problem, UserError
 from harness.spec.matrix import Cell
 from harness.track.mlflow_tracker import MLflowTracker, NullTracker, git_commit, sync_cell
-from harness.track.names import run_params, run_tags
-from harness.track.runs import previous_attempt
-from harness.train.engine import LoopContext, NonFiniteLoss, Progress, Stop, fit, unwrap
+from harness.track.names import run_params, run_tags, workspace_tag
+from harness.track.runs import end_abandoned, previous_attempt
+from harness.train.engine import LoopContext, NonFiniteLoss, Progress, Stop, fit
 from harness.train.evaluation import Evaluation
 from harness.train.guards import Heartbeat, SignalGuard
 from harness.train.health import Unhealthy
 from harness.train.lock import CellLock
 from harness.train.platform import platform_tag
-from harness.train.pretrain import pretrained_backbone
 from harness.train.result import CellResult, Outcome
-from harness.train.session import Resume, Session, prepare, save_checkpoint, take_over
+from harness.train.session import (
+    Resume,
+    Session,
+    load_pretrained,
+    prepare,
+    save_checkpoint,
+    take_over,
+)
 
 
 @dataclass(frozen=True)
@@ -88,20 +94,31 @@ def _run(s: Session, launch: Launch) -> CellResult:
 
 def _ended(s: Session, tracker, exc: BaseException) -> CellResult:
     """End the run after `exc` with its reason; the launch's result."""
-    result = CellResult(Outcome.CRASH, f"{type(exc).__name__}: {exc}", iteration=s.iteration, run_id=s.run_id)
-    if isinstance(exc, Stop):
-        result = CellResult(Outcome.KILLED, str(exc), exc.signum, s.iteration, s.run_id)
-    elif isinstance(exc, NonFiniteLoss | Unhealthy):  # no retry: resuming would only diverge again
-        outcome = Outcome.DIVERGED if isinstance(exc, NonFiniteLoss) else Outcome.UNHEALTHY
-        result = CellResult(outcome, str(exc), None, s.iteration, s.run_id)
-    elif isinstance(exc, KeyboardInterrupt | SystemExit):
-        result = CellResult(Outcome.KILLED, result.message, None, s.iteration, s.run_id)
-    tracker.end("FAILED" if result.outcome is not Outcome.KILLED else "KILLED", result.message)
+    result = _result_of(s, exc)
+    try:
+        tracker.end("KILLED" if result.outcome is Outcome.KILLED else "FAILED", result.message)
+    except Exception as end_exc:  # a full disk or a lost store: the scheduler reconciles the run later
+        print(f"{s.cell.id}: could not record the run's end ({type(end_exc).__name__}: {end_exc})",
+              file=sys.stderr, flush=True)
     if result.outcome is Outcome.CRASH or result.outcome is Outcome.KILLED and result.signal is None:
         traceback.print_exception(exc)
     else:
-        print(f"{s.cell.id}: {'FAILED: ' if result.diverged else ''}{exc}", file=sys.stderr)
+        print(f"{s.cell.id}: {'FAILED: ' if result.outcome is not Outcome.KILLED else ''}{result.message}",
+              file=sys.stderr)
     return result
+
+
+def _result_of(s: Session, exc: BaseException) -> CellResult:
+    at = {"iteration": s.iteration, "run_id": s.run_id}
+    if isinstance(exc, Stop):
+        return CellResult(Outcome.KILLED, str(exc), exc.signum, **at)
+    if isinstance(exc, NonFiniteLoss | Unhealthy):  # no retry: resuming would only diverge again
+        return CellResult(Outcome.DIVERGED if isinstance(exc, NonFiniteLoss) else Outcome.UNHEALTHY, str(exc), **at)
+    if is_no_space(exc):
+        full = exc if isinstance(exc, NoSpace) else NoSpace(getattr(exc, "filename", None) or s.paths.log)
+        return CellResult(Outcome.NO_SPACE, full.strerror, **at)
+    outcome = Outcome.KILLED if isinstance(exc, KeyboardInterrupt | SystemExit) else Outcome.CRASH
+    return CellResult(outcome, f"{type(exc).__name__}: {exc}", **at)
 
 
 def _start_run(s: Session, launch: Launch):
@@ -112,16 +129,25 @@ def _start_run(s: Session, launch: Launch):
         print(f"{cell.id}: sent {sent} spooled tracking record(s) of an earlier attempt", flush=True)
     attempt = launch.attempt
     if s.run_id is not None:
-        status, previous = previous_attempt(launch.uri, s.run_id)
-        if status == "FINISHED" and s.start_iter >= sched.max_iter:
+        previous = previous_attempt(launch.uri, s.run_id)
+        if previous.run_key != cell.run_key:  # a checkpoint naming another cell's run: never adopted
+            raise UserError(Problem(str(s.paths.checkpoint), None, "", (
+                f"this checkpoint resumes run {s.run_id}, which is another cell's (run key "
+                f"{str(previous.run_key)[:12]}…); move the file aside, or run with --fresh")))
+        if previous.status == "FINISHED" and s.start_iter >= sched.max_iter:
             print(f"{cell.id}: already finished (run {s.run_id})")
             return None
-        attempt = attempt or previous + 1
+        attempt = attempt or previous.attempt + 1
+        s.logged_until = previous.last_step
+    workspace = workspace_tag(s.paths.workspace)
     tags = run_tags(cell, spec_file=launch.spec_file, attempt=attempt or 1, world=s.ranks.world,
-                    platform=platform_tag(s.device), commit=git_commit(), sweep=launch.sweep)
+                    platform=platform_tag(s.device), commit=git_commit(), workspace=workspace, sweep=launch.sweep)
     tracker = MLflowTracker.start(launch.uri, cell.spec_name, cell.id, tags, workspace=s.paths.workspace,
                                   resume_run_id=s.run_id, spool_dir=s.paths.dir)
     s.run_id = tracker.run_id
+    for run_id in end_abandoned(launch.uri, cell.spec_name, cell.run_key, workspace=workspace, keep=s.run_id,
+                                reason=f"worker lost before its first checkpoint; run {s.run_id} trains the cell"):
+        print(f"{cell.id}: run {run_id} was left RUNNING by a lost worker: ended KILLED", flush=True)
     tracker.log_params(run_params(cell, sched))
     if s.start_iter == 0:
         s.paths.make()
@@ -136,29 +162,16 @@ def _start_run(s: Session, launch: Launch):
         tracker.start_system_metrics()
     print(f"{cell.id}: run {s.run_id} ({'resumed at iteration ' + str(s.start_iter) if s.start_iter else 'new'}), "
           f"attempt {attempt or 1} in MLflow", flush=True)
+    if s.logged_until > s.start_iter:
+        print(f"{cell.id}: iterations {s.start_iter + 1}-{s.logged_until} were logged by the earlier attempt; "
+              "their replay is not logged again", flush=True)
     return tracker
-
-
-def _load_pretrained(s: Session, tracker) -> None:
-    """Replace the tiny backbone's random draw by the workspace's shared pre-training: rank 0
-    trains (or finds) it, the others read the file it leaves."""
-    def load():
-        return pretrained_backbone(s.cfg, s.paths.cache, device=s.device, log=lambda m: print(f"{s.cell.id}: {m}", flush=True))
-
-    if s.ranks.main:
-        state, path = load()
-    if s.ranks.world > 1:
-        dist.barrier()
-    if not s.ranks.main:
-        state, path = load()
-    unwrap(s.model).backbone.load_state_dict(state)
-    tracker.set_tags({"harness.pretrain": Path(path).stem})
 
 
 def _train(s: Session, tracker, guard: SignalGuard, progress: bool) -> Evaluation:
     cfg, ranks = s.cfg, s.ranks
     if cfg.model.backbone.pretrain is not None and s.start_iter == 0:  # a resumed cell has its weights
-        _load_pretrained(s, tracker)
+        tracker.set_tags({"harness.pretrain": load_pretrained(s)})
     loader = train_loader(train_dataset(cfg.data, s.data.train, cfg.model.backbone.input_format),
                           cfg.train.ims_per_batch // ranks.world, seed=cfg.seed, rank=ranks.rank,
                           world_size=ranks.world, start_iter=s.start_iter, num_workers=cfg.data.num_workers,

@@ -29,6 +29,7 @@ from harness.train import checkpoint as ckpt
 from harness.train.engine import unwrap
 from harness.train.health import HealthMonitor, build_monitor
 from harness.train.optim import Schedule, build_optimizer, build_scheduler, scaled_schedule
+from harness.train.pretrain import pretrained_backbone
 
 
 class Resume(Enum):
@@ -81,6 +82,9 @@ class Session:
     start_iter: int = 0  # the checkpoint's iteration (0: a new run)
     run_id: str | None = None  # the checkpoint's MLflow run, then the run this session writes
     iteration: int = 0  # the last iteration trained (`engine.fit` keeps it)
+    #: the last step an earlier attempt of the run logged: a resume from an older checkpoint
+    #: replays the iterations up to it without logging them twice
+    logged_until: int = 0
 
     @property
     def cfg(self):
@@ -163,23 +167,32 @@ def load_checkpoint(s: Session) -> None:
     stamp = _stamp(path)
     try:
         state = ckpt.load(path)
-        unwrap(s.model).load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        s.scheduler.load_state_dict(state["scheduler"])
-        if s.scaler is not None and state["scaler"]:
-            s.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
-        s.health.load_state_dict(state.get("health"))  # absent in checkpoints from before health
-        start_iter, run_id = int(state["iteration"]), state["run_id"] or None
-        if not isinstance(run_id, str | None):
-            raise TypeError(f"run_id is {type(run_id).__name__}")
+        owner = state.get("run_key")
+        if owner == s.cell.run_key:
+            unwrap(s.model).load_state_dict(state["model"])
+            s.optimizer.load_state_dict(state["optimizer"])
+            s.scheduler.load_state_dict(state["scheduler"])
+            if s.scaler is not None and state["scaler"]:
+                s.scaler.load_state_dict(state["scaler"])
+            ckpt.set_rng_state(state["rng"])
+            s.health.load_state_dict(state.get("health"))  # absent in checkpoints from before health
+            start_iter, run_id = int(state["iteration"]), state["run_id"] or None
+            if not isinstance(run_id, str | None):
+                raise TypeError(f"run_id is {type(run_id).__name__}")
     except Exception as exc:  # truncated, not a checkpoint, refused by weights_only, another model
         first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
-        raise UserError(Problem(str(path), None, "", (
-            f"cannot resume from this checkpoint ({type(exc).__name__}{': ' + first if first else ''}); "
-            "move the file aside to keep it, or run `harness train` with --fresh to set it aside "
-            "and start the cell again"))) from None
+        raise _refused(path, f"cannot resume from this checkpoint ({type(exc).__name__}"
+                             f"{': ' + first if first else ''})") from None
+    if owner != s.cell.run_key:  # copied from another cell: never adopted (its run is another cell's)
+        raise _refused(path, f"this checkpoint belongs to another cell (run key {str(owner)[:12]}…, this cell's is "
+                             f"{s.cell.run_key[:12]}…); it was not resumed")
     s.checkpoint, s.start_iter, s.run_id = stamp, start_iter, run_id
+
+
+def _refused(path: Path, why: str) -> UserError:
+    return UserError(Problem(str(path), None, "", (
+        f"{why}; move the file aside to keep it, or run `harness train` with --fresh to set it aside "
+        "and start the cell again")))
 
 
 def take_over(s: Session, resume: Resume) -> None:
@@ -194,6 +207,9 @@ def take_over(s: Session, resume: Resume) -> None:
     if s.data is None:
         s.data = load_datasets(s.cfg.data, s.paths.cache)
     path = s.paths.checkpoint
+    if s.ranks.main:
+        for tmp in ckpt.leftovers(path):  # a save a kill -9 cut short; the lock says nobody writes it
+            tmp.unlink(missing_ok=True)
     if resume is Resume.FRESH and path.exists() and s.ranks.main:
         os.replace(path, s.paths.set_aside(int(time.time())))
     if resume is not Resume.FRESH and _stamp(path) != s.checkpoint:  # written since prepare read it
@@ -212,3 +228,20 @@ def save_checkpoint(s: Session, iteration: int) -> None:
         ckpt.save(s.paths.checkpoint, model=unwrap(s.model), optimizer=s.optimizer, scheduler=s.scheduler,
                   scaler=s.scaler, iteration=iteration, run_id=s.run_id, run_key=s.cell.run_key,
                   health=s.health.state_dict())
+
+
+def load_pretrained(s: Session) -> str:
+    """Replace the tiny backbone's random draw by the workspace's shared pre-training (rank 0
+    trains or finds it, the others read the file it leaves); the pre-training's name."""
+    def load():
+        return pretrained_backbone(s.cfg, s.paths.cache, device=s.device,
+                                   log=lambda m: print(f"{s.cell.id}: {m}", flush=True))
+
+    if s.ranks.main:
+        state, path = load()
+    if s.ranks.world > 1:
+        dist.barrier()
+    if not s.ranks.main:
+        state, path = load()
+    unwrap(s.model).backbone.load_state_dict(state)
+    return Path(path).stem

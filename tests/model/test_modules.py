@@ -11,10 +11,11 @@ from harness.model.assign.common import AssignInput
 from harness.model.backbone import ResNetBackbone, TinyBackbone, WeightsError, load_weights_file
 from harness.model.filter3d import MaxFilter3D
 from harness.model.fpn import FPN
-from harness.model.head import Predictor, Towers
+from harness.model.head import Towers
 from harness.model.losses import centerness_target, sigmoid_focal
 from harness.model.points import make_grid
 from harness.model.postprocess import both
+from tests.model import predictor
 
 SIZES = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
 
@@ -95,10 +96,6 @@ def test_centerness_target():
     assert centerness_target(torch.tensor([[1.0, 2, 3, 2]])).item() == pytest.approx((1 / 3) ** 0.5)
 
 
-def point_predictor(assign, **kw):
-    return Predictor(num_classes=2, channels=8, assign=assign, gn_groups=4, **kw)
-
-
 def fixed_assign(mapping):
     def assign(inp: AssignInput):
         out = inp.background()
@@ -125,21 +122,21 @@ def run_losses(pred, mapping_per_image, targets):
 def test_cls_and_box_losses_are_normalised_by_the_batch_positives():
     tgt = [{"boxes": torch.tensor([[0.0, 0, 24, 24]]), "labels": torch.tensor([1])},
            {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
-    pred = point_predictor(None, box_weight=2.0)
+    pred = predictor(None, loss={"box_weight": 2.0})
     losses, out, grid = run_losses(pred, [{9: 0, 10: 0}, {}], tgt)
     cls_t = torch.zeros_like(out["cls"])
     cls_t[0, 9, 1] = cls_t[0, 10, 1] = 1
     assert losses["loss_cls"].item() == pytest.approx(sigmoid_focal(out["cls"], cls_t).sum().item() / 2, rel=1e-5)
     assert set(losses) == {"loss_cls", "loss_box"}
     # no positives at all: the normaliser is clamped to 1, the box loss is 0
-    losses0, out0, _ = run_losses(point_predictor(None), [{}, {}], [tgt[1], tgt[1]])
+    losses0, out0, _ = run_losses(predictor(None), [{}, {}], [tgt[1], tgt[1]])
     assert losses0["loss_cls"].item() == pytest.approx(sigmoid_focal(out0["cls"], torch.zeros_like(out0["cls"])).sum().item(), rel=1e-5)
     assert losses0["loss_box"].item() == 0.0
 
 
 def test_centerness_weighted_box_loss_and_ctr_term():
     tgt = [{"boxes": torch.tensor([[0.0, 0, 24, 24]]), "labels": torch.tensor([0])}]
-    pred = point_predictor(None, centerness="reg", box_weighting="centerness")
+    pred = predictor(None, centerness="reg", loss={"box_weighting": "centerness"})
     losses, out, grid = run_losses(pred, [{9: 0, 0: 0}], tgt)
     assert set(losses) == {"loss_cls", "loss_box", "loss_ctr"}
     pts = grid.points[[0, 9]]
@@ -217,7 +214,7 @@ def test_date_3dmf_logit_clamps_the_product_below_1e5():
     tgt = [{"boxes": torch.zeros(0, 4, dtype=torch.float64), "labels": torch.zeros(0, dtype=torch.long)}]
     results = {}
     for kind in ("logit", "product"):
-        pred = point_predictor(fixed_assign({}), filter="3dmf", filter_score=kind).double()
+        pred = predictor(fixed_assign({}), filter="3dmf", filter_score=kind).double()
         cls = torch.full((1, r, 2), -30.0, dtype=torch.float64)
         out = {"cls": cls, "filter": torch.zeros(1, r, dtype=torch.float64),
                "reg": torch.ones(1, r, 4, dtype=torch.float64), "ctr": None}
@@ -240,11 +237,12 @@ def test_date_r_anchors_beyond_the_images_own_padded_size_are_left_out():
     from harness.model.assign.aware import assign_max_iou
     from harness.model.assign.common import IGNORE
     retina = {"octave_base_scale": 4.0, "scales_per_octave": 3, "ratios": [0.5, 1.0, 2.0]}
+    assigner = {"name": "max_iou", "pos_iou": 0.5, "neg_iou": 0.4}
     tgt = [{"boxes": torch.tensor([[0.0, 0, 24, 24]]), "labels": torch.tensor([0])}] * 2
     results = {}
     for pad in (32, None):
-        pred = point_predictor(functools.partial(assign_max_iou, pos_iou=0.5, neg_iou=0.4),
-                               box_coder="anchor_delta", retina_anchors=retina, anchor_valid_pad=pad)
+        pred = predictor(functools.partial(assign_max_iou, pos_iou=0.5, neg_iou=0.4), assigner=assigner,
+                         box_coder="anchor_delta", anchors={**retina, "valid_pad": pad})
         torch.manual_seed(0)
         towers = Towers(channels=8, num_convs=1, gn_groups=4)
         cls_f, reg_f = towers([f.expand(2, *f.shape[1:]) for f in feats()])

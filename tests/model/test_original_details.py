@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from harness.model.box_ops import ltrb_to_boxes
-from harness.model.head import Predictor, Towers
+from harness.model.head import Towers
 from harness.model.losses import centerness_target, giou_loss
 from harness.model.points import make_grid
 from harness.spec.schema import TrainConfig
 from harness.train.engine import predict
 from harness.train.optim import scaled_schedule
+from tests.model import predictor
 
 SIZES = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
 STRIDES = [8, 16, 32, 64, 128]
@@ -27,7 +28,7 @@ def outputs(pred, k):
 def test_per_level_cap_is_the_levels_locations_not_its_candidates():
     # 2 classes, every score above the threshold: cvpods keeps min(1000, H*W) per level
     # (86 over the 5 levels), not min(1000, H*W*K) (172)
-    pred = Predictor(num_classes=2, channels=8, assign=None, gn_groups=4, prior_prob=0.9)
+    pred = predictor(None, prior_prob=0.9)
     out, grid = outputs(pred, 2)
     boxes, scores, labels = pred.candidates(out, grid, 0, score_thresh=0.05, topk=1000)
     assert len(scores) == 64 + 16 + 4 + 1 + 1
@@ -40,8 +41,7 @@ def test_per_level_cap_is_the_levels_locations_not_its_candidates():
 def test_fcos_box_loss_normaliser_is_at_least_one():
     # one positive whose centerness target is 0.2: cvpods divides by max(1, 0.2) = 1, so the
     # loss is 0.2 x GIoU loss; a floor of 1e-6 would divide by 0.2
-    pred = Predictor(num_classes=1, channels=8, assign=None, gn_groups=4, centerness="reg",
-                     box_weighting="centerness")
+    pred = predictor(None, num_classes=1, centerness="reg", loss={"box_weighting": "centerness"})
     out, grid = outputs(pred, 1)
 
     def assign(inp):
@@ -55,8 +55,8 @@ def test_fcos_box_loss_normaliser_is_at_least_one():
     assert ctr.item() == pytest.approx(0.2)
     per = giou_loss(ltrb_to_boxes(grid.points[:1], out["reg"][0, :1]), gt)
     assert losses["loss_box"].item() == pytest.approx((per * ctr).item(), rel=1e-5)
-    mm = Predictor(num_classes=1, channels=8, assign=assign, gn_groups=4, centerness="reg",
-                   box_weighting="centerness", ctr_norm_min=1e-6)
+    mm = predictor(assign, num_classes=1, centerness="reg",
+                   loss={"box_weighting": "centerness", "ctr_norm_min": 1e-6})
     mm.load_state_dict(pred.state_dict())
     out2, _ = outputs(mm, 1)
     losses2, _ = mm.losses(out2, grid, [{"boxes": gt, "labels": torch.tensor([0])}], [(64, 64)])

@@ -40,3 +40,22 @@ def test_anchor_generators():
     # an 8 x 8 image in a 16 x 16 batch: at stride 8 only location (0, 0) is valid, at 16 it is
     v = ra.valid(g, (8, 8)).reshape(5, 9)
     assert v[:, 0].tolist() == [True, False, False, False, True] and (v == v[:, :1]).all()
+
+
+def test_the_predictor_receives_its_parts_built_and_keeps_its_state_dict_names():
+    from harness.model.anchors import RetinaAnchors
+    from harness.model.filter3d import MaxFilter3D
+    from tests.model import predictor
+
+    pred = predictor(None, centerness="cls", filter="3dmf", filter_score="logit", loss={"l1_weight": 5.0})
+    assert pred.coder is BOX_CODERS["ltrb_relu"] and pred.anchor_gen is None and pred.num_anchors == 1
+    assert isinstance(pred.filter, MaxFilter3D) and pred.filter_logit and not pred.ctr_on_reg
+    assert list(pred.criterion.terms) == ["loss_cls", "loss_box", "loss_ctr", "loss_l1"]
+    # checkpoints load by these names, in this order: output convs, then the 3DMF
+    assert [k for k in pred.state_dict()] == [
+        "cls_score.weight", "cls_score.bias", "box_pred.weight", "box_pred.bias", "ctr_pred.weight", "ctr_pred.bias",
+        "filter.conv.weight", "filter.conv.bias", "filter.norm.weight", "filter.norm.bias", "filter.filter.weight",
+        "filter.filter.bias"]
+    retina = predictor(None, assigner={"name": "max_iou"}, box_coder="anchor_delta", anchors={})
+    assert isinstance(retina.anchor_gen, RetinaAnchors) and retina.num_anchors == 9 and retina.filter is None
+    assert retina.cls_score.out_channels == 2 * 9 and list(retina.criterion.terms) == ["loss_cls", "loss_box"]

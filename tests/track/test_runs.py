@@ -84,7 +84,8 @@ def test_credentials_never_appear_in_errors():
     import pytest
 
     from harness.spec import UserError
-    from harness.track.mlflow_tracker import check_tracking_uri, without_credentials
+    from harness.track.mlflow_tracker import check_tracking_uri
+    from harness.track.store import without_credentials
 
     assert without_credentials("http://alice:s3cret@host:5000/x") == "http://***@host:5000/x"
     assert without_credentials("http://host:5000") == "http://host:5000"

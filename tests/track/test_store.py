@@ -14,7 +14,9 @@ from harness.track import store
     ("http://127.0.0.1:5000", "server", None),
     ("https://mlflow.lab.org/x", "server", None),
     ("postgresql+psycopg://alice@db:5432/mlflow", "postgresql", None),
-    ("databricks", "other", None),
+    ("databricks://profile", "other", None),
+    ("runs/mlruns", "file", None),  # a folder: the file store MLflow 3 refuses
+    ("file:///w/mlruns", "file", None),
 ])
 def test_kind_and_file(uri, kind, file):
     assert store.kind(uri) == kind
@@ -31,3 +33,10 @@ def test_read_only_round_trips_its_file_and_names(tmp_path):
     assert store.display(ro) == str((tmp_path / "a b" / "mlflow.db").resolve())
     assert store.short(ro) == "sqlite: a b/mlflow.db"
     assert store.display("http://alice:s3cret@host:5000/x") == "http://host:5000/x"
+
+
+def test_uris_for_messages_and_new_stores(tmp_path):
+    assert store.without_credentials("http://alice:s3cret@host:5000/x") == "http://***@host:5000/x"
+    assert store.without_credentials("http://host:5000") == "http://host:5000"
+    uri = store.sqlite_uri(tmp_path / "ws" / "mlflow.db")
+    assert store.kind(uri) == "sqlite" and store.sqlite_file(uri) == (tmp_path / "ws" / "mlflow.db").resolve()
