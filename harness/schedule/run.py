@@ -22,10 +22,10 @@ from harness.schedule.state import (
 )
 from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths
-from harness.track.mlflow_tracker import sync_cell, without_credentials
+from harness.track.mlflow_tracker import sync_cell
 from harness.track.runs import explain_missing
 from harness.track.store import kind as store_kind
-from harness.track.store import read_only, sqlite_file
+from harness.track.store import read_only, sqlite_file, without_credentials
 from harness.train.exit_codes import ExitCode
 from harness.train.result import CellState
 

@@ -19,6 +19,7 @@ from harness.schedule.state import prepare_store
 from harness.sweep.space import Sweep
 from harness.sweep.study import Study, Trial
 from harness.track.mlflow_tracker import check_tracking_uri, credentials_to_environment
+from harness.track.store import kind as store_kind
 from harness.train.exit_codes import ExitCode
 
 
@@ -40,7 +41,7 @@ class Driver:
 
     def run(self) -> int:
         check_tracking_uri(self.uri)
-        if self.storage and self.storage.startswith(("postgresql:", "postgresql+")):
+        if self.storage and store_kind(self.storage) == "postgresql":
             check_tracking_uri(self.storage, what="--storage")  # its driver is installed
         prepare_store(self.uri, self.study.experiment, self.workspace)
         self.study.open()
