@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from harness.schedule.backend import Handle, Submission
 from harness.train.result import CellResult, launch_result
@@ -47,7 +48,7 @@ def job_env(gpus: list[str], threads: int) -> dict[str, str]:
     return env
 
 
-def log_header(log, text: str) -> None:
+def log_header(log: Path, text: str) -> None:
     with open(log, "a") as f:
         f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 

@@ -91,19 +91,17 @@ class Pool:
                 self.step()
                 time.sleep(poll_s)
 
-    def step(self) -> list[Task]:
-        """Launch what fits, then look at the running jobs; returns the tasks that ended for good."""
+    def step(self) -> None:
+        """Launch what fits, then look at the running jobs."""
         self.start()
-        ended = []
         for task in list(self.running):
             if task.state is CellState.QUEUED and self.backend.started(task.handle):
                 self._set(task, CellState.RUNNING)
             result = self.backend.poll(task.handle)
-            if result is not None and self._ended(task, result):
-                ended.append(task)
-        return ended
+            if result is not None:
+                self._ended(task, result)
 
-    def start(self) -> list[Task]:
+    def start(self) -> None:
         """Launch the queued tasks that fit now, in queue order, in one submission (Slurm makes
         an array of each group of equal resources)."""
         n = self.backend.room([t.cell.config.resources.gpus for t in self.queue])
@@ -116,10 +114,9 @@ class Pool:
             task.handle, task.result = handle, None
             self.running.append(task)
             self._set(task, CellState.QUEUED if self.backend.queues else CellState.RUNNING)
-        return batch
 
-    def _ended(self, task: Task, result: CellResult) -> bool:
-        """A launch ended: queue it again to resume (False), or settle its state (True)."""
+    def _ended(self, task: Task, result: CellResult) -> None:
+        """A launch ended: queue the task again to resume, or settle its state."""
         self.running.remove(task)
         task.result = result
         retry = result.outcome.retried and not task.final
@@ -127,9 +124,8 @@ class Pool:
             task.job = task.job.without_fresh()  # resume from the checkpoint, in the same run
             self.queue.append(task)
             self._set(task, CellState.RETRYING)
-            return False
-        self._set(task, result.state)
-        return True
+        else:
+            self._set(task, result.state)
 
     def _set(self, task: Task, state: CellState) -> None:
         task.state = state
