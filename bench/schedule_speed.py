@@ -76,7 +76,7 @@ def main() -> None:
 
     from harness.schedule.state import decide, latest_runs
     from harness.spec import expand, load_spec
-
+    from harness.train.result import CellState
     cells = expand(load_spec(spec))
     t = time.time()
     build_store(uri, cells, args.runs)
@@ -88,25 +88,27 @@ def main() -> None:
     t = time.perf_counter()
     decisions = decide(cells, latest_runs(uri, "bench"), folder / "ws")
     t_dedup = time.perf_counter() - t
-    skipped = sum(d.action == "skip" for d in decisions)
+    skipped = sum(d.state is CellState.DONE_EARLIER for d in decisions)
     print(f"plan {len(cells)} cells: {t_plan:.2f} s; dedup against {args.runs} runs: {t_dedup:.2f} s; "
           f"total {t_plan + t_dedup:.2f} s (target < 5 s; {skipped} finished; store built in {built:.0f} s)")
 
     # overhead per cell: launch one fresh cell through the local pool and read its log
     ws = folder / "ws-overhead"
     from harness.data.build import load_datasets
-    from harness.schedule.job import Overrides
-    from harness.schedule.local import LocalPool
+    from harness.schedule.job import TrainJob
+    from harness.schedule.local import LocalBackend
+    from harness.schedule.pool import Pool
     from harness.schedule.state import prepare_store
 
     cell = cells[0]
     ws.mkdir(exist_ok=True)
-    prepare_store(f"sqlite:///{ws / 'mlflow.db'}", "bench", ws)  # as `harness run` does before any job
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    prepare_store(uri, "bench", ws)  # as `harness run` does before any job
     load_datasets(cell.config.data, ws / "cache")  # the dataset exists (generated once per workspace)
-    pool = LocalPool(spec_file=str(spec), overrides=Overrides(), workspace=str(ws), uri=f"sqlite:///{ws / 'mlflow.db'}",
-                     jobs=1)
+    pool = Pool(LocalBackend(1))
+    pool.add(cell, TrainJob.for_cell(cell, spec_file=str(spec), workspace=str(ws), tracking_uri=uri, fresh=True))
     t_decide = time.time()
-    pool.run([(cell, True)])
+    pool.run()
     log = (ws / cell.run_key / "log.txt").read_text()
     m = re.search(r"first iteration at ([0-9.]+)", log)
     build = re.search(r"model built in ([0-9.]+) s", log)

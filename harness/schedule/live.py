@@ -1,19 +1,19 @@
-"""What `harness run` shows while the local pool trains: a live table on a terminal, plain lines
+"""What `harness run` shows while the pool trains: a live table on a terminal, plain lines
 otherwise.
 
-The table is redrawn about once a second from each running cell's progress file
-(``<workspace>/<run_key>/progress.json``, replaced atomically by the trainer; the tail of the
-cell's log when there is none yet). Above the cells, one overall line: done / running / failed /
-pending, elapsed time and an ETA. A finished cell shows its duration and headline metric (from
-its ``eval.json``), a killed one shows killed. When the cells do not fit the terminal, the
-running, failed and killed ones are kept and the rest is summarised in one line.
+The pool's events (`harness.schedule.pool`) set each cell's `CellState`; the table is redrawn
+about once a second from each running cell's progress file (``<workspace>/<run_key>/progress.json``,
+replaced atomically by the trainer: nothing is read from logs). Above the cells, one overall line:
+done / running / failed / pending, elapsed time and an ETA. A finished cell shows its duration
+and headline metric (from its ``eval.json``), a killed one shows killed, a cell waiting in Slurm's
+queue its job. When the cells do not fit the terminal, the running, failed and killed ones are
+kept and the rest is summarised in one line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
 import time
@@ -23,10 +23,12 @@ from pathlib import Path
 from harness.evaluation.kinds import evaluator
 from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths
+from harness.train.result import CellState
 
-PROGRESS = re.compile(r"iter (\d+)/(\d+) .* eta (\S+)s")
 #: states that always keep their line when the table has to be cut
-KEEP = ("running", "retrying", "failed", "killed")
+KEEP = (CellState.RUNNING, CellState.RETRYING, CellState.FAILED, CellState.KILLED)
+STYLE = {CellState.FINISHED: "green", CellState.DONE_EARLIER: "green", CellState.FAILED: "red",
+         CellState.KILLED: "red", CellState.RUNNING: "cyan", CellState.RETRYING: "yellow"}
 #: loggers whose INFO lines would scroll the table (the children log to their own files)
 QUIET = ("mlflow", "alembic", "urllib3", "git")
 
@@ -38,22 +40,6 @@ def fmt_duration(seconds: float | None) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def last_progress(log: Path) -> str:
-    """'iteration/total, ETA' from the tail of a job's log."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4096))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    hits = PROGRESS.findall(tail)
-    if not hits:
-        return ""
-    it, total, eta = hits[-1]
-    return f"{it}/{total}, eta {eta}s"
 
 
 def read_progress(paths: CellPaths, since: float = 0.0) -> dict | None:
@@ -83,8 +69,10 @@ def headline(cell: Cell, paths: CellPaths) -> str:
 
 
 @dataclass
-class CellState:
-    state: str = "pending"  # pending | done earlier | running elsewhere | running | retrying | finished | failed | killed
+class Shown:
+    """One cell's line: its state and what the table says beside it."""
+
+    state: CellState = CellState.PENDING
     note: str = ""
     attempt: int = 0
     started: float | None = None
@@ -101,13 +89,9 @@ class Display:
         self.jobs = max(1, jobs)
         self.t0 = time.time()
         self.lock = threading.Lock()
-        self.states = {c.run_key: CellState() for c in cells}
-        self.todo = {d.cell.run_key for d in decisions if d.action == "run"}
+        self.states = {c.run_key: Shown() for c in cells}
         for d in decisions:
-            if d.action == "skip":
-                self.states[d.cell.run_key] = CellState("done earlier", d.note)
-            elif d.action == "busy":
-                self.states[d.cell.run_key] = CellState("running elsewhere", d.note)
+            self.states[d.cell.run_key] = Shown(d.state, d.note)
         self.live = None
         self._lefts: list[float] = []
         self.stopped = False  # closed: no ETA any more
@@ -123,8 +107,10 @@ class Display:
                              vertical_overflow="crop")
             self.live.start()
         for d in decisions:
-            if d.action != "run":
-                self.line(f"{d.cell.id}: {d.note}, skipped" if d.action == "skip" else f"{d.cell.id}: {d.note}")
+            if d.state is CellState.DONE_EARLIER:
+                self.line(f"{d.cell.id}: {d.note}, skipped")
+            elif d.state is CellState.ELSEWHERE:
+                self.line(f"{d.cell.id}: {d.note}")
 
     def line(self, text: str) -> None:
         if self.live is None:
@@ -132,20 +118,23 @@ class Display:
 
     # ------------------------------------------------------------------ state
 
-    def event(self, kind: str, cell: Cell, attempt: int, log: Path) -> None:
-        """Called by the pool: start | retry | finished | failed | busy | killed."""
+    def event(self, state: CellState, cell: Cell, attempt: int, log: Path, where: str = "") -> None:
+        """Called by the pool on every state change; where: the launch ("Slurm job 12")."""
         now = time.time()
         with self.lock:
             st = self.states[cell.run_key]
-            if kind == "start":
-                st.state, st.attempt, st.started, st.ended = "running", attempt, now, None
-            elif kind == "retry":
-                st.state, st.ended = "retrying", now
+            st.state, st.attempt = state, attempt
+            if state is CellState.QUEUED:
+                st.note, st.started, st.ended = where, None, None
+            elif state is CellState.RUNNING:
+                st.started, st.ended = now, None
             else:
-                st.state = {"busy": "running elsewhere"}.get(kind, kind)
-                st.attempt, st.ended = attempt, now
-        text = f"{cell.id}: {st.state} (attempt {attempt}"
-        if kind == "finished":
+                st.ended = now
+        if state is CellState.QUEUED:
+            self.line(f"{cell.id}: submitted as {where} (attempt {attempt}, log {log})")
+            return
+        text = f"{cell.id}: {state} (attempt {attempt}"
+        if state is CellState.FINISHED:
             text += f", {fmt_duration(st.ended - st.started if st.started else None)}"
             metric = headline(cell, CellPaths.of(self.workspace, cell.run_key))
             text += f", {metric}" if metric else ""
@@ -155,23 +144,21 @@ class Display:
         """done (finished now or earlier), running, failed, killed, pending."""
         out = {"done": 0, "running": 0, "failed": 0, "killed": 0, "pending": 0}
         for st in self.states.values():
-            if st.state in ("finished", "done earlier"):
+            if st.state.done:
                 out["done"] += 1
-            elif st.state in ("running", "retrying", "running elsewhere"):
+            elif st.state.active:
                 out["running"] += 1
-            elif st.state in ("failed", "killed"):
+            elif st.state.ended_badly:
                 out[st.state] += 1
             else:
                 out["pending"] += 1
         return out
 
-    def _progress(self, cell: Cell, st: CellState) -> tuple[str, float | None]:
-        """(text, seconds left) of a running cell."""
-        paths = CellPaths.of(self.workspace, cell.run_key)
-        p = read_progress(paths, st.started or 0.0)
+    def _progress(self, cell: Cell, st: Shown) -> tuple[str, float | None]:
+        """(text, seconds left) of a running cell, from its progress file."""
+        p = read_progress(CellPaths.of(self.workspace, cell.run_key), st.started or 0.0)
         if p is None:
-            text = last_progress(paths.log) if st.started is None else ""
-            return (text or "starting"), None
+            return "starting", None
         it, total = int(p.get("iteration", 0)), int(p.get("total", 0))
         if total and it >= total:
             return f"{it}/{total} evaluating", 0.0
@@ -190,13 +177,14 @@ class Display:
                 + (f"{c['killed']} killed · " if c["killed"] else "")
                 + f"{c['pending']} pending · elapsed {fmt_duration(now - self.t0)}")
         durations = [st.ended - st.started for st in self.states.values()
-                     if st.state == "finished" and st.started and st.ended]
+                     if st.state is CellState.FINISHED and st.started and st.ended]
         lefts = lefts or []
         per_cell = sum(durations) / len(durations) if durations else None
         if self.stopped or (c["pending"] == 0 and c["running"] == 0):
             return line
         if per_cell is None and lefts:  # nothing finished yet: a running cell's elapsed + left
-            running = [(now - st.started) for st in self.states.values() if st.state == "running" and st.started]
+            running = [(now - st.started) for st in self.states.values()
+                       if st.state is CellState.RUNNING and st.started]
             per_cell = max(running) + max(lefts) if running else None
         if per_cell is None:
             return line + " · ETA ?"
@@ -205,24 +193,24 @@ class Display:
 
     # ------------------------------------------------------------------ rendering
 
-    def rows(self) -> list[tuple[Cell, CellState, str]]:
+    def rows(self) -> list[tuple[Cell, Shown, str]]:
         """(cell, state, info) per cell; info: progress, duration and metric, or the note."""
         now = time.time()
         out, lefts = [], []
         with self.lock:
-            items = [(c, CellState(**vars(self.states[c.run_key]))) for c in self.cells]
+            items = [(c, Shown(**vars(self.states[c.run_key]))) for c in self.cells]
         for c, st in items:
             info = st.note
-            if st.state == "running":
+            if st.state is CellState.RUNNING:
                 info, left = self._progress(c, st)
                 info += f" · attempt {st.attempt}" if st.attempt > 1 else ""
                 if left is not None:
                     lefts.append(left)
-            elif st.state == "finished":
+            elif st.state is CellState.FINISHED:
                 metric = headline(c, CellPaths.of(self.workspace, c.run_key))
                 info = fmt_duration(st.ended - st.started if st.started and st.ended else None) + (f" · {metric}"
                                                                                                    if metric else "")
-            elif st.state in ("failed", "killed", "retrying"):
+            elif st.state in (CellState.FAILED, CellState.KILLED, CellState.RETRYING):
                 p = read_progress(CellPaths.of(self.workspace, c.run_key), st.started or 0.0) if st.started else None
                 at = f" at {p.get('iteration')}/{p.get('total')}" if p else ""
                 info = f"attempt {st.attempt}{at}" + (f" after {fmt_duration((st.ended or now) - st.started)}"
@@ -241,7 +229,7 @@ class Display:
             height = self.live.console.size.height if self.live is not None else 10_000
         room = max(1, height - 6)  # overall line, title, header, rules
         shown = rows
-        hidden: list[tuple[Cell, CellState, str]] = []
+        hidden: list[tuple[Cell, Shown, str]] = []
         if len(rows) > room:
             keep = [r for r in rows if r[1].state in KEEP]
             rest = [r for r in rows if r[1].state not in KEEP]
@@ -252,10 +240,8 @@ class Display:
         t = Table(title="harness run", title_justify="left", expand=False)
         for col in ("cell", "state", "progress / result", "key"):
             t.add_column(col, no_wrap=True, overflow="ellipsis")
-        style = {"finished": "green", "done earlier": "green", "failed": "red", "killed": "red", "running": "cyan",
-                 "retrying": "yellow"}
         for c, st, info in shown:
-            t.add_row(c.id, Text(st.state, style=style.get(st.state, "")), info, c.short_key)
+            t.add_row(c.id, Text(st.state, style=STYLE.get(st.state, "")), info, c.short_key)
         if hidden:
             counts: dict[str, int] = {}
             for _, st, _ in hidden:

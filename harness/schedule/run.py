@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import shlex
-import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from harness.schedule.job import Overrides
-from harness.schedule.live import Display, last_progress, read_progress
-from harness.schedule.local import LocalPool, Outcome
-from harness.schedule.state import decide, end_stale, latest_runs, prepare_store
+from harness.schedule.backend import open_backend
+from harness.schedule.job import Overrides, TrainJob
+from harness.schedule.live import Display, read_progress
+from harness.schedule.pool import Pool, Task
+from harness.schedule.state import (
+    RUN_STATES,
+    Decision,
+    busy,
+    decide,
+    end_stale,
+    latest_runs,
+    prepare_store,
+)
 from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths
-from harness.track.mlflow_tracker import sync_cell, without_credentials
+from harness.track.mlflow_tracker import sync_cell
 from harness.track.runs import explain_missing
 from harness.track.store import kind as store_kind
-from harness.track.store import read_only, sqlite_file
-from harness.train.exit_codes import DIVERGENCE, ExitCode, describe
-from harness.train.lock import is_locked
+from harness.track.store import read_only, sqlite_file, without_credentials
+from harness.train.exit_codes import ExitCode
+from harness.train.result import CellState
 
 
 def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, overrides: Overrides, workspace: str,
@@ -30,34 +39,47 @@ def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, overrides: Ov
     sync_cells(cells, uri, workspace)  # runs that ended while the store was away: their end decides
     decisions = decide(cells, latest_runs(uri, spec_name), workspace, rerun=rerun)
     end_stale(uri, decisions)
-    todo = [(d.cell, rerun) for d in decisions if d.action == "run"]
-    skipped = sum(d.action == "skip" for d in decisions)
-    busy = sum(d.action == "busy" for d in decisions)
+    todo = [d.cell for d in decisions if d.state is CellState.PENDING]
+    skipped = sum(d.state is CellState.DONE_EARLIER for d in decisions)
+    elsewhere = sum(d.state is CellState.ELSEWHERE for d in decisions)
     print(f"{spec_name}: {len(cells)} cells: {len(todo)} to run, {skipped} already finished, "
-          f"{busy} running elsewhere", flush=True)
+          f"{elsewhere} running elsewhere", flush=True)
     if not todo:
         if skipped == len(cells):
             print("every cell is already finished; nothing to train")
             print("\n".join(next_steps(spec_file, overrides, workspace, tracking_uri, uri)))
         return 0
-    if backend == "slurm":
-        from harness.schedule.slurm import run_slurm
-
-        return run_slurm(todo, spec_file=spec_file, overrides=overrides, workspace=workspace, uri=uri,
-                         detach=detach)
-    pool = LocalPool(spec_file=spec_file, overrides=overrides, workspace=workspace, uri=uri, jobs=jobs)
-    display = Display(cells, decisions, workspace, jobs=pool.backend.max_jobs)
-    pool.on_event = display.event
+    pool = Pool(open_backend(backend, workspace, jobs))
+    tasks = [pool.add(cell, TrainJob.for_cell(cell, spec_file=spec_file, workspace=workspace, tracking_uri=uri,
+                                              overrides=overrides, fresh=rerun)) for cell in todo]
+    if detach and pool.backend.queues:
+        return submitted(pool, tasks, spec_file)
     t0 = time.time()
-    try:
-        outcomes = pool.run(todo)
-    finally:
-        display.close()
-    code = summarise(outcomes, uri, spec_name, skipped, busy, time.time() - t0, pool.stopping)
-    if skipped or any(o.state == "finished" for o in outcomes):
+    run_pool(pool, cells, decisions, workspace, len(tasks))
+    code = summarise(tasks, skipped, elsewhere, time.time() - t0, pool.stopping)
+    if skipped or any(t.state is CellState.FINISHED for t in tasks):
         for line in next_steps(spec_file, overrides, workspace, tracking_uri, uri):
             print(line)
     return code
+
+
+def run_pool(pool: Pool, cells: list[Cell], decisions: list[Decision], workspace: str, todo: int) -> None:
+    """Run the pool's cells to their end, shown live (every cell of the spec, the skipped ones too)."""
+    display = Display(cells, decisions, workspace, jobs=pool.backend.max_jobs or todo)
+    pool.on_event = display.event
+    try:
+        pool.run()
+    finally:
+        display.close()
+
+
+def submitted(pool: Pool, tasks: list[Task], spec_file: str) -> int:
+    """`--detach`: submit the cells to the backend's queue and return."""
+    pool.start()
+    for task in tasks:
+        print(f"{task.cell.id}: submitted as {task.handle.label}", flush=True)
+    print(f"{len(tasks)} jobs submitted; `harness status {spec_file}` shows their state")
+    return 0
 
 
 def next_steps(spec_file: str, overrides: Overrides, workspace: str, tracking_uri: str | None,
@@ -72,25 +94,25 @@ def next_steps(spec_file: str, overrides: Overrides, workspace: str, tracking_ur
     return ["next:", f"  {shlex.join(report)}   # tables, intervals and plots", f"  {ui}   # the runs in MLflow's UI"]
 
 
-def summarise(outcomes: list[Outcome], uri: str, spec_name: str, skipped: int, busy: int, seconds: float,
-              stopped: int | None) -> int:
+def summarise(tasks: list[Task], skipped: int, elsewhere: int, seconds: float, stopped: int | None) -> int:
+    """The run's last lines, each failed cell with its worker's reason; the exit status."""
     counts: dict[str, int] = {}
-    for o in outcomes:
-        counts[o.state] = counts.get(o.state, 0) + 1
-    failed = [o for o in outcomes if o.state == "failed"]
-    diverged = sum(o.code in DIVERGENCE for o in failed)
-    parts = [f"{n} {state}" + (f" ({diverged} diverged)" if state == "failed" and diverged else "")
+    for t in tasks:
+        if t.state is CellState.ELSEWHERE:  # it lost the race for the lock: another process trains it
+            elsewhere += 1
+        else:
+            counts[t.state] = counts.get(t.state, 0) + 1
+    failed = [t for t in tasks if t.state is CellState.FAILED]
+    diverged = sum(t.result.diverged for t in failed)
+    parts = [f"{n} {state}" + (f" ({diverged} diverged)" if state == CellState.FAILED and diverged else "")
              for state, n in sorted(counts.items())]
     parts += [f"{skipped} skipped"] if skipped else []
-    parts += [f"{busy} running elsewhere"] if busy else []
+    parts += [f"{elsewhere} running elsewhere"] if elsewhere else []
     print(f"summary ({seconds:.0f} s): " + ", ".join(parts))
-    if failed:
-        runs = latest_runs(uri, spec_name)
-        for o in failed:
-            info = runs.get(o.cell.run_key)
-            reason = info.failure if info and info.failure else "no reason recorded"
-            print(f"  FAILED {o.cell.id}: {reason} (exit {o.code}: {describe(o.code)}, "
-                  f"attempt {o.attempts}; log {o.log})")
+    for t in failed:
+        r = t.result
+        print(f"  FAILED {t.cell.id}: {r.message or 'no reason recorded'} (exit {r.exit_code}: "
+              f"{replace(r, message='').describe()}, attempt {t.attempt}; log {t.log})")
     if stopped is not None:
         print("stopped by a signal: the children were terminated and their runs ended KILLED; "
               "run the same command again to continue")
@@ -105,7 +127,7 @@ def sync_cells(cells: list[Cell], uri: str, workspace: str | Path) -> tuple[int,
     for c in cells:
         paths = CellPaths.of(workspace, c.run_key)
         cdir = paths.dir
-        if not cdir.is_dir() or is_locked(paths.lock):  # a live worker's sender owns its spool
+        if not cdir.is_dir() or busy(workspace, c.run_key):  # a live worker's sender owns its spool
             continue
         n = sync_cell(cdir, uri)
         if n:
@@ -125,6 +147,20 @@ def _clip(text: str, n: int) -> str:
     return line if len(line) <= n else line[: n - 1] + "…"
 
 
+def status_of(d: Decision, workspace: str | Path) -> str:
+    """A cell's state as `harness status` shows it: a `CellState`, or one of the two states only
+    MLflow and the workspace know (a run left RUNNING by a lost worker, writes still spooled)."""
+    if d.state is CellState.ELSEWHERE:
+        return CellState.RUNNING
+    if unsynced(workspace, d.cell):
+        return "unsynced (harness sync)"
+    if d.run is None:
+        return CellState.PENDING
+    if d.run.status == "RUNNING":
+        return "stale (worker lost)"
+    return RUN_STATES.get(d.run.status, d.run.status.lower())
+
+
 def status_table(cells: list[Cell], *, spec_name: str, workspace: str, uri: str) -> int:
     """The cells' states; uri: the store, resolved (and, when named, checked) at the CLI edge."""
     from rich.console import Console
@@ -139,31 +175,21 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, uri: str)
     counts: dict[str, int] = {}
     for d in decisions:
         run = d.run
-        if d.action == "busy":
-            state = "running"
-        elif run is None:
-            state = "pending"
-        elif run.status == "RUNNING":
-            state = "stale (worker lost)"
-        else:
-            state = run.status.lower()
-        if d.action != "busy" and unsynced(workspace, d.cell):
-            state = "unsynced (harness sync)"
+        state = status_of(d, workspace)
         counts[state] = counts.get(state, 0) + 1
         progress = ""
-        if state == "running":  # the trainer's progress file, else the tail of its log
-            paths = CellPaths.of(workspace, d.cell.run_key)
-            p = read_progress(paths)
-            progress = f"{p.get('iteration')}/{p.get('total')}" if p else last_progress(paths.log)
+        if state is CellState.RUNNING:  # the trainer's progress file
+            p = read_progress(CellPaths.of(workspace, d.cell.run_key))
+            progress = f"{p.get('iteration')}/{p.get('total')}" if p else ""
         table.add_row(d.cell.id, state, progress, run.run_id[:8] if run else "", str(run.attempt) if run else "",
                       _clip(run.failure or "", 160) if run else "")
     console = Console()
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    if counts.get("pending") and runs:
+    if counts.get(CellState.PENDING) and runs:
         for line in explain_missing(cells, read_only(uri), spec_name, runs):
             console.print(line, markup=False, highlight=False)
     return 0
 
 
-__all__ = ["run_spec", "status_table", "sync_cells", "signal"]
+__all__ = ["run_spec", "status_table", "sync_cells"]

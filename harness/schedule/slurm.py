@@ -1,30 +1,32 @@
-"""The Slurm backend: one submitit job per cell (job arrays per group of equal resources).
+"""The Slurm backend: one submitit job per launch (job arrays per group of equal resources).
 
 The submitted callable is checkpointable: on preemption or timeout submitit requeues it, and
 the requeued job resumes the cell from its checkpoint in the same MLflow run. Multi-GPU cells
-run torchrun --standalone inside their allocation.
+run torchrun --standalone inside their allocation. The pool (`harness.schedule.pool`) drives it
+like the local backend: the queue, the retries and the signals are the same.
 
-Job states come from MLflow (the cells' runs) and squeue, not from sacct: clusters without
-accounting make submitit report every state as UNKNOWN.
+A launch's end is read from the cell's result.json, which the worker writes in its allocation;
+squeue says whether a job is still queued or running, and submitit's result file whether it left
+without any answer. No accounting (sacct) is needed: on clusters without it submitit reports
+every state as UNKNOWN.
 """
 
 from __future__ import annotations
 
 import pickle
-import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from harness.schedule.job import Overrides, TrainJob
-from harness.schedule.local import Handle
-from harness.schedule.state import latest_runs
-from harness.spec.matrix import Cell
+from harness.schedule.backend import Handle, Submission
+from harness.schedule.job import TrainJob
 from harness.spec.workspace import slurm_folder
-from harness.train.exit_codes import EXIT_BUSY, EXIT_FAILED, EXIT_OK, ExitCode, describe
+from harness.train.exit_codes import ExitCode
+from harness.train.result import CellResult, clear_result, launch_result, read_result, write_result
 
 
 def slurm_parameters(resources) -> dict:
@@ -63,11 +65,17 @@ class SlurmCell(Checkpointable):
         self.job, self.gpus = job, gpus
 
     def __call__(self) -> int:
-        # multi-GPU: torchrun inside the allocation
+        result = self.job.paths().result
+        clear_result(result)  # a requeued job: the preempted launch's answer is not this one's
         code = subprocess.call(self.job.command(self.gpus)) if self.gpus > 1 else self.job.execute()
-        if code not in (EXIT_OK, EXIT_BUSY):  # a failed job; Slurm requeues only preempted / timed-out ones
-            raise RuntimeError(f"harness train exited with {code} ({describe(code)})")
-        return code
+        if code in (ExitCode.OK, ExitCode.BUSY):  # submitit's result file carries the status
+            return code
+        answer = read_result(result)
+        if answer is None:  # torchrun's rank 0 died before it answered
+            answer = CellResult.from_exit(code)
+            write_result(result, answer)
+        # a failed job (Slurm requeues only preempted / timed-out ones); the text is for people
+        raise RuntimeError(f"harness train exited with {code} ({answer.describe()})")
 
     def checkpoint(self, *args, **kwargs):
         """Preemption / timeout: requeue; the next run resumes from the cell's checkpoint."""
@@ -75,20 +83,27 @@ class SlurmCell(Checkpointable):
         return DelayedSubmission(self, *args, **kwargs)
 
 
-_EXITED = re.compile(r"harness train exited with (-?\d+)")
-
-
 class SlurmBackend:
-    """A Slurm cluster through submitit: one job per `TrainJob` (a job array per group of equal
-    resources when submitted together). Poll reads squeue and submitit's result file, so it works
-    on clusters without accounting (sacct)."""
+    """A Slurm cluster through submitit: one job per launch (a job array per group of equal
+    resources when submitted together). squeue is read once for every live job at most every
+    `refresh_s` seconds, so a pool polling its jobs does not flood the controller."""
 
-    def __init__(self, workspace: str):
+    max_jobs = None  # Slurm queues
+    queues = True
+
+    def __init__(self, workspace: str, refresh_s: float = 2.0):
         self.workspace = workspace
         self.folder = slurm_folder(Path(workspace).resolve())
+        self.refresh_s = refresh_s
+        self.live: list[Handle] = []
+        self._states: dict[str, str] = {}
+        self._read_at: float | None = None  # None: read squeue at the next look
 
-    def can_start(self, gpus: int) -> bool:
-        return True  # Slurm queues
+    def check_fits(self, gpus: int, what: str) -> None:
+        """Slurm refuses what no partition can hold when the job is submitted."""
+
+    def room(self, gpus: Sequence[int]) -> int:
+        return len(gpus)
 
     def _executor(self, resources):
         import submitit
@@ -104,118 +119,83 @@ class SlurmBackend:
                        workspace=str(Path(job.workspace).resolve()),
                        job_file=str(Path(job.job_file).resolve()) if job.job_file else None)
 
-    def submit(self, job: TrainJob, resources, attempt: int = 1, header: str | None = None) -> Handle:
-        return self.submit_many([(job, resources)])[0]
-
-    def submit_many(self, items: list[tuple[TrainJob, object]]) -> list[Handle]:
+    def submit_many(self, submissions: Sequence[Submission]) -> list[Handle]:
         """Submit jobs, one array per group of equal Slurm parameters; handles in input order."""
         groups: dict[tuple, list[int]] = {}
-        for i, (_, resources) in enumerate(items):
-            key = tuple(sorted((k, str(v)) for k, v in slurm_parameters(resources).items()))
+        for i, sub in enumerate(submissions):
+            key = tuple(sorted((k, str(v)) for k, v in slurm_parameters(sub.resources).items()))
             groups.setdefault(key, []).append(i)
-        handles: list[Handle | None] = [None] * len(items)
+        handles: list[Handle | None] = [None] * len(submissions)
         for idx in groups.values():
-            executor = self._executor(items[idx[0]][1])
+            executor = self._executor(submissions[idx[0]].resources)
             submitted = []
             with executor.batch():
                 for i in idx:
-                    job, resources = items[i]
-                    job = self._absolute(job)
-                    if job.planned is not None:  # the pickled job carries the cell; torchrun reads the file
-                        job.paths().make()
-                        job.write_job()
-                    submitted.append((i, job, executor.submit(SlurmCell(job, resources.gpus))))
+                    job = self._absolute(submissions[i].job)
+                    job.paths().make()
+                    job.write_job()  # the pickled job carries the cell too; torchrun's workers read the file
+                    submitted.append((i, job, executor.submit(SlurmCell(job, submissions[i].resources.gpus))))
             for i, job, sjob in submitted:
-                paths = job.paths()
-                log = paths.log if paths else slurm_folder(self.workspace, str(sjob.job_id))
-                handles[i] = Handle(job, 1, log, slurm_job=sjob)
+                handles[i] = Handle(replace(submissions[i], job=job), Path(sjob.paths.stdout), slurm_job=sjob)
+        self.live += handles  # type: ignore[arg-type]
+        self._read_at = None
         return handles  # type: ignore[return-value]
 
-    def poll(self, handle: Handle) -> int | None:
-        job = handle.slurm_job
-        if job.job_id in queued([job.job_id]):
+    def _queue(self) -> dict[str, str]:
+        """squeue's state of every live job, read at most every `refresh_s` seconds."""
+        now = time.monotonic()
+        if self._read_at is None or now - self._read_at >= self.refresh_s:
+            self._states = squeue([h.slurm_job.job_id for h in self.live])
+            self._read_at = now
+        return self._states
+
+    def started(self, handle: Handle) -> bool:
+        return self._queue().get(handle.slurm_job.job_id) in ("RUNNING", "COMPLETING")
+
+    def poll(self, handle: Handle) -> CellResult | None:
+        if handle.slurm_job.job_id in self._queue():
             return None
-        result = job.paths.result_pickle
-        for _ in range(20):  # the result file is written before the job leaves the queue; allow a slow FS
-            if result.exists():
-                break
-            time.sleep(0.25)
-        if not result.exists():
-            return ExitCode.killed(signal.SIGKILL)  # cancelled before it could write a result
-        with open(result, "rb") as f:
-            outcome, payload = pickle.load(f)
-        if outcome == "success":
-            return int(payload)
-        m = _EXITED.search(str(payload))
-        return int(m.group(1)) if m else int(EXIT_FAILED)
+        if handle in self.live:
+            self.live.remove(handle)
+        return launch_result(handle.result_file, exit_status(handle.slurm_job))
 
     def stop(self, handle: Handle) -> None:
         """SIGTERM the job's steps: the trainer checkpoints and ends its run KILLED, then exits."""
         subprocess.run(["scancel", "--signal=TERM", handle.slurm_job.job_id], capture_output=True)
 
-    def wait_stopped(self, handles: list[Handle], grace: float = 60.0) -> None:
+    def wait_stopped(self, handles: Sequence[Handle], grace: float = 60.0) -> None:
         for h in handles:
             self.stop(h)
         deadline = time.time() + grace
         ids = [h.slurm_job.job_id for h in handles]
-        while queued(ids) and time.time() < deadline:
+        while squeue(ids) and time.time() < deadline:
             time.sleep(0.5)
-        left = sorted(queued(ids))
+        left = sorted(squeue(ids))
         if left:
             subprocess.run(["scancel", *left], capture_output=True)
+        self._read_at = None
 
 
-def submit(todo: list[tuple[Cell, bool]], *, spec_file: str, overrides: Overrides, workspace: str,
-           uri: str) -> dict[str, str]:
-    """Submit the cells; returns run key -> Slurm job id."""
-    backend = SlurmBackend(workspace)
-    items = [(TrainJob.for_cell(cell, spec_file=spec_file, workspace=workspace, tracking_uri=uri, overrides=overrides,
-                                fresh=fresh), cell.config.resources) for cell, fresh in todo]
-    handles = backend.submit_many(items)
-    ids: dict[str, str] = {}
-    for (cell, _), handle in zip(todo, handles, strict=True):
-        ids[cell.run_key] = handle.slurm_job.job_id
-        print(f"{cell.id}: submitted as Slurm job {handle.slurm_job.job_id}", flush=True)
-    return ids
-
-
-def queued(job_ids: list[str]) -> set[str]:
-    """Job ids still known to squeue (pending, running, requeued)."""
-    if not job_ids:
-        return set()
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True)
-    return {line.strip() for line in out.stdout.splitlines() if line.strip()}
-
-
-def run_slurm(todo: list[tuple[Cell, bool]], *, spec_file: str, overrides: Overrides, workspace: str, uri: str,
-              detach: bool = False, poll: float = 5.0) -> int:
-    ids = submit(todo, spec_file=spec_file, overrides=overrides, workspace=workspace, uri=uri)
-    if detach:
-        print(f"{len(ids)} jobs submitted; `harness status {spec_file}` shows their state")
-        return 0
-    spec_name = todo[0][0].spec_name
-    cells = {c.run_key: c for c, _ in todo}
-    last: dict[str, str] = {}
-    while True:
-        alive = queued(list(ids.values()))
-        runs = latest_runs(uri, spec_name)
-        for key, cell in cells.items():
-            state = runs[key].status if key in runs else "PENDING"
-            if ids[key] in alive and state != "RUNNING":
-                state = "QUEUED" if state in ("PENDING", "KILLED", "FAILED") else state
-            if last.get(key) != state:
-                print(f"{cell.id}: {state.lower()} (job {ids[key]})", flush=True)
-                last[key] = state
-        if not alive:
+def exit_status(job) -> int:
+    """What submitit's result file says of a job that left the queue: the status `SlurmCell`
+    returned; a crash when it raised (its answer, if any, is in result.json); killed when the job
+    was cancelled before it could write the file."""
+    path = job.paths.result_pickle
+    for _ in range(20):  # the file is written before the job leaves the queue; allow a slow FS
+        if path.exists():
             break
-        time.sleep(poll)
-    runs = latest_runs(uri, spec_name)
-    failed = [c for k, c in cells.items() if k not in runs or runs[k].status != "FINISHED"]
-    for c in failed:
-        info = runs.get(c.run_key)
-        print(f"  NOT FINISHED {c.id}: {info.status if info else 'no run'} "
-              f"{(info.failure or '') if info else ''} (logs {Path(workspace) / 'slurm' / ids[c.run_key]})")
-    diverged = sum(1 for c in failed if c.run_key in runs and (runs[c.run_key].failure or "").startswith("diverged:"))
-    print(f"summary: {len(cells) - len(failed)} finished, {len(failed)} not finished"
-          + (f" ({diverged} diverged)" if diverged else ""))
-    return 1 if failed else 0
+        time.sleep(0.25)
+    if not path.exists():
+        return ExitCode.killed(signal.SIGKILL)
+    with open(path, "rb") as f:
+        outcome, payload = pickle.load(f)
+    return int(payload) if outcome == "success" else int(ExitCode.FAILED)
+
+
+def squeue(job_ids: Sequence[str]) -> dict[str, str]:
+    """Job id -> state (PENDING, RUNNING, ...) of the jobs squeue still knows."""
+    if not job_ids:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True,
+                         text=True)
+    return dict(line.split(maxsplit=1) for line in out.stdout.splitlines() if len(line.split()) == 2)

@@ -22,6 +22,7 @@ from harness.schedule.live import Display
 from harness.schedule.state import Decision
 from harness.spec.load import load_spec
 from harness.spec.matrix import expand
+from harness.train.result import CellState
 from tests.train.helpers import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,19 +121,19 @@ def test_display_fits_a_small_terminal_keeping_running_and_failed_cells(tmp_path
     from rich.console import Console
 
     ws = tmp_path / "ws"
-    d = Display(cells, [Decision(c, "run", None) for c in cells], str(ws), jobs=2, tty=False)
+    d = Display(cells, [Decision(c, CellState.PENDING, None) for c in cells], str(ws), jobs=2, tty=False)
     log = ws / "log.txt"
-    d.event("start", cells[0], 1, log)
-    d.event("finished", cells[0], 1, log)
+    d.event(CellState.RUNNING, cells[0], 1, log)
+    d.event(CellState.FINISHED, cells[0], 1, log)
     (ws / cells[0].run_key).mkdir(parents=True)
     (ws / cells[0].run_key / "eval.json").write_text(json.dumps({"nms.ap50": 0.831, "nms_free.ap50": 0.5}))
-    d.event("start", cells[1], 1, log)
-    d.event("failed", cells[1], 2, log)
-    d.event("start", cells[7], 1, log)
+    d.event(CellState.RUNNING, cells[1], 1, log)
+    d.event(CellState.FAILED, cells[1], 2, log)
+    d.event(CellState.RUNNING, cells[7], 1, log)
     (ws / cells[7].run_key).mkdir(parents=True)
     (ws / cells[7].run_key / "progress.json").write_text(json.dumps({"iteration": 30, "total": 120, "eta_s": 75}))
-    d.event("start", cells[9], 1, log)
-    d.event("killed", cells[9], 1, log)
+    d.event(CellState.RUNNING, cells[9], 1, log)
+    d.event(CellState.KILLED, cells[9], 1, log)
 
     console = Console(width=120, record=True, color_system=None)
     console.print(d.render(height=12))
@@ -155,10 +156,11 @@ def test_display_off_a_terminal_prints_plain_lines(tmp_path, cells, capsys):
     ws = tmp_path / "ws"
     (ws / cells[0].run_key).mkdir(parents=True)
     (ws / cells[0].run_key / "eval.json").write_text(json.dumps({"nms.ap50": 0.831}))
-    d = Display(cells[:2], [Decision(cells[0], "run", None), Decision(cells[1], "skip", None, "already finished")],
-                str(ws), tty=False)
-    d.event("start", cells[0], 1, ws / "log.txt")
-    d.event("finished", cells[0], 1, ws / "log.txt")
+    decisions = [Decision(cells[0], CellState.PENDING, None),
+                 Decision(cells[1], CellState.DONE_EARLIER, None, "already finished")]
+    d = Display(cells[:2], decisions, str(ws), tty=False)
+    d.event(CellState.RUNNING, cells[0], 1, ws / "log.txt")
+    d.event(CellState.FINISHED, cells[0], 1, ws / "log.txt")
     d.close()
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{cells[1].id}: already finished, skipped"

@@ -90,11 +90,14 @@ def test_slurm_job_cancelled_or_requeued_resumes(slurm, tmp_path, how):
 @pytest.mark.slow
 def test_slurm_backend_stop_is_how_a_pruned_trial_ends(slurm, tmp_path, monkeypatch):
     """The sweep prunes a Slurm trial through `SlurmBackend.stop`: the job gets SIGTERM, the
-    trainer checkpoints and ends its run KILLED, and poll reports the signal's exit code."""
+    trainer checkpoints and ends its run KILLED, and poll reports it killed by SIGTERM, read from
+    the cell's result.json."""
+    from harness.schedule.backend import Submission
     from harness.schedule.job import TrainJob
     from harness.schedule.slurm import SlurmBackend
     from harness.schedule.state import prepare_store
     from harness.spec import expand, load_spec
+    from harness.train.result import Outcome, read_result
 
     for key, value in {**ENV, **slurm}.items():
         monkeypatch.setenv(key, value)
@@ -104,14 +107,17 @@ def test_slurm_backend_stop_is_how_a_pruned_trial_ends(slurm, tmp_path, monkeypa
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     prepare_store(uri, "sched", ws)
     (cell,) = expand(load_spec(spec))
-    backend = SlurmBackend(str(ws))
-    handle = backend.submit(TrainJob.for_cell(cell, spec_file=str(spec), workspace=str(ws), tracking_uri=uri),
-                            cell.config.resources)
+    backend = SlurmBackend(str(ws), refresh_s=0.5)
+    job = TrainJob.for_cell(cell, spec_file=str(spec), workspace=str(ws), tracking_uri=uri)
+    (handle,) = backend.submit_many([Submission(job, cell.config.resources)])
     assert backend.poll(handle) is None
     assert wait_for(lambda: list(ws.glob("*/checkpoint.pt")), timeout=300)
+    assert backend.started(handle)
     backend.stop(handle)
     assert wait_for(lambda: backend.poll(handle) is not None, timeout=120)
-    assert backend.poll(handle) == 128 + 15  # SIGTERM, seen through submitit's result file
+    result = backend.poll(handle)
+    assert result.outcome is Outcome.KILLED and result.signal == 15 and result.exit_code == 128 + 15
+    assert read_result(job.paths().result) == result  # the worker's own answer, not the exit status
     run = runs(ws, "sched").iloc[0]
     assert run["status"] == "KILLED" and "SIGTERM" in run["tags.harness.failure"]
     assert int(run["params.train.max_iter"]) == 400

@@ -1,0 +1,254 @@
+"""The Optuna side of `harness sweep`: the study, its search space, ask and tell, pruning, the
+recovery of trials a dead driver left running, and the sweep's MLflow parent run.
+
+- Storage: a JournalFileBackend file in the workspace, or `--storage postgresql://...`.
+- The row's own values are enqueued as the first trial (the baseline).
+- Each trial is the swept row's cells (one per dataset and seed) with the trial's values, each
+  with its own run key; `harness.sweep.driver` trains them through the pool.
+- Intermediate eval metrics (read from the first cell's MLflow run) are reported to the trial;
+  the driver stops a pruned trial's workers, and their runs end KILLED with the reason.
+- Resume: the same command continues the study toward n_trials (COMPLETE + PRUNED); trials left
+  RUNNING by a dead driver are marked FAIL and their params re-enqueued; their cells resume from
+  their checkpoints, and a finished cell is never trained again (its run key is FINISHED).
+- MLflow: one parent run per sweep (study, space, best value and params as they improve); each
+  trial's runs are its nested children (`mlflow.parentRunId`) with its trial number.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.report.sweep import write_sweep_report
+from harness.schedule.job import SweepLink
+from harness.schedule.state import busy, latest_runs, store_locked
+from harness.spec.matrix import Cell
+from harness.spec.workspace import optuna_journal
+from harness.sweep.space import Sweep, current_value
+from harness.track.names import headline_key
+from harness.track.runs import end_run, metric_history, record, sweep_parent
+from harness.train.result import CellResult, Outcome
+
+#: this driver, as its trials record it: several drivers may share one study (an RDB storage)
+DRIVER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def driver_alive(trial) -> bool:
+    """Whether the driver of a RUNNING trial still runs: on this host, its process is alive; a
+    trial asked a moment ago, before its driver wrote its name, counts as alive too. (A driver on
+    another host cannot be asked: its trial is taken as lost, as before several drivers.)"""
+    owner = trial.user_attrs.get("driver")
+    if owner is None:
+        start = trial.datetime_start
+        return start is not None and (datetime.datetime.now() - start).total_seconds() < 60
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()
+
+
+@dataclass(eq=False)
+class Trial:
+    """A trial in training: Optuna's trial, its cells, and what was reported of it."""
+
+    trial: object  # optuna.Trial
+    cells: list[Cell]
+    reported: int = -1  # the last iteration reported to Optuna
+    pruned_at: int | None = None
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+class Study:
+    """One sweep's Optuna study and MLflow parent run."""
+
+    def __init__(self, sweep: Sweep, *, workspace: str, uri: str, storage: str | None):
+        self.sweep, self.spec = sweep, sweep.spec
+        self.workspace, self.uri, self.storage = workspace, uri, storage
+        self.experiment = sweep.base_cells[0].spec_name
+        self.study = None  # optuna.Study, once opened
+        self.parent = ""  # the parent run's id, once opened
+
+    # ------------------------------------------------------------------ opening
+
+    def open(self) -> None:
+        """Load (or create) the study and the parent run; fail and re-enqueue the trials a dead
+        driver left running; enqueue the baseline in a new study."""
+        self.study = self._load()
+        with store_locked(self.workspace):  # two drivers at once: one parent run
+            self.parent = self._parent_run()
+        self._recover()
+        if not self.study.trials:
+            self.study.enqueue_trial({k: current_value(self.sweep.base_cells[0], k) for k in self.spec.space})
+
+    def _load(self):
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if self.storage:
+            storage = self.storage
+        else:
+            journal = optuna_journal(self.workspace, self.spec.name)
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            storage = JournalStorage(JournalFileBackend(str(journal)))
+        sampler = optuna.samplers.TPESampler(seed=self.spec.sampler.seed,
+                                             n_startup_trials=self.spec.sampler.n_startup_trials)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=self.spec.pruner.n_startup_trials,
+                                             n_warmup_steps=self.spec.pruner.n_warmup_steps)
+        return optuna.create_study(study_name=self.spec.name, storage=storage, sampler=sampler, pruner=pruner,
+                                   direction=self.spec.objective.direction, load_if_exists=True)
+
+    def _parent_run(self) -> str:
+        return sweep_parent(self.uri, self.experiment, self.spec.name, {"harness.spec": self.sweep.file}, {
+            "study": self.spec.name, "row": self.spec.row,
+            "objective": f"{self.spec.objective.direction} {self.spec.objective.metric}",
+            "n_trials": self.spec.n_trials,
+            "space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in self.spec.space.items()})[:6000]})
+
+    def _recover(self) -> None:
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if any(busy(self.workspace, k) for k in t.user_attrs.get("run_keys", [])) or driver_alive(t):
+                continue  # a live worker or driver still has it
+            self.study.tell(t.number, state=TrialState.FAIL)
+            self.study.enqueue_trial(t.params)
+            print(f"trial {t.number}: left running by a dead driver; failed and its params re-enqueued")
+
+    # ------------------------------------------------------------------ ask
+
+    def counted(self) -> int:
+        """Trials that use up the budget, every driver's (drivers on one RDB storage share it)."""
+        from optuna.trial import TrialState
+
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        return len(self.study.get_trials(deepcopy=False, states=states))
+
+    def wants_more(self) -> bool:
+        return self.counted() < self.spec.n_trials
+
+    def ask(self) -> Trial | None:
+        """The next trial and its cells; None when another driver took the last of the budget."""
+        trial = self.study.ask(self.distributions())
+        trial.set_user_attr("driver", DRIVER)
+        if self.surplus(trial):
+            return None
+        cells = self.sweep.trial_cells(dict(trial.params))  # the swept row only, as validated
+        trial.set_user_attr("run_keys", [c.run_key for c in cells])
+        print(f"trial {trial.number}: started {dict(trial.params)}", flush=True)
+        return Trial(trial, cells)
+
+    def link(self, trial: Trial) -> SweepLink:
+        """Where a trial's runs hang in MLflow: under the parent run, with the trial's number."""
+        return SweepLink(self.parent, trial.number, self.spec.name)
+
+    def surplus(self, trial) -> bool:
+        """Drivers that ask at the same moment can overshoot n_trials: the trials numbered past the
+        budget (counting those before them that are running or done) are failed unrun."""
+        from optuna.trial import TrialState
+
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        before = [t for t in self.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+        if len(before) < self.spec.n_trials:
+            return False
+        trial.set_user_attr("surplus", True)
+        self.study.tell(trial, state=TrialState.FAIL)
+        return True
+
+    def distributions(self) -> dict:
+        import optuna
+
+        out = {}
+        for path, p in self.spec.space.items():
+            if p.type == "float":
+                out[path] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+            elif p.type == "int":
+                out[path] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log,
+                                                                 step=int(p.step or 1))
+            else:
+                out[path] = optuna.distributions.CategoricalDistribution(p.choices)
+        return out
+
+    # ------------------------------------------------------------------ report, tell
+
+    def objective_history(self, cell: Cell) -> list[tuple[int, float]]:
+        info = latest_runs(self.uri, self.experiment).get(cell.run_key)
+        if info is None:
+            return []
+        key = self.spec.objective.metric  # eval.<name>: the cell's headline mode (harness.track.names)
+        return (metric_history(self.uri, info.run_id, key)
+                or metric_history(self.uri, info.run_id, headline_key(key, cell.config.eval.nms)))
+
+    def report(self, t: Trial, running: bool) -> bool:
+        """Report the trial's new intermediate values (its first cell's); True when Optuna prunes
+        it now, while its workers still run (the caller stops them)."""
+        last = t.cells[0].config.train.max_iter
+        for step, value in self.objective_history(t.cells[0]):
+            if step <= t.reported or t.pruned_at is not None:
+                continue
+            t.trial.report(value, step)
+            t.reported = step
+            if step < last and running and t.trial.should_prune():
+                t.pruned_at = step
+                return True
+        return False
+
+    def tell(self, t: Trial, results: list[CellResult]) -> None:
+        """Tell Optuna how the trial ended: pruned, failed (with its first failed cell's reason),
+        or the mean of its cells' final objective values, recorded as the parent's best."""
+        from optuna.trial import TrialState
+
+        if t.pruned_at is not None and all(r.outcome is Outcome.FINISHED for r in results):
+            t.pruned_at = None  # the workers finished before the stop arrived
+        if t.pruned_at is not None:
+            self._record_pruned(t, results)
+            self.study.tell(t.trial, state=TrialState.PRUNED)
+            print(f"trial {t.number}: pruned at iteration {t.pruned_at}", flush=True)
+            return
+        values = []
+        for cell, result in zip(t.cells, results, strict=True):
+            hist = self.objective_history(cell) if result.outcome is Outcome.FINISHED else []
+            if not hist:
+                reason = result.describe() if result.outcome is not Outcome.FINISHED else "no objective logged"
+                self.study.tell(t.trial, state=TrialState.FAIL)
+                print(f"trial {t.number}: failed ({reason})", flush=True)
+                return
+            values.append(hist[-1][1])
+        value = sum(values) / len(values)
+        self.study.tell(t.trial, value)
+        print(f"trial {t.number}: {self.spec.objective.metric} = {value:.4f}", flush=True)
+        best = self.study.best_trial
+        record(self.uri, self.parent, tags={"best.trial": best.number,
+                                            **{f"best.{k}": v for k, v in best.params.items()}},
+               metrics={"best_value": best.value}, step=t.number)
+
+    def _record_pruned(self, t: Trial, results: list[CellResult]) -> None:
+        """The reason on each of the trial's runs (its workers ended them KILLED by SIGTERM)."""
+        runs = latest_runs(self.uri, self.experiment)
+        for cell, result in zip(t.cells, results, strict=True):
+            run_id = result.run_id or (runs[cell.run_key].run_id if cell.run_key in runs else None)
+            if run_id is not None:
+                record(self.uri, run_id, tags={
+                    "harness.failure": f"pruned by Optuna (trial {t.number}) at iteration {t.pruned_at}"})
+
+    # ------------------------------------------------------------------ end
+
+    def end(self, status: str, out_dir: Path | None = None) -> None:
+        """End the parent run (FINISHED: with the sweep's report in out_dir; KILLED: stopped)."""
+        end_run(self.uri, self.parent, status)
+        if out_dir is not None:
+            write_sweep_report(self.study, self.spec, out_dir)
