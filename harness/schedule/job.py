@@ -288,7 +288,7 @@ class TrainJob:
                 write_result(CellPaths.of(self.workspace, cell.run_key).result,
                              CellResult(Outcome.BAD_INPUT, str(exc).splitlines()[0]))
             raise
-        if answer:
+        if answer and result.outcome is not Outcome.BUSY:  # the folder is the lock holder's: its answer, not ours
             write_result(CellPaths.of(self.workspace, cell.run_key).result, result)
         return result.exit_code
 

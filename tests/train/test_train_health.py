@@ -27,7 +27,7 @@ def test_absurd_learning_rate_ends_the_run_diverged(run_cli, tmp_path):
     over = tmp_path / "explode.yaml"
     over.write_text(EXPLODE)
     code, _, err = run_cli("train", QUICK, "--row", "FCOS", "--workspace", tmp_path, "--set-file", over)
-    assert code == 4, err  # EXIT_UNHEALTHY
+    assert code == 4, err  # ExitCode.UNHEALTHY
     r = runs(tmp_path, "quickstart").iloc[0]
     assert r["status"] == "FAILED"
     reason = r["tags.harness.failure"]
