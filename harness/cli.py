@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from harness.schedule.job import (
     add_store_arguments,
     add_train_arguments,
 )
-from harness.spec import UserError
+from harness.spec import Problem, UserError
 from harness.spec.schema import EVALUATOR_METRICS
 from harness.train.exit_codes import ExitCode
 
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.add_argument("--rerun", action="store_true", help="start fresh runs even for finished cells")
     p.add_argument("--detach", action="store_true", help="slurm: submit and return")
+    p.add_argument("--until-decided", action="store_true",
+                   help="then add seeds to the claims of every table with a decide section, look by look, "
+                        "until each is decided or at its cap (`harness decide` shows the plan)")
 
     p = sub.add_parser("train", help="train one cell in this process",
                        description="Train the cell of SPEC picked by --row (and --dataset, "
@@ -266,10 +270,50 @@ def cmd_run(args) -> int:
     loaded, cells = _cells(args)
     from harness.schedule.run import run_spec
 
-    return run_spec(cells, spec_name=loaded.spec.name, spec_file=args.spec, overrides=_job_overrides(args),
-                    workspace=args.workspace, uri=_store(args), tracking_uri=args.tracking_uri, jobs=args.jobs,
-                    rerun=args.rerun,
-                    backend=args.backend, detach=args.detach, description=loaded.spec.description)
+    if args.until_decided and (args.detach or args.rerun):
+        raise UserError(Problem(None, None, "--until-decided", "decides from finished runs: it takes neither "
+                                                               "--detach nor --rerun"))
+    uri = _store(args)
+    run = functools.partial(run_spec, spec_name=loaded.spec.name, spec_file=args.spec,
+                            overrides=_job_overrides(args), workspace=args.workspace, uri=uri,
+                            tracking_uri=args.tracking_uri, jobs=args.jobs, backend=args.backend,
+                            description=loaded.spec.description)
+    if not args.until_decided:
+        return run(cells, rerun=args.rerun, detach=args.detach)
+    return _until_decided(loaded, cells, run, uri, args)
+
+
+def _until_decided(loaded, cells, run, uri: str, args) -> int:
+    """`harness run --until-decided`: run the cells, decide, run the next look's cells, until every
+    deciding claim is decided or at its cap. Every decision is a function of the planned seeds'
+    runs, so a rerun after a kill makes the same looks and trains no finished cell again."""
+    import time
+
+    from harness.report.decide import cells_to_decide, decide_tables, lines, record_looks
+    from harness.schedule.state import busy
+
+    deciding = {(c.row, c.seed): c for c in cells_to_decide(loaded, _overrides(args))}
+    if not deciding:
+        raise UserError(Problem(None, None, "--until-decided", "no table of the spec has a decide section"))
+    todo, last = cells, None
+    while True:
+        code = run(todo, rerun=False, detach=False)
+        if code:
+            print("not every cell finished: the decision waits for them (run the same command again)")
+            return code
+        decisions = decide_tables(loaded, list(deciding.values()), uri)
+        for line in record_looks(uri, loaded, decisions) + [x for d in decisions for x in lines(d)]:
+            print(line)
+        wanted = sorted({(row, seed) for d in decisions for row, seeds in d.next_cells().items() for seed in seeds})
+        if not wanted:
+            print("every claim is decided or at its cap")
+            return 0
+        if wanted == last and any(busy(args.workspace, deciding[k].run_key) for k in wanted):
+            time.sleep(5)  # another process trains some (a killed run's orphaned workers): wait for them
+        elif wanted == last:  # the same cells again: a finished run does not count (a NaN metric, say)
+            print("the next look waits for cells that finished without a usable value: see the lines above")
+            return 1
+        todo, last = [deciding[k] for k in wanted], wanted
 
 
 def cmd_status(args) -> int:
@@ -312,7 +356,7 @@ def cmd_report(args) -> int:
 
 def cmd_decide(args) -> int:
     from harness.report.decide import cells_to_decide, decide_tables, lines
-    from harness.spec import Problem, load_spec
+    from harness.spec import load_spec
     from harness.track.mlflow_tracker import check_store_exists
 
     loaded = load_spec(args.spec)
