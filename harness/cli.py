@@ -351,7 +351,8 @@ def cmd_report(args) -> int:
         check_tracking_uri(other)
         check_store_exists(other, "--against")
     return report(loaded, cells, uri=uri, out=args.out, readme=args.readme, check=args.check,
-                  against=tuple(args.against), allow_empty=args.allow_empty, json_out=args.json)
+                  against=tuple(args.against), allow_empty=args.allow_empty, json_out=args.json,
+                  overrides=_overrides(args))
 
 
 def cmd_decide(args) -> int:

@@ -14,6 +14,8 @@ import pandas as pd
 from harness.report.claims import ALPHA
 from harness.report.claims import line as claim_line
 from harness.report.collect import collect, plot_histories
+from harness.report.decide import cells_to_decide, decide_tables, deciding_tables
+from harness.report.decide import lines as lines_of
 from harness.report.readme import regions, rewrite
 from harness.report.stats import summarize
 from harness.report.tables import (
@@ -103,7 +105,7 @@ def data_quality(df: pd.DataFrame, listing: Listing | None = None) -> list[str]:
 
 
 def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | None,
-                 against: tuple[str, ...] = (), listing: Listing | None = None):
+                 against: tuple[str, ...] = (), listing: Listing | None = None, overrides=()):
     """The report's markdown, the README regions and the JSON results: (text, tables, data).
     With `out`, the figures are drawn beside it (`report` calls this only after every input was
     checked)."""
@@ -168,6 +170,10 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
                       f"{100 * NOT_LEARNED:.0f}%): " + ", ".join(idle) + ".", ""]
         if hist is not None:  # out is given: every input was checked (report), its folder exists
             lines += figures(spec, name, rows, df, hist, layout.columns, plot_dir, stem, rt.results)
+    decisions = decide_tables(loaded, cells_to_decide(loaded, overrides), uri) if deciding_tables(loaded) else []
+    for d in decisions:
+        lines += decision_section(d, spec.tables[d.table].title)
+    data["decisions"] = [d.to_json() for d in decisions]
     if against:
         section, summary = reproduction(spec, cells, df, against)
         lines += section
@@ -194,6 +200,19 @@ def _json_safe(x):
 
 def _finite(x) -> float | None:
     return float(x) if x is not None and pd.notna(x) and math.isfinite(float(x)) else None
+
+
+def decision_section(d, title: str) -> list[str]:
+    """A deciding table's path: each look's statistic and boundary, the verdicts with their
+    repeated intervals, and the seeds used against running every claim's rows to the cap."""
+    used = sum(d.have.get(row, 0) for row in d.have)
+    cap = d.design.cap * len(d.have)
+    out = [f"### Sequential decision of {title}", "", "```", *lines_of(d), "```", ""]
+    out += [f"Seeds used: {used} cells over {len(d.have)} rows, against {cap} for every row at the cap "
+            f"({d.design.cap} seeds); {'every claim is decided' if d.decided else 'claims still open'}. "
+            "The rule (stage-wise t-tests combined by the inverse normal method, Lan-DeMets boundaries, Holm over "
+            "the claims) and its calibration: docs/statistics.md.", ""]
+    return out
 
 
 def table_json(name: str, spec, df: pd.DataFrame, results) -> dict:
@@ -339,7 +358,7 @@ def _headline(cells: list[Cell], row: str) -> str:
 
 def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, readme: str | None,
            check: bool, against: tuple[str, ...] = (), allow_empty: bool = False,
-           json_out: str | None = None) -> int:
+           json_out: str | None = None, overrides=()) -> int:
     """Every input is checked before anything is written (plots, report, README): the README,
     then the store (opened read-only), its experiment and finished runs. A store without a
     finished cell of the spec is an error unless allow_empty."""
@@ -380,7 +399,8 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
     json_path = Path(json_out) if json_out else (out_path.with_suffix(".json") if out_path is not None else None)
     if json_path is not None and json_path.is_dir():
         raise UserError(Problem(str(json_path), None, "--json", "is a directory; give the JSON file to write"))
-    text, tables, data = build_report(loaded, cells, ro, None if check else out_path, against_ro, listing)
+    text, tables, data = build_report(loaded, cells, ro, None if check else out_path, against_ro, listing,
+                                      overrides)
     if readme:
         path = Path(readme)
         new, changed = rewrite(original, tables)

@@ -115,3 +115,24 @@ def test_a_bad_decide_section_is_one_line(tmp_path, run_cli, decide, message):
     path.write_text(SPEC.replace("{looks: [3, 5, 8], spending: pocock}", decide))
     code, _, err = run_cli("decide", path, "--workspace", tmp_path)
     assert code == 2 and message in err and "decide" in err, err
+
+
+def test_the_report_shows_the_decision_path(spec, tmp_path, run_cli):
+    cells = cells_to_decide(load_spec(spec))
+    rng = np.random.default_rng(1)
+    values = {("FCOS", s): (0.8 + 0.002 * rng.standard_normal(), 0.4 + 0.01 * rng.standard_normal()) for s in range(3)}
+    values.update({(row, s): (0.8, 0.85 + 0.01 * rng.standard_normal()) for row in ("POTO", "POTO-B") for s in range(5)})
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    fill(uri, cells, values)
+    code, _, err = run_cli("report", spec, "--tracking-uri", uri, "--json", tmp_path / "r.json")
+    assert code == 0, err
+    data = json.loads((tmp_path / "r.json").read_text())
+    (d,) = data["decisions"]
+    assert [c["verdict"] for c in d["claims"]] == ["holds", "continue"] and d["claims"][1]["seeds"] == 5
+    assert d["next"]["seeds"] == 8
+    assert d["have"] == {"FCOS": 3, "POTO-B": 5, "POTO": 5}
+    code, out, _ = run_cli("report", spec, "--tracking-uri", uri)
+    assert "### Sequential decision of T" in out and "look 2 at 5 seeds" in out
+    assert "Seeds used: 13 cells over 3 rows, against 24 for every row at the cap (8 seeds)" in out
