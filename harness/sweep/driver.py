@@ -4,7 +4,7 @@ The study (`harness.sweep.study`) asks for trials and decides about them; the po
 (`harness.schedule.pool`, the one `harness run` uses, local or Slurm) trains each trial's cells
 as `harness train` workers, `jobs` trials at once, with the same retries and signals: SIGINT /
 SIGTERM stop the workers (their runs end KILLED), the trials stay RUNNING in the study and the
-next driver fails and re-enqueues them.
+next driver adopts them (`Study._recover`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from harness.schedule.backend import open_backend
 from harness.schedule.job import TrainJob
 from harness.schedule.pool import Pool, Task
-from harness.schedule.state import prepare_store
+from harness.schedule.state import busy, prepare_store
 from harness.sweep.space import Sweep
 from harness.sweep.study import Study, Trial
 from harness.track.mlflow_tracker import check_tracking_uri, credentials_to_environment
@@ -44,8 +44,9 @@ class Driver:
         if self.storage and store_kind(self.storage) == "postgresql":
             check_tracking_uri(self.storage, what="--storage")  # its driver is installed
         prepare_store(self.uri, self.study.experiment, self.workspace)
-        self.study.open()
         running: dict[Trial, list[Task]] = {}
+        for trial in self.study.open():  # a dead driver's trials, continued
+            running[trial] = [self.pool.add(c, self.job(trial, c)) for c in trial.cells if c not in trial.waiting]
         with self.pool.signals():
             while self.study.wants_more() or running:
                 if self.pool.stopping is not None:
@@ -71,7 +72,10 @@ class Driver:
     def follow(self, running: dict[Trial, list[Task]]) -> None:
         """Report each trial's progress, stop a pruned one, tell Optuna each ended one."""
         for trial, tasks in list(running.items()):
-            ended = all(t.ended for t in tasks)
+            for cell in [c for c in trial.waiting if not busy(self.workspace, c.run_key)]:
+                trial.waiting.remove(cell)  # its orphaned worker ended: ours finishes or resumes it
+                tasks.insert(trial.cells.index(cell), self.pool.add(cell, self.job(trial, cell)))
+            ended = all(t.ended for t in tasks) and not trial.waiting
             if self.study.report(trial, running=not ended):
                 for task in tasks:
                     self.pool.stop(task)

@@ -7,9 +7,10 @@ recovery of trials a dead driver left running, and the sweep's MLflow parent run
   with its own run key; `harness.sweep.driver` trains them through the pool.
 - Intermediate eval metrics (read from the first cell's MLflow run) are reported to the trial;
   the driver stops a pruned trial's workers, and their runs end KILLED with the reason.
-- Resume: the same command continues the study toward n_trials (COMPLETE + PRUNED); trials left
-  RUNNING by a dead driver are marked FAIL and their params re-enqueued; their cells resume from
-  their checkpoints, and a finished cell is never trained again (its run key is FINISHED).
+- Resume: the same command continues the study toward n_trials (COMPLETE + PRUNED + RUNNING);
+  a trial a dead driver left RUNNING is adopted, with its number, parameters and runs: its cells
+  resume from their checkpoints, a finished cell answers at once (its run key is FINISHED), and
+  a cell an orphaned worker still trains is waited for. No parameter set is enqueued twice.
 - MLflow: one parent run per sweep (study, space, best value and params as they improve); each
   trial's runs are its nested children (`mlflow.parentRunId`) with its trial number.
 """
@@ -20,7 +21,7 @@ import datetime
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.report.sweep import write_sweep_report
@@ -65,6 +66,8 @@ class Trial:
     cells: list[Cell]
     reported: int = -1  # the last iteration reported to Optuna
     pruned_at: int | None = None
+    #: an adopted trial's cells that an orphaned worker still trains: added to the pool once free
+    waiting: list[Cell] = field(default_factory=list)
 
     @property
     def number(self) -> int:
@@ -83,15 +86,16 @@ class Study:
 
     # ------------------------------------------------------------------ opening
 
-    def open(self) -> None:
-        """Load (or create) the study and the parent run; fail and re-enqueue the trials a dead
-        driver left running; enqueue the baseline in a new study."""
+    def open(self) -> list[Trial]:
+        """Load (or create) the study and the parent run; enqueue the baseline in a new study;
+        the trials a dead driver left running, adopted (`_recover`)."""
         self.study = self._load()
         with store_locked(self.workspace):  # two drivers at once: one parent run
             self.parent = self._parent_run()
-        self._recover()
+        adopted = self._recover()
         if not self.study.trials:
             self.study.enqueue_trial({k: current_value(self.sweep.base_cells[0], k) for k in self.spec.space})
+        return adopted
 
     def _load(self):
         import optuna
@@ -119,15 +123,34 @@ class Study:
             "n_trials": self.spec.n_trials,
             "space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in self.spec.space.items()})[:6000]})
 
-    def _recover(self) -> None:
+    def _recover(self) -> list[Trial]:
+        """The trials a dead driver left RUNNING, adopted: the same trial number, parameters and
+        cells (so the same run keys and MLflow runs), never a re-enqueued copy. Their cells go
+        back to the pool: a finished one answers at once, a cut one resumes from its checkpoint,
+        and one an orphaned worker still trains is waited for (`Trial.waiting`)."""
+        import optuna
         from optuna.trial import TrialState
 
+        adopted = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if any(busy(self.workspace, k) for k in t.user_attrs.get("run_keys", [])) or driver_alive(t):
-                continue  # a live worker or driver still has it
-            self.study.tell(t.number, state=TrialState.FAIL)
-            self.study.enqueue_trial(t.params)
-            print(f"trial {t.number}: left running by a dead driver; failed and its params re-enqueued")
+            if driver_alive(t):
+                continue  # its driver still runs it
+            if "run_keys" not in t.user_attrs:  # its driver died before it had cells: nothing ran
+                self.study.tell(t.number, state=TrialState.FAIL)
+                continue
+            cells = self.sweep.trial_cells(dict(t.params))
+            if [c.run_key for c in cells] != t.user_attrs["run_keys"]:  # the spec changed: not the same cells
+                self.study.tell(t.number, state=TrialState.FAIL)
+                print(f"trial {t.number}: left running by a dead driver, and its cells are not the spec's any more: "
+                      "failed", flush=True)
+                continue
+            trial = optuna.trial.Trial(self.study, t._trial_id)
+            trial.set_user_attr("driver", DRIVER)
+            reported = max(t.intermediate_values, default=-1)
+            adopted.append(Trial(trial, cells, reported=reported,
+                                 waiting=[c for c in cells if busy(self.workspace, c.run_key)]))
+            print(f"trial {t.number}: left running by a dead driver; continued {dict(t.params)}", flush=True)
+        return adopted
 
     # ------------------------------------------------------------------ ask
 

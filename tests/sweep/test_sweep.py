@@ -94,10 +94,11 @@ def test_sweep_killed_midway_and_resumed(tmp_path):
 
     study, states = load_study(ws)
     assert sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.trials) == 6
-    failed = [t for t in study.trials if t.state == states.FAIL and "run_keys" in t.user_attrs]
-    assert failed, "the trials running at the kill are failed on resume"
-    for t in failed[:2]:  # ... and their params re-enqueued as later trials
-        assert any(u.params == t.params and u.number > t.number for u in study.trials)
+    # the trials running at the kill were adopted, not failed and re-enqueued: each parameter set once
+    assert not [t for t in study.trials if t.state == states.FAIL and "run_keys" in t.user_attrs]
+    params = [tuple(sorted(t.params.items())) for t in study.trials if "run_keys" in t.user_attrs]
+    assert len(params) == len(set(params)) == 6
+    assert "continued" in again.stdout
     assert "RUNNING" not in set(runs(ws, "sched")["status"])
     df = runs(ws, "sched")
     parent = df[df["tags.harness.sweep_parent"] == "tiny_sweep"]
@@ -149,3 +150,40 @@ def test_sweep_on_slurm_prunes_and_resumes(slurm, tmp_path):
             row = children[children["tags.harness.run_key"] == key].iloc[0]
             assert row["status"] == "KILLED" and row["tags.harness.failure"].startswith("pruned by Optuna")
     assert (out / "sweep_tiny_sweep.md").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worker", ["alive", "finished"])
+def test_a_sweep_driver_killed_hard_is_continued_without_duplicates(tmp_path, worker):
+    # kill -9 of the driver during trial 0: its worker lives on (its own session). The rerun adopts
+    # trial 0 (waiting for the orphaned worker, or reading its finished run), runs the rest, and
+    # trains no parameter set twice
+    path = sweep_file(tmp_path, n=3, extra="")
+    path.write_text(path.read_text().replace("train.max_iter: 8", "train.max_iter: 40"))
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--workspace", str(ws), "--jobs", "1",
+           "--out-dir", str(tmp_path / "reports")]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(ws.glob("*/progress.json")):
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=60)
+    (lock,) = ws.glob("*/lock")
+    if worker == "finished":
+        from harness.train.lock import is_locked
+
+        while time.time() < deadline and is_locked(lock):
+            time.sleep(0.2)
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "trial 0: left running by a dead driver; continued" in again.stdout
+    study, states = load_study(ws)
+    assert [t.state for t in study.trials if "run_keys" in t.user_attrs].count(states.RUNNING) == 0
+    done = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]
+    assert len(done) == 3 and not [t for t in study.trials if t.state == states.FAIL]
+    params = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(params)) == 3
+    df = runs(ws, "sched")
+    trained = df[df["tags.harness.run_key"].notna()]
+    assert "RUNNING" not in set(trained["status"]) and trained["tags.harness.run_key"].is_unique
