@@ -94,6 +94,12 @@ def next_steps(spec_file: str, overrides: Overrides, workspace: str, tracking_ur
     return ["next:", f"  {shlex.join(report)}   # tables, intervals and plots", f"  {ui}   # the runs in MLflow's UI"]
 
 
+def _attempt(r, t: Task) -> str:
+    """MLflow's attempt number of the run where there is one (a run counts every launch that
+    reached it, earlier `harness run`s' too), else this scheduler's launches."""
+    return f"attempt {r.attempt} in MLflow" if r.attempt else f"launch {t.attempt}"
+
+
 def summarise(tasks: list[Task], skipped: int, elsewhere: int, seconds: float, stopped: int | None) -> int:
     """The run's last lines, each failed cell with its worker's reason; the exit status."""
     counts: dict[str, int] = {}
@@ -112,7 +118,7 @@ def summarise(tasks: list[Task], skipped: int, elsewhere: int, seconds: float, s
     for t in failed:
         r = t.result
         print(f"  FAILED {t.cell.id}: {r.message or 'no reason recorded'} (exit {r.exit_code}: "
-              f"{replace(r, message='').describe()}, attempt {t.attempt}; log {t.log})")
+              f"{replace(r, message='').describe()}, {_attempt(r, t)}; log {t.log})")
     if stopped is not None:
         print("stopped by a signal: the children were terminated and their runs ended KILLED; "
               "run the same command again to continue")

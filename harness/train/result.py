@@ -87,6 +87,7 @@ class CellResult:
     iteration: int | None = None  # the last iteration trained, when known
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # the final evaluation's, headline first
+    attempt: int | None = None  # the run's attempt in MLflow (its `harness.attempt` tag), when it has a run
 
     @property
     def exit_code(self) -> int:
@@ -119,7 +120,8 @@ class CellResult:
     def from_json(cls, data: dict) -> CellResult:
         return cls(outcome=Outcome(data["outcome"]), message=str(data.get("message") or ""),
                    signal=data.get("signal"), iteration=data.get("iteration"), run_id=data.get("run_id"),
-                   metrics={str(k): float(v) for k, v in (data.get("metrics") or {}).items()})
+                   metrics={str(k): float(v) for k, v in (data.get("metrics") or {}).items()},
+                   attempt=data.get("attempt"))
 
     @classmethod
     def from_exit(cls, code: int) -> CellResult:

@@ -87,7 +87,8 @@ def _run(s: Session, launch: Launch) -> CellResult:
             print(f"{s.cell.id}: trained, but the tracking store is unreachable: its writes stay in "
                   f"{s.paths.spool} (marked unsynced); `harness sync SPEC` or the next `harness run` "
                   "sends them", file=sys.stderr, flush=True)
-        return CellResult(Outcome.FINISHED, iteration=s.iteration, run_id=s.run_id, metrics=evaluation.final)
+        return CellResult(Outcome.FINISHED, iteration=s.iteration, run_id=s.run_id, metrics=evaluation.final,
+                          attempt=s.attempt)
     except BaseException as exc:
         return _ended(s, tracker, exc)
 
@@ -109,7 +110,7 @@ def _ended(s: Session, tracker, exc: BaseException) -> CellResult:
 
 
 def _result_of(s: Session, exc: BaseException) -> CellResult:
-    at = {"iteration": s.iteration, "run_id": s.run_id}
+    at = {"iteration": s.iteration, "run_id": s.run_id, "attempt": s.attempt}
     if isinstance(exc, Stop):
         return CellResult(Outcome.KILLED, str(exc), exc.signum, **at)
     if isinstance(exc, NonFiniteLoss | Unhealthy):  # no retry: resuming would only diverge again
@@ -140,7 +141,8 @@ def _start_run(s: Session, launch: Launch):
         attempt = attempt or previous.attempt + 1
         s.logged_until = previous.last_step
     workspace = workspace_tag(s.paths.workspace)
-    tags = run_tags(cell, spec_file=launch.spec_file, attempt=attempt or 1, world=s.ranks.world,
+    s.attempt = attempt or 1
+    tags = run_tags(cell, spec_file=launch.spec_file, attempt=s.attempt, world=s.ranks.world,
                     platform=platform_tag(s.device), commit=git_commit(), workspace=workspace, sweep=launch.sweep)
     tracker = MLflowTracker.start(launch.uri, cell.spec_name, cell.id, tags, workspace=s.paths.workspace,
                                   resume_run_id=s.run_id, spool_dir=s.paths.dir)

@@ -82,6 +82,7 @@ class Session:
     start_iter: int = 0  # the checkpoint's iteration (0: a new run)
     run_id: str | None = None  # the checkpoint's MLflow run, then the run this session writes
     iteration: int = 0  # the last iteration trained (`engine.fit` keeps it)
+    attempt: int | None = None  # the run's attempt in MLflow, once its run is open
     #: the last step an earlier attempt of the run logged: a resume from an older checkpoint
     #: replays the iterations up to it without logging them twice
     logged_until: int = 0

@@ -145,7 +145,7 @@ def test_nan_cell_fails_the_others_finish(tmp_path):
     proc = subprocess.run(harness_run(spec, ws, "--jobs", 2), env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     assert "FAILED N/synthetic/0: diverged: non-finite loss" in proc.stdout
-    assert "(exit 3: diverged (non-finite loss), not retried, attempt 1;" in proc.stdout
+    assert "(exit 3: diverged (non-finite loss), not retried, attempt 1 in MLflow;" in proc.stdout
     df = runs(ws, "sched").set_index("tags.harness.row")
     assert df.loc["A", "status"] == "FINISHED" and df.loc["N", "status"] == "FAILED"
     assert df.loc["N", "tags.harness.attempt"] == "1"  # divergence is not retried
@@ -160,7 +160,7 @@ def test_exploding_cell_fails_diverged_and_is_not_retried(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 failed (1 diverged)" in proc.stdout
     assert "FAILED X/synthetic/0: diverged: total loss EMA" in proc.stdout
-    assert "(exit 4: diverged (health rule), not retried, attempt 1;" in proc.stdout
+    assert "(exit 4: diverged (health rule), not retried, attempt 1 in MLflow;" in proc.stdout
     assert "retrying" not in proc.stdout
     r = runs(ws, "sched").iloc[0]
     assert r["status"] == "FAILED" and r["tags.harness.attempt"] == "1"
