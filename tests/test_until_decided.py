@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests.schedule.conftest import slurm  # noqa: F401 - the cluster fixture, for the Slurm case
 from tests.train.helpers import runs
 
 pytestmark = pytest.mark.slow
@@ -69,12 +70,18 @@ def decisions(spec, ws, out):
     return json.loads(out.read_text())["tables"][0]
 
 
-def test_until_decided_decides_and_a_kill_changes_nothing(tmp_path):
+@pytest.mark.parametrize("backend", ["local", "slurm"])
+def test_until_decided_decides_and_a_kill_changes_nothing(tmp_path, backend, request):
+    env = ENV
     spec = tmp_path / "ud.yaml"
     spec.write_text(SPEC)
+    if backend == "slurm":  # the real single-node cluster of tests/schedule/conftest.py
+        env = {**ENV, **request.getfixturevalue("slurm")}
+        spec.write_text(SPEC.replace("  tracking: {log_period: 10}\n", "  tracking: {log_period: 10}\n"
+                                     "  resources: {gpus: 0, max_attempts: 2, slurm: {cpus: 1, mem_gb: 1, time_min: 30}}\n"))
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    cmd = ["run", spec, "--until-decided", "--jobs", "2", "--workspace"]
-    done = subprocess.run(harness(*cmd, clean), env=ENV, capture_output=True, text=True, timeout=900)
+    cmd = ["run", spec, "--until-decided", "--backend", backend, "--jobs", "2", "--workspace"]
+    done = subprocess.run(harness(*cmd, clean), env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "every claim is decided or at its cap" in done.stdout
     table = decisions(spec, clean, tmp_path / "clean.json")
@@ -91,7 +98,7 @@ def test_until_decided_decides_and_a_kill_changes_nothing(tmp_path):
     assert json.loads(record["tags.harness.decide.t.look2"])["seeds"] == 5
 
     # the same procedure, its scheduler killed -9 once the second look's cells train
-    proc = subprocess.Popen(harness(*cmd, killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(harness(*cmd, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline:
         time.sleep(1)
@@ -101,7 +108,7 @@ def test_until_decided_decides_and_a_kill_changes_nothing(tmp_path):
                 break
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    again = subprocess.run(harness(*cmd, killed), env=ENV, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(harness(*cmd, killed), env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     df = runs(killed, "ud")
     trained = df[df["tags.harness.run_key"].notna()]
