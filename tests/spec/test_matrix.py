@@ -68,3 +68,25 @@ def test_rows_follow_the_published_rules():
     assert date["DATE-R50-F-12e"].model.predictor.assigner.outside_value == 0.0
     assert date["DATE-R101-F-36e"].model.backbone.name == "resnet101"
     assert date["DATE-R50-F-36e"].data.augment == "detr"
+
+
+def test_every_experiment_spec_plans():
+    # every spec shipped in experiments/ (sweeps aside: tests/sweep/test_sweep_specs.py) expands
+    specs = [p for p in sorted(EXPERIMENTS.glob("*.yaml")) if not p.name.startswith("sweep")]
+    assert len(specs) >= 5
+    for path in specs:
+        assert expand(load_spec(path)), path
+
+
+def test_the_decision_spec_reads_the_quickstarts_cells():
+    # experiments/quickstart_decide.yaml decides claims on the quickstart's own runs: the same
+    # experiment, the same run keys for its rows and seeds; the added seeds are new numbers
+    from harness.report.decide import cells_to_decide
+
+    quick = {(c.row, c.seed): c.run_key for c in expand(load_spec(EXPERIMENTS / "quickstart.yaml"))}
+    loaded = load_spec(EXPERIMENTS / "quickstart_decide.yaml")
+    assert loaded.spec.name == "quickstart"
+    cells = cells_to_decide(loaded)
+    assert {c.seed for c in cells} == set(range(8))
+    shared = [c for c in cells if c.seed < 3]
+    assert len(shared) == 9 and all(quick[(c.row, c.seed)] == c.run_key for c in shared)
