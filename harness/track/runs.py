@@ -33,6 +33,8 @@ class RunInfo:
 
 
 #: The rule that picks one run per key, as reports state it.
+#: tags of the harness's own runs that train no cell (a sweep's parent run, a spec's decision record)
+BOOKKEEPING = frozenset({"harness.sweep_parent", "harness.decision"})
 COUNTING_RULE = "the latest FINISHED run (by start time) counts; without one, the latest run"
 
 
@@ -65,7 +67,7 @@ def list_runs(uri: str, experiment: str) -> Listing:
         total += 1
         key = tags.get("harness.run_key")
         if not key:
-            untagged += 1
+            untagged += not (tags.keys() & BOOKKEEPING)  # a sweep's parent, a decision record: ours
             continue
         hb = tags.get("harness.heartbeat")
         try:
