@@ -1,6 +1,7 @@
 """Tracking: the Tracker protocol and its MLflow implementation.
 
-The only package that writes to MLflow (docs/architecture.md). `harness.train.run` is its only user.
+The only package that talks to MLflow (docs/architecture.md): the worker writes through its
+tracker (`mlflow_tracker.py`), every other layer through the verbs of `runs.py`.
 """
 
 from harness.track.mlflow_tracker import (
