@@ -52,10 +52,9 @@ def write_json_lines(path: str | Path, records: Iterable[dict]) -> Path:
 class NoSpace(OSError):
     """A write that a full disk (or an exhausted quota) refused, said so a person can act on it."""
 
-    def __init__(self, where: str | Path, need: int | None = None):
+    def __init__(self, where: str | Path, need: int | None = None, what: str = "this write"):
         free = free_bytes(where)
-        need_text = f", {'the checkpoint' if str(where).endswith('.pt') else 'this write'} needs about " \
-                    f"{_mb(need)}" if need else ""
+        need_text = f", {what} needs about {_mb(need)}" if need else ""
         super().__init__(errno.ENOSPC, f"no space left on the device holding {Path(where).parent}: "
                                        f"{_mb(free)} free{need_text}; free some space and run the cell again")
         self.where = where
@@ -76,11 +75,11 @@ def free_bytes(where: str | Path) -> int | None:
         return None
 
 
-def check_space(where: str | Path, need: int, margin: int = 2**20) -> None:
+def check_space(where: str | Path, need: int, what: str = "this write", margin: int = 2**20) -> None:
     """Raise `NoSpace` before a write of about `need` bytes that the device cannot hold."""
     free = free_bytes(where)
     if free is not None and free < need + margin:
-        raise NoSpace(where, need)
+        raise NoSpace(where, need, what)
 
 
 #: the messages of writers that report a full device without an errno (SQLite, torch's zip writer)

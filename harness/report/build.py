@@ -170,7 +170,8 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
                       f"{100 * NOT_LEARNED:.0f}%): " + ", ".join(idle) + ".", ""]
         if hist is not None:  # out is given: every input was checked (report), its folder exists
             lines += figures(spec, name, rows, df, hist, layout.columns, plot_dir, stem, rt.results)
-    decisions = decide_tables(loaded, cells_to_decide(loaded, overrides), uri) if deciding_tables(loaded) else []
+    decisions = (decide_tables(loaded, cells_to_decide(loaded, overrides), uri, listing)
+                 if deciding_tables(loaded) else [])
     for d in decisions:
         lines += decision_section(d, spec.tables[d.table].title)
     data["decisions"] = [d.to_json() for d in decisions]

@@ -107,9 +107,10 @@ def _prefix(df: pd.DataFrame, row: str, key: str, seeds: list[int]) -> tuple[dic
     return out, ""
 
 
-def decide_tables(ld: LoadedSpec, cells: list[Cell], uri: str) -> list[TableDecision]:
-    """Each deciding table's decision from the finished runs in the store at `uri`."""
-    df = collect(cells, uri, ld.spec.name)
+def decide_tables(ld: LoadedSpec, cells: list[Cell], uri: str, listing=None) -> list[TableDecision]:
+    """Each deciding table's decision from the finished runs in the store at `uri` (`listing`:
+    the store's run listing when the caller has read it already, as the report has)."""
+    df = collect(cells, uri, ld.spec.name, listing)
     out = []
     for name in deciding_tables(ld):
         design = design_of(ld, name)

@@ -38,7 +38,7 @@ def save(path: str | Path, *, model, optimizer, scheduler, scaler, iteration: in
         "run_id": run_id or "", "run_key": run_key, "rng": _plain(rng_state()), "health": dict(health or {}),
     }
     need = _nbytes(state)
-    check_space(path, need)  # a full disk is one readable line, not torch's "unexpected pos"
+    check_space(path, need, "the checkpoint")  # a full disk is one readable line, not torch's "unexpected pos"
     tmp = path.with_name(path.name + f"{TMP_MARK}{os.getpid()}")
     try:
         torch.save(state, tmp)
@@ -46,7 +46,7 @@ def save(path: str | Path, *, model, optimizer, scheduler, scaler, iteration: in
     except BaseException as exc:  # a full disk, a signal: never leave the temporary file behind
         tmp.unlink(missing_ok=True)
         if not isinstance(exc, NoSpace) and (is_no_space(exc) or _short_of(path, need)):
-            raise NoSpace(path, need) from exc
+            raise NoSpace(path, need, "the checkpoint") from exc
         raise
 
 
