@@ -36,6 +36,7 @@ from harness.train.result import CellResult, Outcome
 from harness.train.session import (
     Resume,
     Session,
+    leave_process_group,
     load_pretrained,
     prepare,
     save_checkpoint,
@@ -60,17 +61,20 @@ class Launch:
 def run_cell(cell: Cell, launch: Launch, workspace: str | Path = "runs") -> CellResult:
     """Train and evaluate one cell: check, lock (rank 0), run; returns how the launch ended."""
     s = prepare(cell, workspace=workspace, resume=launch.resume, spec_file=launch.spec_file)
-    if not s.ranks.main:
-        return _run(s, launch)
-    lock = CellLock(s.paths.lock)
-    if not lock.acquire():
-        print(f"{cell.id}: being trained by another process (lock {lock.path}); not starting it twice",
-              file=sys.stderr)
-        return CellResult(Outcome.BUSY, f"being trained by another process (lock {lock.path})")
     try:
-        return _run(s, launch)
+        if not s.ranks.main:
+            return _run(s, launch)
+        lock = CellLock(s.paths.lock)
+        if not lock.acquire():
+            print(f"{cell.id}: being trained by another process (lock {lock.path}); not starting it twice",
+                  file=sys.stderr)
+            return CellResult(Outcome.BUSY, f"being trained by another process (lock {lock.path})")
+        try:
+            return _run(s, launch)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        leave_process_group()
 
 
 def _run(s: Session, launch: Launch) -> CellResult:

@@ -223,6 +223,13 @@ def take_over(s: Session, resume: Resume) -> None:
             s.model, device_ids=[s.ranks.local_rank] if s.device.type == "cuda" else None)
 
 
+def leave_process_group() -> None:
+    """Tear the process group down before the interpreter exits: left to exit, gloo's threads can
+    abort the process ("terminate called without an active exception") after a run that finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def save_checkpoint(s: Session, iteration: int) -> None:
     """The resume point (rank 0 writes it)."""
     if s.ranks.main:
