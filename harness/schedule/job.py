@@ -97,6 +97,11 @@ class SweepLink:
     parent_run: str
     trial: int
     sweep: str
+    #: "search" or "confirm": which split of the sweep the run scores
+    phase: str = "search"
+
+    def as_dict(self) -> dict:
+        return {"parent_run": self.parent_run, "trial": self.trial, "sweep": self.sweep, "phase": self.phase}
 
 
 @dataclass(frozen=True)
@@ -134,8 +139,7 @@ class TrainJob:
 
         if self.planned is None or self.job_file is None:
             raise ValueError("only a job with a planned cell has a job file")
-        sweep = None if self.sweep is None else {"parent_run": self.sweep.parent_run, "trial": self.sweep.trial,
-                                                 "sweep": self.sweep.sweep}
+        sweep = None if self.sweep is None else self.sweep.as_dict()
         return write_json(self.job_file, {"version": 1, "spec_file": self.spec_file, "cell": self.planned.to_json(),
                                           "sweep": sweep}, indent=1)
 
@@ -159,7 +163,8 @@ class TrainJob:
         cell = cell_from_json(data["cell"], file)
         link = data.get("sweep")
         try:
-            sweep = None if not link else SweepLink(str(link["parent_run"]), int(link["trial"]), str(link["sweep"]))
+            sweep = None if not link else SweepLink(str(link["parent_run"]), int(link["trial"]), str(link["sweep"]),
+                                                  str(link.get("phase", "search")))
         except (KeyError, TypeError, ValueError):
             raise SpecError(Problem(file, None, "sweep", "not a sweep link (parent_run, trial, sweep)")) from None
         return cls(spec_file=str(data.get("spec_file") or ""), row=cell.row, dataset=cell.dataset, seed=cell.seed,
@@ -278,7 +283,7 @@ class TrainJob:
             raise ValueError("a job executes with a resolved tracking URI (resolve_tracking_uri)")
         sweep = None
         if self.sweep is not None:
-            sweep = {"parent_run": self.sweep.parent_run, "trial": self.sweep.trial, "sweep": self.sweep.sweep}
+            sweep = self.sweep.as_dict()
         launch = Launch(uri, Resume.of(fresh=self.fresh, resume=self.resume), spec_file=self.spec_file, sweep=sweep)
         answer = self.job_file is not None and int(os.environ.get("RANK", "0")) == 0
         try:

@@ -16,11 +16,12 @@ from harness.schedule.backend import open_backend
 from harness.schedule.job import TrainJob
 from harness.schedule.pool import Pool, Task
 from harness.schedule.state import busy, prepare_store
-from harness.sweep.space import Sweep
+from harness.sweep.space import CONFIRM, SEARCH, Sweep
 from harness.sweep.study import Study, Trial
 from harness.track.mlflow_tracker import check_tracking_uri, credentials_to_environment
 from harness.track.store import kind as store_kind
 from harness.train.exit_codes import ExitCode
+from harness.train.result import Outcome
 
 
 class Driver:
@@ -35,9 +36,17 @@ class Driver:
         # `jobs` trials at once, each of its cells (seeds) its own process and GPU slot
         self.pool = Pool(open_backend(backend, workspace, self.jobs * len(sweep.base_cells)))
 
-    def job(self, trial: Trial, cell) -> TrainJob:
+    def job(self, trial: Trial | int, cell, phase: str = SEARCH) -> TrainJob:
         return TrainJob.for_cell(cell, spec_file=self.sweep.base_file, workspace=self.workspace,
-                                 tracking_uri=self.uri, sweep=self.study.link(trial))
+                                 tracking_uri=self.uri, sweep=self.study.link(trial, phase))
+
+    def launch(self, trial: Trial, cells) -> list[Task]:
+        """A trial's cells to the pool: all at once, or when racing only the first (the next
+        seed starts when the race goes on)."""
+        cells = [c for c in cells if c not in trial.waiting]
+        if self.study.racing:
+            cells = cells[:1]
+        return [self.pool.add(c, self.job(trial, c)) for c in cells]
 
     def run(self) -> int:
         check_tracking_uri(self.uri)
@@ -46,20 +55,46 @@ class Driver:
         prepare_store(self.uri, self.study.experiment, self.workspace)
         running: dict[Trial, list[Task]] = {}
         for trial in self.study.open():  # a dead driver's trials, continued
-            running[trial] = [self.pool.add(c, self.job(trial, c)) for c in trial.cells if c not in trial.waiting]
+            running[trial] = self.launch(trial, trial.cells)
         with self.pool.signals():
             while self.study.wants_more() or running:
                 if self.pool.stopping is not None:
-                    self.pool.halt()
-                    print("stopped: the running trials stay RUNNING in the study; rerun to continue")
-                    self.study.end("KILLED")
-                    return ExitCode.killed(self.pool.stopping)
+                    return self.stop("the running trials stay RUNNING in the study")
                 self.ask(running)
                 self.pool.step()
                 self.follow(running)
                 time.sleep(1.0)
-        self.study.end("FINISHED", self.out_dir)
+            confirmation = None
+            if self.sweep.spec.confirm is not None:
+                confirmation = self.confirm()
+                if confirmation is None:
+                    return self.stop("the confirmation's finished runs are kept")
+        self.study.end("FINISHED", self.out_dir, confirmation)
         return 0
+
+    def stop(self, what: str) -> int:
+        self.pool.halt()
+        print(f"stopped: {what}; rerun to continue")
+        self.study.end("KILLED")
+        return ExitCode.killed(self.pool.stopping)
+
+    def confirm(self) -> dict | None:
+        """The top trials and the defaults on the confirmation split (every cell at once through
+        the pool; finished cells answer at once on a rerun); None when stopped."""
+        confirmed = self.study.to_confirm()
+        names = ", ".join(c.label for c in confirmed)
+        seeds = self.sweep.spec.confirm.seeds
+        print(f"confirmation: {names} on seeds {seeds}", flush=True)
+        tasks = [self.pool.add(cell, self.job(c.number, cell, CONFIRM))
+                 for c in confirmed for cell in self.study.confirm_cells(c)]
+        while not all(t.ended for t in tasks):
+            if self.pool.stopping is not None:
+                return None
+            self.pool.step()
+            time.sleep(1.0)
+        result = self.study.read_confirmation(confirmed)
+        print(f"confirmation: {result['outcome']}", flush=True)
+        return result
 
     def ask(self, running: dict[Trial, list[Task]]) -> None:
         """New trials while fewer than `jobs` run and the pool has room (nothing waits in it)."""
@@ -67,7 +102,7 @@ class Driver:
             trial = self.study.ask()
             if trial is None:  # another driver asked at the same moment
                 return
-            running[trial] = [self.pool.add(cell, self.job(trial, cell)) for cell in trial.cells]
+            running[trial] = self.launch(trial, trial.cells)
 
     def follow(self, running: dict[Trial, list[Task]]) -> None:
         """Report each trial's progress, stop a pruned one, tell Optuna each ended one."""
@@ -76,6 +111,12 @@ class Driver:
                 trial.waiting.remove(cell)  # its orphaned worker ended: ours finishes or resumes it
                 tasks.insert(trial.cells.index(cell), self.pool.add(cell, self.job(trial, cell)))
             ended = all(t.ended for t in tasks) and not trial.waiting
+            racing = self.study.racing and ended and len(tasks) < len(trial.cells) and \
+                all(t.result.outcome is Outcome.FINISHED for t in tasks)
+            if racing and not self.study.race(trial, len(tasks)):  # the race goes on: the next seed
+                nxt = trial.cells[len(tasks)]
+                tasks.append(self.pool.add(nxt, self.job(trial, nxt)))
+                continue
             if self.study.report(trial, running=not ended):
                 for task in tasks:
                     self.pool.stop(task)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -57,8 +58,42 @@ class SamplerSpec(Strict):
 
 
 class PrunerSpec(Strict):
+    """median: Optuna's median pruner on the learning curve of a trial's first seed (iterations
+    as steps; for single-seed sweeps). racing: a trial's search seeds run one after another, each
+    seed's final value reported as one step, and Optuna's WilcoxonPruner stops the trial once the
+    signed-rank test of its per-seed differences against the incumbent (the best complete
+    trial, on the same seeds) gives p < p_threshold. none: no pruning."""
+
+    type: Literal["median", "racing", "none"] = "median"
     n_startup_trials: int = Field(3, ge=0)
     n_warmup_steps: int = Field(0, ge=0)
+    p_threshold: float = Field(0.1, gt=0.0, lt=1.0)
+    #: racing: seeds a trial has before it may be pruned (at least 2)
+    n_startup_steps: int = Field(2, ge=2)
+
+
+class Split(Strict):
+    """Seeds and validation images a phase of the sweep scores on. val_images: positions
+    [start, stop) of the validation split (`data.val_images`); absent, the whole split."""
+
+    seeds: list[int] = Field(min_length=1)
+    val_images: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Split:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a seed")
+        return self
+
+
+class Confirm(Split):
+    """The confirmation: the top_k search trials and the defaults re-run on fresh seeds and
+    held-out images; the winner is chosen here. allow_table_images: the confirmation images may be
+    images the base spec's table is scored on (COCO, whose only annotated validation set is the
+    table's); the report says so."""
+
+    top_k: int = Field(2, ge=1)
+    allow_table_images: bool = False
 
 
 class SweepSpec(Strict):
@@ -66,7 +101,10 @@ class SweepSpec(Strict):
     experiment: str  # path of the base spec, relative to this file
     row: str
     dataset: str | None = None
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    #: the search split's seeds alone (the images: the row's whole validation split); or `search`
+    seeds: list[int] | None = Field(default=None, min_length=1)
+    search: Split | None = None
+    confirm: Confirm | None = None
     space: dict[str, Param]
     objective: Objective
     n_trials: int = Field(ge=1)
@@ -75,9 +113,69 @@ class SweepSpec(Strict):
     #: extra overrides applied to every trial (e.g. a shorter schedule)
     overrides: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _search(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "seeds" in data and "search" in data:
+                raise ValueError("give the search seeds once: 'seeds' or 'search.seeds', not both")
+            if "search" not in data:
+                data = {**data, "search": {"seeds": data.get("seeds", [0])}}
+        return data
+
+    @model_validator(mode="after")
+    def _splits(self) -> SweepSpec:
+        if self.confirm is not None:
+            shared = sorted(set(self.search.seeds) & set(self.confirm.seeds))
+            if shared:
+                raise ValueError(f"confirm.seeds share seeds {shared} with the search split: the confirmation "
+                                 "needs fresh seeds")
+            if not _disjoint(self.search.val_images, self.confirm.val_images):
+                raise ValueError(f"confirm.val_images {_images(self.confirm.val_images)} overlap the search split's "
+                                 f"{_images(self.search.val_images)}: the confirmation needs held-out images")
+        return self
+
+    @property
+    def search_seeds(self) -> list[int]:
+        return list(self.search.seeds)
+
+
+def _images(r: tuple[int, int] | None) -> str:
+    return "(the whole validation split)" if r is None else f"[{r[0]}, {r[1]})"
+
+
+def _disjoint(a: tuple[int, int] | None, b: tuple[int, int] | None) -> bool:
+    return a is not None and b is not None and (a[1] <= b[0] or b[1] <= a[0])
+
+
+def min_racing_p(k: int) -> float:
+    """The smallest one-sided p-value the racing pruner's signed-rank test can give on k
+    per-seed differences (all of one sign: 2^-k exactly), through the test it runs."""
+    import numpy as np
+    from scipy import stats
+
+    return float(stats.wilcoxon(-np.arange(1.0, k + 1), alternative="less", zero_method="zsplit").pvalue)
+
+
+def racing_refusal(spec: SweepSpec) -> str | None:
+    """Why the racing pruner could never prune this sweep, or None: it may stop a trial only
+    before its last search seed, after at least n_startup_steps of them."""
+    n, p = len(spec.search.seeds), spec.pruner
+    steps = range(max(2, p.n_startup_steps), n)
+    if any(min_racing_p(k) < p.p_threshold for k in steps):
+        return None
+    if not steps:
+        why = f"it may prune only after {max(2, p.n_startup_steps)} seeds and before the last of the {n}"
+    else:
+        why = (f"its signed-rank p-value cannot go below {min_racing_p(steps[-1]):.3g} with the {steps[-1]} seeds "
+               f"before the last of {n}, and p_threshold is {p.p_threshold:g}")
+    need = next(k for k in range(2, 64) if min_racing_p(k) < p.p_threshold) + 1
+    return (f"the racing pruner can never prune with {n} search seeds: {why}; give at least "
+            f"{max(need, p.n_startup_steps + 1)} search seeds, raise pruner.p_threshold, or use pruner.type median")
+
 
 class Sweep:
-    """A validated sweep: its spec, base spec and the base cell of each seed."""
+    """A validated sweep: its spec, base spec and the base cell of each search seed."""
 
     def __init__(self, spec: SweepSpec, file: str, base_file: str, base_cells: list[Cell], fixed: list[Override],
                  source: Source | None = None):
@@ -91,16 +189,36 @@ class Sweep:
         parsed = parse_set(set_item(path, value))
         return Override(parsed.path, parsed.value, Source(self.file, self.source.lines, ("space", path)))
 
-    def row_cells(self, params: dict[str, Any] | None = None) -> list[Cell]:
-        """Every cell (all datasets and seeds) of the swept row with these trial values; only that
-        row is resolved, so the space need not fit the base spec's other rows."""
-        extra = [self.space_override(k, v) for k, v in (params or {}).items()]
-        return expand(load_spec(self.base_file), [*self.fixed, *extra], rows=(self.spec.row,))
+    def split(self, phase: str) -> Split:
+        return self.spec.search if phase == SEARCH else self.spec.confirm
 
-    def trial_cells(self, params: dict[str, Any]) -> list[Cell]:
-        """The cells a trial trains: the swept row's cells of the sweep's datasets and seeds."""
-        wanted = {(c.dataset, c.seed) for c in self.base_cells}
-        return [c for c in self.row_cells(params) if (c.dataset, c.seed) in wanted]
+    def split_overrides(self, phase: str) -> list[Override]:
+        """The phase's images, as the override `data.val_images` (none: the whole split)."""
+        images = self.split(phase).val_images
+        if images is None:
+            return []
+        where = "search" if phase == SEARCH else "confirm"
+        return [Override(("data", "val_images"), list(images), Source(self.file, self.source.lines, (where, "val_images")))]
+
+    def row_cells(self, params: dict[str, Any] | None = None, phase: str | None = None) -> list[Cell]:
+        """Every cell (all datasets) of the swept row with these trial values; with a phase, of
+        that phase's seeds and images (else the base spec's seeds). Only that row is resolved, so
+        the space need not fit the base spec's other rows."""
+        extra = [self.space_override(k, v) for k, v in (params or {}).items()]
+        split = [] if phase is None else self.split_overrides(phase)
+        seeds = None if phase is None else self.split(phase).seeds
+        return expand(load_spec(self.base_file), [*self.fixed, *split, *extra], rows=(self.spec.row,), seeds=seeds)
+
+    def trial_cells(self, params: dict[str, Any], phase: str = "search") -> list[Cell]:
+        """The cells a trial trains in a phase: the swept row's cells of the sweep's dataset and
+        the phase's seeds (in the spec's seed order), on the phase's images."""
+        cells = self.row_cells(params, phase)
+        if self.spec.dataset:
+            cells = [c for c in cells if c.dataset == self.spec.dataset]
+        return cells
+
+
+SEARCH, CONFIRM = "search", "confirm"
 
 
 def set_item(path: str, value) -> str:
@@ -209,13 +327,58 @@ def load_sweep(file: str, extra: list[Override] = ()) -> Sweep:
             raise SpecError(src.problem(f"the {name} evaluator does not produce "
                                         f"{spec.objective.metric!r} (known: {allowed}, also under eval.nms. / "
                                         "eval.nms_free.)", ("objective", "metric")))
-    by_seed = {c.seed: c for c in cells}
-    missing = [s for s in spec.seeds if s not in by_seed]
-    if missing:
-        raise SpecError(src.problem(f"seeds {missing} are not seeds of {spec.experiment} ({sorted(by_seed)})",
-                                    ("seeds",)))
-    sweep.base_cells = [by_seed[s] for s in spec.seeds]
+    table_seeds = {c.seed for c in cells}
+    if spec.confirm is not None:
+        shared = sorted(set(spec.confirm.seeds) & table_seeds)
+        if shared:
+            raise SpecError(src.problem(f"confirm.seeds share seeds {shared} with the table of {spec.experiment} "
+                                        f"(its seeds: {sorted(table_seeds)}): the confirmation needs fresh seeds",
+                                        ("confirm", "seeds")))
+    if spec.pruner.type == "racing":
+        why = racing_refusal(spec)
+        if why:
+            raise SpecError(src.problem(why, ("pruner", "type")))
+    try:
+        sweep.base_cells = sweep.trial_cells({}, SEARCH)
+        confirm = sweep.trial_cells({}, CONFIRM) if spec.confirm is not None else []
+    except SpecError as exc:  # e.g. images beyond the validation split
+        raise SpecError(exc.problems) from None
+    if confirm and not spec.confirm.allow_table_images:
+        _check_table_images(src, spec, cells, confirm)
     return sweep
+
+
+def _val_source(cell: Cell) -> tuple:
+    """What the validation images are drawn from: images at the same position of the same
+    source are the same images."""
+    d = cell.config.data
+    if d.name == "synthetic":
+        s = d.synthetic
+        return ("synthetic", s.seed, s.crowd, s.format, s.min_size, s.max_size, s.ignore_regions)
+    return (d.name, d.root, d.val.annotations)
+
+
+def _val_range(cell: Cell) -> tuple[int, float]:
+    d = cell.config.data
+    if d.val_images is not None:
+        return tuple(d.val_images)
+    return (0, d.synthetic.num_val if d.name == "synthetic" else math.inf)
+
+
+def _check_table_images(src: Source, spec: SweepSpec, table: list[Cell], confirm: list[Cell]) -> None:
+    """The confirmation images must not be images the base spec's table is scored on."""
+    for c in confirm:
+        for t in table:
+            if t.dataset != c.dataset or _val_source(t) != _val_source(c):
+                continue
+            (a0, a1), (b0, b1) = _val_range(t), _val_range(c)
+            if a0 < b1 and b0 < a1:
+                hi = "" if math.isinf(a1) else f"{a1:g}"
+                raise SpecError(src.problem(
+                    f"confirm.val_images {_images(spec.confirm.val_images)} overlap the images [{a0}, {hi}) that "
+                    f"the table of {spec.experiment} is scored on ({t.dataset}): the confirmation needs held-out "
+                    "images (or confirm.allow_table_images: true where no other annotated images exist)",
+                    ("confirm", "val_images")))
 
 
 def validate_sweep(file: str, extra: list[Override] = (), backend: str = "local") -> Sweep:

@@ -29,7 +29,8 @@ from harness.schedule.job import SweepLink
 from harness.schedule.state import busy, latest_runs, store_locked
 from harness.spec.matrix import Cell
 from harness.spec.workspace import optuna_journal
-from harness.sweep.space import Sweep, current_value
+from harness.sweep.confirm import Confirmed, analyse
+from harness.sweep.space import CONFIRM, SEARCH, Sweep, current_value
 from harness.track.names import headline_key
 from harness.track.runs import end_run, metric_history, record, sweep_parent
 from harness.train.result import CellResult, Outcome
@@ -111,8 +112,13 @@ class Study:
             storage = JournalStorage(JournalFileBackend(str(journal)))
         sampler = optuna.samplers.TPESampler(seed=self.spec.sampler.seed,
                                              n_startup_trials=self.spec.sampler.n_startup_trials)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=self.spec.pruner.n_startup_trials,
-                                             n_warmup_steps=self.spec.pruner.n_warmup_steps)
+        p = self.spec.pruner
+        if p.type == "racing":
+            pruner = optuna.pruners.WilcoxonPruner(p_threshold=p.p_threshold, n_startup_steps=p.n_startup_steps)
+        elif p.type == "median":
+            pruner = optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+        else:
+            pruner = optuna.pruners.NopPruner()
         return optuna.create_study(study_name=self.spec.name, storage=storage, sampler=sampler, pruner=pruner,
                                    direction=self.spec.objective.direction, load_if_exists=True)
 
@@ -138,7 +144,7 @@ class Study:
             if "run_keys" not in t.user_attrs:  # its driver died before it had cells: nothing ran
                 self.study.tell(t.number, state=TrialState.FAIL)
                 continue
-            cells = self.sweep.trial_cells(dict(t.params))
+            cells = self.sweep.trial_cells(dict(t.params), SEARCH)
             if [c.run_key for c in cells] != t.user_attrs["run_keys"]:  # the spec changed: not the same cells
                 self.study.tell(t.number, state=TrialState.FAIL)
                 print(f"trial {t.number}: left running by a dead driver, and its cells are not the spec's any more: "
@@ -170,14 +176,19 @@ class Study:
         trial.set_user_attr("driver", DRIVER)
         if self.surplus(trial):
             return None
-        cells = self.sweep.trial_cells(dict(trial.params))  # the swept row only, as validated
+        cells = self.sweep.trial_cells(dict(trial.params), SEARCH)  # the swept row only, as validated
         trial.set_user_attr("run_keys", [c.run_key for c in cells])
         print(f"trial {trial.number}: started {dict(trial.params)}", flush=True)
         return Trial(trial, cells)
 
-    def link(self, trial: Trial) -> SweepLink:
+    def link(self, trial: Trial | int, phase: str = SEARCH) -> SweepLink:
         """Where a trial's runs hang in MLflow: under the parent run, with the trial's number."""
-        return SweepLink(self.parent, trial.number, self.spec.name)
+        number = trial if isinstance(trial, int) else trial.number
+        return SweepLink(self.parent, number, self.spec.name, phase)
+
+    @property
+    def racing(self) -> bool:
+        return self.spec.pruner.type == "racing"
 
     def surplus(self, trial) -> bool:
         """Drivers that ask at the same moment can overshoot n_trials: the trials numbered past the
@@ -216,9 +227,32 @@ class Study:
         return (metric_history(self.uri, info.run_id, key)
                 or metric_history(self.uri, info.run_id, headline_key(key, cell.config.eval.nms)))
 
+    def final_value(self, cell: Cell) -> float | None:
+        """The cell's final objective value, if its run logged one."""
+        hist = self.objective_history(cell)
+        return hist[-1][1] if hist else None
+
+    def race(self, t: Trial, done: int) -> bool:
+        """Racing: report the final values of the trial's first `done` seeds (step = the seed's
+        position in the search split); True when Optuna's Wilcoxon pruner stops the trial now."""
+        for i, cell in enumerate(t.cells[:done]):
+            if i <= t.reported:
+                continue
+            value = self.final_value(cell)
+            if value is None:
+                return False
+            t.trial.report(value, i)
+            t.reported = i
+        if done < len(t.cells) and t.trial.should_prune():
+            t.pruned_at = done
+            return True
+        return False
+
     def report(self, t: Trial, running: bool) -> bool:
         """Report the trial's new intermediate values (its first cell's); True when Optuna prunes
         it now, while its workers still run (the caller stops them)."""
+        if self.racing:
+            return False
         last = t.cells[0].config.train.max_iter
         for step, value in self.objective_history(t.cells[0]):
             if step <= t.reported or t.pruned_at is not None:
@@ -235,12 +269,13 @@ class Study:
         or the mean of its cells' final objective values, recorded as the parent's best."""
         from optuna.trial import TrialState
 
-        if t.pruned_at is not None and all(r.outcome is Outcome.FINISHED for r in results):
+        if t.pruned_at is not None and not self.racing and all(r.outcome is Outcome.FINISHED for r in results):
             t.pruned_at = None  # the workers finished before the stop arrived
         if t.pruned_at is not None:
             self._record_pruned(t, results)
             self.study.tell(t.trial, state=TrialState.PRUNED)
-            print(f"trial {t.number}: pruned at iteration {t.pruned_at}", flush=True)
+            where = f"after {t.pruned_at} of {len(t.cells)} seeds" if self.racing else f"at iteration {t.pruned_at}"
+            print(f"trial {t.number}: pruned {where}", flush=True)
             return
         values = []
         for cell, result in zip(t.cells, results, strict=True):
@@ -252,6 +287,11 @@ class Study:
                 return
             values.append(hist[-1][1])
         value = sum(values) / len(values)
+        if self.racing:  # every seed a step: the incumbent the race compares with has them all
+            for i, v in enumerate(values):
+                if i > t.reported:
+                    t.trial.report(v, i)
+        t.trial.set_user_attr("values", {str(c.seed): v for c, v in zip(t.cells, values, strict=True)})
         self.study.tell(t.trial, value)
         print(f"trial {t.number}: {self.spec.objective.metric} = {value:.4f}", flush=True)
         best = self.study.best_trial
@@ -262,16 +302,64 @@ class Study:
     def _record_pruned(self, t: Trial, results: list[CellResult]) -> None:
         """The reason on each of the trial's runs (its workers ended them KILLED by SIGTERM)."""
         runs = latest_runs(self.uri, self.experiment)
-        for cell, result in zip(t.cells, results, strict=True):
+        for cell, result in zip(t.cells, results, strict=False):  # racing: the seeds run so far
             run_id = result.run_id or (runs[cell.run_key].run_id if cell.run_key in runs else None)
             if run_id is not None:
-                record(self.uri, run_id, tags={
-                    "harness.failure": f"pruned by Optuna (trial {t.number}) at iteration {t.pruned_at}"})
+                where = f"after {t.pruned_at} seeds" if self.racing else f"at iteration {t.pruned_at}"
+                if self.racing and result.outcome is Outcome.FINISHED:
+                    continue  # a seed that finished before the race stopped the trial keeps its run as it is
+                record(self.uri, run_id, tags={"harness.failure": f"pruned by Optuna (trial {t.number}) {where}"})
+
+    # ------------------------------------------------------------------ confirmation
+
+    def defaults(self) -> dict:
+        return {k: current_value(self.sweep.base_cells[0], k) for k in self.spec.space}
+
+    def to_confirm(self) -> list[Confirmed]:
+        """The top_k complete trials of the search (best first) and the defaults (their own
+        trial's number when a trial ran them, else -1), each with its per-seed search values."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        sign = -1 if self.spec.objective.direction == "maximize" else 1
+        top = sorted(complete, key=lambda t: (sign * t.value, t.number))[:self.spec.confirm.top_k]
+        defaults = self.defaults()
+        base = next((t for t in trials if dict(t.params) == defaults), None)
+        out = [Confirmed(t.number, dict(t.params), t is base, _search_values(t)) for t in top]
+        if base is None or base not in top:
+            out.append(Confirmed(-1 if base is None else base.number, defaults, True,
+                                 _search_values(base) if base is not None else {}))
+        return out
+
+    def confirm_cells(self, c: Confirmed) -> list[Cell]:
+        return self.sweep.trial_cells(c.params, CONFIRM)
+
+    def read_confirmation(self, confirmed: list[Confirmed]) -> dict:
+        """Each confirmed trial's confirmation values from the store, analysed; recorded on the
+        sweep's parent run (the winner, the outcome)."""
+        runs = latest_runs(self.uri, self.experiment)
+        for c in confirmed:
+            for cell in self.confirm_cells(c):
+                info = runs.get(cell.run_key)
+                value = self.final_value(cell) if info is not None and info.status == "FINISHED" else None
+                if value is not None:
+                    c.confirm[cell.seed] = value
+                    c.run_ids[cell.seed] = info.run_id
+        result = analyse(confirmed, self.spec.objective.metric, self.spec.objective.direction == "maximize")
+        record(self.uri, self.parent, tags={"confirm.winner": str(result["winner"]),
+                                            "confirm.outcome": result["outcome"][:500]})
+        return result
 
     # ------------------------------------------------------------------ end
 
-    def end(self, status: str, out_dir: Path | None = None) -> None:
+    def end(self, status: str, out_dir: Path | None = None, confirmation: dict | None = None) -> None:
         """End the parent run (FINISHED: with the sweep's report in out_dir; KILLED: stopped)."""
         end_run(self.uri, self.parent, status)
         if out_dir is not None:
-            write_sweep_report(self.study, self.spec, out_dir)
+            write_sweep_report(self.study, self.sweep, out_dir, confirmation)
+
+
+def _search_values(trial) -> dict[int, float]:
+    """A trial's per-seed search values (seed -> value), as `tell` recorded them."""
+    return {int(k): float(v) for k, v in (trial.user_attrs.get("values") or {}).items()}

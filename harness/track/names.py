@@ -110,7 +110,7 @@ def run_tags(cell, *, spec_file: str | None, attempt: int, world: int, platform:
         tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
     if sweep:
         tags.update({"mlflow.parentRunId": sweep["parent_run"], "harness.trial": sweep["trial"],
-                     "harness.sweep": sweep["sweep"]})
+                     "harness.sweep": sweep["sweep"], "harness.sweep_phase": sweep.get("phase", "search")})
     return tags
 
 
