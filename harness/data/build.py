@@ -43,16 +43,39 @@ def _split(cfg: DataConfig, root: Path, which: str):
     return LOADERS[cfg.name](ann, images, gt_filter=cfg.gt_filter if which == "train" else "positive")
 
 
+def select_val(val: list[ImageRecord], info: DatasetInfo,
+               images: tuple[int, int]) -> tuple[list[ImageRecord], DatasetInfo]:
+    """`data.val_images`: the val records at positions start..stop-1 and the GT cut to them.
+
+    COCO keeps the selected images and their annotations (categories and the rest as they are);
+    CrowdHuman keeps the odgt records of those lines. New lists and dicts: what the loader
+    returned is not changed.
+    """
+    start, stop = images
+    if stop > len(val):
+        raise DataError(Problem(info.annotation_file, None, "data.val_images",
+                                f"[{start}, {stop}] needs {stop} val images; the split has {len(val)}"))
+    kept = val[start:stop]
+    if info.kind == "coco":
+        ids = {r.image_id for r in kept}
+        gt = {**info.gt, "images": [im for im in info.gt["images"] if im["id"] in ids],
+              "annotations": [a for a in info.gt["annotations"] if a["image_id"] in ids]}
+    else:  # one odgt record per line, one val record per odgt record, in file order
+        gt = info.gt[start:stop]
+    return kept, replace(info, gt=gt)
+
+
 def load_datasets(cfg: DataConfig, cache_dir: str | Path, *, check_files: bool = True) -> Datasets:
     """Train and val records; the synthetic dataset is generated into the cache on first use."""
     if cfg.name == "synthetic":
         s = cfg.synthetic
         folder = ensure_dataset(cache_dir, num_train=s.num_train, num_val=s.num_val, seed=s.seed,
                                 crowd=s.crowd, fmt=s.format, min_size=s.min_size,
-                                max_size=s.max_size, ignore_regions=s.ignore_regions)
+                                max_size=s.max_size, ignore_regions=s.ignore_regions,
+                                val_range=cfg.val_images)
         ext, loader = (".json", load_coco) if s.format == "coco" else (".odgt", load_crowdhuman)
         train, _ = loader(folder / f"train{ext}", folder / "train", gt_filter=cfg.gt_filter)
-        val, info = loader(folder / f"val{ext}", folder / "val")
+        val, info = loader(folder / f"val{ext}", folder / "val")  # only val_images were generated
         if check_files:
             check_images_exist(train, "train annotations")
             check_images_exist(val, info.annotation_file)
@@ -62,6 +85,8 @@ def load_datasets(cfg: DataConfig, cache_dir: str | Path, *, check_files: bool =
             root = Path(expand_path(cfg.root)) if cfg.root else Path(".")
             train, _ = _split(cfg, root, "train")
             val, info = _split(cfg, root, "val")
+            if cfg.val_images is not None:
+                val, info = select_val(val, info, cfg.val_images)
             if check_files:
                 check_images_exist(train, "train annotations")
                 check_images_exist(val, info.annotation_file)

@@ -213,9 +213,10 @@ def make_scene(seed: int, split: str, index: int, crowd: str, min_size: int, max
     return canvas, objects
 
 
-def _coco(records: list[tuple[str, int, int, list[SynthObject]]]) -> dict:
+def _coco(records: list[tuple[int, str, int, int, list[SynthObject]]]) -> dict:
+    """Image i (the generator's index) has id i + 1, also when only some images are written."""
     images, anns = [], []
-    for i, (file, w, h, objects) in enumerate(records):
+    for i, file, w, h, objects in records:
         images.append({"id": i + 1, "file_name": file, "width": w, "height": h})
         for o in objects:
             x1, y1, x2, y2 = (round(v, 2) for v in o.box)
@@ -226,9 +227,9 @@ def _coco(records: list[tuple[str, int, int, list[SynthObject]]]) -> dict:
     return {"images": images, "annotations": anns, "categories": cats}
 
 
-def _odgt(records: list[tuple[str, int, int, list[SynthObject]]]) -> list[dict]:
+def _odgt(records: list[tuple[int, str, int, int, list[SynthObject]]]) -> list[dict]:
     lines = []
-    for file, w, h, objects in records:
+    for _, file, w, h, objects in records:
         boxes = []
         for k, o in enumerate(objects):
             x1, y1, x2, y2 = (round(v, 2) for v in o.box)
@@ -243,20 +244,27 @@ def _odgt(records: list[tuple[str, int, int, list[SynthObject]]]) -> list[dict]:
 
 def write_split(out_dir: str | Path, split: str, num_images: int, *, seed: int = 0,
                 crowd: str = "high", fmt: str = "coco", min_size: int = 128, max_size: int = 320,
-                ignore_regions: bool = False) -> Path:
-    """Write ``<out_dir>/<split>/*.png`` and the annotation file; returns the annotation path."""
+                ignore_regions: bool = False, start: int = 0) -> Path:
+    """Write ``<out_dir>/<split>/*.png`` and the annotation file; returns the annotation path.
+
+    Images ``start .. num_images - 1`` are written (all by default). Image i keeps its file name
+    ``{i:06d}.png`` and its id, so it is the same image, with the same annotations, as image i
+    of a full generation.
+    """
     if crowd not in CROWD:
         raise ValueError(f"unknown crowd level {crowd!r} (known: {', '.join(CROWD)})")
+    if not 0 <= start <= num_images:
+        raise ValueError(f"start {start} is not in [0, {num_images}]")
     out_dir = Path(out_dir)
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for i in range(num_images):
+    for i in range(start, num_images):
         img, objects = make_scene(seed, split, i, crowd, min_size, max_size,
                                   ignore_regions and fmt == "odgt")
         file = f"{i:06d}.png"
         img.save(image_dir / file, format="PNG", optimize=False, compress_level=6)
-        records.append((file, img.width, img.height, objects))
+        records.append((i, file, img.width, img.height, objects))
     if fmt == "coco":
         path = out_dir / f"{split}.json"
         path.write_text(json.dumps(_coco(records), sort_keys=True))
@@ -275,18 +283,29 @@ def synthetic_kind(fmt: str) -> tuple[str, int]:
 
 
 def ensure_dataset(cache_dir: str | Path, *, num_train: int, num_val: int, seed: int, crowd: str,
-                   fmt: str, min_size: int, max_size: int, ignore_regions: bool) -> Path:
-    """Generate the dataset into the cache once (atomically: parallel jobs may race)."""
+                   fmt: str, min_size: int, max_size: int, ignore_regions: bool,
+                   val_range: tuple[int, int] | None = None) -> Path:
+    """Generate the dataset into the cache once (atomically: parallel jobs may race).
+
+    `val_range` (start, stop): only val images start..stop-1 are generated (stop <= num_val);
+    such a dataset has a cache folder of its own, the full dataset's key is unchanged.
+    """
     key = f"{GENERATOR}-{fmt}-{crowd}-s{seed}-n{num_train}-{num_val}-{min_size}-{max_size}-ign{int(ignore_regions)}"
+    val_start, val_stop = 0, num_val
+    if val_range is not None:
+        val_start, val_stop = val_range
+        if not 0 <= val_start < val_stop <= num_val:
+            raise ValueError(f"val range [{val_start}, {val_stop}) is not inside the {num_val} val images")
+        key += f"-val{val_start}-{val_stop}"
     final = Path(cache_dir) / "synthetic" / key
     if (final / "DONE").exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
-        for split, n in (("train", num_train), ("val", num_val)):
-            write_split(tmp, split, n, seed=seed, crowd=crowd, fmt=fmt, min_size=min_size,
-                        max_size=max_size, ignore_regions=ignore_regions)
+        for split, start, stop in (("train", 0, num_train), ("val", val_start, val_stop)):
+            write_split(tmp, split, stop, seed=seed, crowd=crowd, fmt=fmt, min_size=min_size,
+                        max_size=max_size, ignore_regions=ignore_regions, start=start)
         (tmp / "DONE").write_text("ok\n")
         try:
             os.rename(tmp, final)

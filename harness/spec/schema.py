@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
@@ -24,7 +24,8 @@ SCHEMA_VERSION = 1
 #: changes what is trained must not be listed: it needs a new key (bump SCHEMA_VERSION).
 #: Fields added up to 2026-11-24 (gt_filter, filter_score, box_roundtrip, valid_pad,
 #: ctr_norm_min, topk_cap, drop_empty) came with SCHEMA_VERSION 1 and are hashed as usual.
-KEYLESS_DEFAULTS: dict[str, Any] = {"train.channels_last": False, "model.backbone.pretrain": None}
+KEYLESS_DEFAULTS: dict[str, Any] = {"train.channels_last": False, "model.backbone.pretrain": None,
+                                    "data.val_images": None}
 
 #: Sections of the resolved config that determine the result (hashed into the run key).
 HASHED_SECTIONS = ("seed", "model", "data", "train", "eval")
@@ -406,8 +407,35 @@ class DataConfig(Strict):
     filter_empty: bool = True
     #: Which training GT boxes are kept: positive (detectron2/cvpods: w, h > 0) or mmdet
     #: (DATE's mmdet 2.25 loader: boxes with w < 1, h < 1, area <= 0 or outside the image
-    #: are dropped). The val split is always scored against the full annotation file.
+    #: are dropped). The val split (or `val_images` of it) is always scored with every GT box.
     gt_filter: Literal["positive", "mmdet"] = "positive"
+    #: A declared subset of the val split, [start, stop): the images at positions start..stop-1
+    #: (COCO: image ids in ascending order; CrowdHuman: odgt line order; synthetic: the
+    #: generator's image index; only those are generated). Evaluation predicts and scores only
+    #: these images, against the GT cut to them; training is unchanged. null: the whole split.
+    #: A sweep scores its trials on one subset and confirms on another, disjoint one.
+    val_images: tuple[int, int] | None = None
+
+    @field_validator("val_images", mode="before")
+    @classmethod
+    def _two_numbers(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) != 2:
+            raise ValueError(f"expected [start, stop], got {list(value)}")
+        return value
+
+    @field_validator("val_images")
+    @classmethod
+    def _val_range(cls, value: tuple[int, int] | None, info: ValidationInfo) -> tuple[int, int] | None:
+        if value is None:
+            return value
+        start, stop = value
+        if not 0 <= start < stop:
+            raise ValueError(f"[{start}, {stop}] is no range of images: needs 0 <= start < stop")
+        synth = info.data.get("synthetic")
+        if info.data.get("name") == "synthetic" and synth is not None and stop > synth.num_val:
+            raise ValueError(f"[{start}, {stop}] ends after the synthetic val split "
+                             f"(data.synthetic.num_val {synth.num_val})")
+        return value
 
     @model_validator(mode="after")
     def _sources(self) -> DataConfig:
