@@ -104,9 +104,9 @@ def write_sweep_report(study, sweep, out_dir: Path, confirmation: dict | None = 
     best_params, verdict = None, ""
     if confirmation is not None:
         lines += ["", "## Confirmation", ""] + _confirmation(confirmation, metric, keys)
-        winner = next((r for r in confirmation["trials"] if r["label"] == confirmation["winner"]), None)
-        if winner is not None:
-            best_params, verdict = winner["params"], confirmation["outcome"]
+        pick = confirmation.get("recommended")
+        if pick is not None:  # the winner when it beats the defaults, else the defaults
+            best_params, verdict = pick["params"], f"{pick['label']}: {confirmation['outcome']}"
     elif ranked:
         best_params = ranked[0]["params"]
         verdict = (f"trial {ranked[0]['number']} has the best search score; not confirmed (the spec declares no "
@@ -115,7 +115,10 @@ def write_sweep_report(study, sweep, out_dir: Path, confirmation: dict | None = 
     if best_params is not None:
         header = f"# sweep {name}: {verdict}\n"
         write_text_atomic(out_dir / f"sweep_{name}_best.yaml", header + yaml.safe_dump(best_params, sort_keys=True))
-        lines += ["", f"The winner's values: [`sweep_{name}_best.yaml`](sweep_{name}_best.yaml) "
+        what = "the search's best values (not confirmed)" if confirmation is None else (
+            "the confirmed winner's values" if confirmation["better"] else
+            "the defaults' values (no trial was shown better on the confirmation split)")
+        lines += ["", f"Recommended: {what}, in [`sweep_{name}_best.yaml`](sweep_{name}_best.yaml) "
                   "(`harness run SPEC --set-file` takes it)."]
     lines += [""]
     for path, caption in plots:

@@ -31,6 +31,7 @@ from harness.spec.schema import Claim
 from harness.track.names import eval_key, parse_eval_key
 
 DEFAULTS = "defaults"
+BETTER = "better than the defaults"
 
 
 @dataclass
@@ -78,6 +79,9 @@ def analyse(confirmed: list[Confirmed], objective: str, maximize: bool) -> dict:
     tests = _tests(confirmed, objective, maximize)
     out = {"trials": rows, "winner": winner["label"] if winner else None, "tests": tests}
     out["outcome"] = _outcome(winner, tests)
+    out["better"] = out["outcome"].startswith(BETTER)
+    pick = winner if out["better"] or base is None else next(r for r in rows if r["defaults"])
+    out["recommended"] = {"label": pick["label"], "params": pick["params"]} if pick else None
     return out
 
 
@@ -92,7 +96,9 @@ def _tests(confirmed: list[Confirmed], objective: str, maximize: bool) -> list[d
     better = maximize == (direction(metric) > 0)
     claims = [Claim(row=c.label, vs=DEFAULTS, post=post, vs_post=post, metric=metric,
                     expect="better" if better else "worse", paired=True,
-                    pairing="the same confirmation seeds and images") for c in others]
+                    pairing="the same confirmation seeds and images",
+                    text=f"{c.label} {'better' if maximize else 'lower'} than the defaults on {objective}")
+              for c in others]
     records = [{"row": c.label, "status": "finished", "dataset": "", "seed": seed, "run_id": c.run_ids.get(seed),
                 key: value} for c in confirmed for seed, value in c.confirm.items()]
     df = pd.DataFrame(records, columns=["row", "status", "dataset", "seed", "run_id", key])
@@ -111,7 +117,7 @@ def _outcome(winner: dict | None, tests: list[dict]) -> str:
     if test is None:
         return f"{winner['label']} has the best confirmation mean; the defaults were not confirmed, so no test"
     if test["holds"]:
-        return f"{winner['label']} is better than the defaults on the confirmation split ({test['verdict']})"
+        return f"{BETTER}: {winner['label']} on the confirmation split ({test['verdict']})"
     return f"no better than the defaults: {winner['label']} has the best confirmation mean, but its claim is {test['verdict']}"
 
 

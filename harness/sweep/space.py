@@ -327,7 +327,8 @@ def load_sweep(file: str, extra: list[Override] = ()) -> Sweep:
             raise SpecError(src.problem(f"the {name} evaluator does not produce "
                                         f"{spec.objective.metric!r} (known: {allowed}, also under eval.nms. / "
                                         "eval.nms_free.)", ("objective", "metric")))
-    table_seeds = {c.seed for c in cells}
+    table = expand(loaded, rows=(spec.row,))  # the base spec's own cells: what its table reports
+    table_seeds = {c.seed for c in table}
     if spec.confirm is not None:
         shared = sorted(set(spec.confirm.seeds) & table_seeds)
         if shared:
@@ -344,7 +345,7 @@ def load_sweep(file: str, extra: list[Override] = ()) -> Sweep:
     except SpecError as exc:  # e.g. images beyond the validation split
         raise SpecError(exc.problems) from None
     if confirm and not spec.confirm.allow_table_images:
-        _check_table_images(src, spec, cells, confirm)
+        _check_table_images(src, spec, table, confirm)
     return sweep
 
 
@@ -354,7 +355,8 @@ def _val_source(cell: Cell) -> tuple:
     d = cell.config.data
     if d.name == "synthetic":
         s = d.synthetic
-        return ("synthetic", s.seed, s.crowd, s.format, s.min_size, s.max_size, s.ignore_regions)
+        # the annotation format does not change the pixels: only whether ignore regions are drawn
+        return ("synthetic", s.seed, s.crowd, s.min_size, s.max_size, s.ignore_regions and s.format == "odgt")
     return (d.name, d.root, d.val.annotations)
 
 

@@ -57,11 +57,116 @@ def kill_midway(cmd, env, cwd, ended: int) -> None:
     assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + rest
 
 
-def sweep_file(tmp_path, n=6, metric="eval.nms_free.mmr", direction="minimize", extra=""):
+def sweep_file(tmp_path, n=6, metric="eval.nms_free.mmr", direction="minimize", extra="", confirm=False):
     write_spec(tmp_path, rows=("A:poto",), iters=8, ckpt=2)
     path = tmp_path / "sweep.yaml"
-    path.write_text(SWEEP.format(n=n, metric=metric, direction=direction) + extra)
+    text = SWEEP.format(n=n, metric=metric, direction=direction) + extra
+    if confirm:  # search on the table's 4 images, confirm on 4 held-out ones with fresh seeds
+        text = text.replace("seeds: [0]\n", "search: {seeds: [0], val_images: [0, 4]}\n"
+                                            "confirm: {seeds: [5, 6, 7], val_images: [4, 8], top_k: 1}\n")
+        text = text.replace("eval.metrics: crowdhuman}", "eval.metrics: crowdhuman, data.synthetic.num_val: 8}")
+    path.write_text(text)
     return path
+
+
+def tiny_study_spec(tmp_path, sweep: str, iters=30):
+    """A spec whose cells score a few percent AP50 in seconds (32 training images, 40 val)."""
+    spec = write_spec(tmp_path, rows=("A:poto",), iters=iters, ckpt=iters)
+    spec.write_text(spec.read_text().replace("num_val: 4,", "num_val: 40,").replace("num_train: 8,", "num_train: 32,"))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(sweep)
+    return path
+
+
+NO_EFFECT = """\
+name: tiny_sweep
+experiment: spec.yaml
+row: A
+search: {seeds: [10, 11], val_images: [4, 20]}
+confirm: {seeds: [20, 21, 22], val_images: [20, 40], top_k: 2}
+space:
+  # +-1 % of the learning rate: no effect on the result beyond the run-to-run noise it reshuffles
+  train.base_lr: {type: float, low: 0.0099, high: 0.0101}
+objective: {metric: eval.nms_free.ap50, direction: maximize}
+n_trials: 5
+sampler: {seed: 0, n_startup_trials: 5}
+pruner: {type: none}
+overrides: {data.synthetic.format: odgt, model.num_classes: 1, eval.metrics: crowdhuman}
+"""
+
+
+@pytest.mark.slow
+def test_a_parameter_without_effect_looks_better_on_search_and_is_not_confirmed(tmp_path):
+    import json
+
+    path = tiny_study_spec(tmp_path, NO_EFFECT)
+    ws, out = tmp_path / "ws", tmp_path / "reports"
+    cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--workspace", str(ws), "--jobs", "1",
+           "--out-dir", str(out)]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads((out / "sweep_tiny_sweep.json").read_text())
+    conf = data["confirmation"]
+    rows = {r["label"]: r for r in conf["trials"]}
+    search_best = max((t for t in data["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["mean"])
+    # the search split shows a gain: the best of 5 noisy trials beats the defaults there ...
+    assert search_best["number"] != 0 and rows[f"trial {search_best['number']}"]["gain_search"] > 0
+    # ... which the fresh seeds and images do not confirm
+    assert conf["outcome"].startswith("no better than the defaults"), conf["outcome"]
+    assert not conf["better"] and conf["recommended"]["label"] == "defaults"
+    assert all(r["confirm"]["n"] == 3 for r in conf["trials"]) and len(conf["trials"]) == 3
+    md = (out / "sweep_tiny_sweep.md").read_text()
+    assert "## Confirmation" in md and "**Outcome: no better than the defaults" in md and "± " in md
+    assert "No parameter-importance plot: 5 complete trials" in md
+    assert (out / "sweep_tiny_sweep_best.yaml").read_text().count("train.base_lr: 0.01\n") == 1
+    # every confirmation run is a child of the sweep's run, tagged with its phase and trial
+    df = runs(ws, "sched")
+    parent = df[df["tags.harness.sweep_parent"] == "tiny_sweep"].iloc[0]
+    assert parent["status"] == "FINISHED" and parent["tags.confirm.outcome"].startswith("no better")
+    kids = df[df["tags.mlflow.parentRunId"] == parent["run_id"]]
+    confirm = kids[kids["tags.harness.sweep_phase"] == "confirm"]
+    assert len(confirm) == 9 and set(confirm["status"]) == {"FINISHED"}
+    assert set(confirm["tags.harness.seed"].astype(int)) == {20, 21, 22}
+    assert len(kids[kids["tags.harness.sweep_phase"] == "search"]) == 10
+    # a rerun trains nothing again: the same outcome from the finished runs
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert again.returncode == 0 and conf["outcome"] in again.stdout, again.stdout + again.stderr
+    assert len(runs(ws, "sched")) == len(df)
+
+
+RACING = """\
+name: tiny_sweep
+experiment: spec.yaml
+row: A
+search: {seeds: [10, 11, 12], val_images: [4, 20]}
+space:
+  # every value far below the defaults' 0.01 (trial 0): a clearly worse configuration
+  train.base_lr: {type: float, low: 1.0e-7, high: 2.0e-7, log: true}
+objective: {metric: eval.nms_free.ap50, direction: maximize}
+n_trials: 2
+pruner: {type: racing, p_threshold: 0.3, n_startup_steps: 2}
+overrides: {data.synthetic.format: odgt, model.num_classes: 1, eval.metrics: crowdhuman}
+"""
+
+
+@pytest.mark.slow
+def test_the_racing_pruner_stops_a_clearly_worse_configuration_within_the_search_seeds(tmp_path):
+    path = tiny_study_spec(tmp_path, RACING)
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--workspace", str(ws), "--jobs", "1",
+           "--out-dir", str(tmp_path / "reports")]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "trial 1: pruned after 2 of 3 seeds" in done.stdout, done.stdout
+    study, states = load_study(ws)
+    first, second = study.trials
+    assert first.state == states.COMPLETE and sorted(first.intermediate_values) == [0, 1, 2]
+    assert second.state == states.PRUNED and sorted(second.intermediate_values) == [0, 1]
+    assert all(second.intermediate_values[i] < first.intermediate_values[i] for i in (0, 1))
+    df = runs(ws, "sched")
+    trial1 = df[df["tags.harness.trial"] == "1"]
+    # its third seed never started; the two it ran finished and keep their results
+    assert sorted(trial1["tags.harness.seed"].astype(int)) == [10, 11] and set(trial1["status"]) == {"FINISHED"}
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -123,7 +228,7 @@ def test_sweep_on_slurm_prunes_and_resumes(slurm, tmp_path):
     driver is killed midway and rerun, and the study ends with exactly n_trials trials."""
     from tests.schedule.test_slurm import SLURM_RES
 
-    path = sweep_file(tmp_path, n=5)
+    path = sweep_file(tmp_path, n=5, confirm=True)
     spec = tmp_path / "spec.yaml"
     spec.write_text(spec.read_text().replace("  resources: {gpus: 0, max_attempts: 2}", "  " + SLURM_RES))
     ws, out = tmp_path / "ws", tmp_path / "reports"
@@ -149,7 +254,11 @@ def test_sweep_on_slurm_prunes_and_resumes(slurm, tmp_path):
             (key,) = t.user_attrs["run_keys"]
             row = children[children["tags.harness.run_key"] == key].iloc[0]
             assert row["status"] == "KILLED" and row["tags.harness.failure"].startswith("pruned by Optuna")
-    assert (out / "sweep_tiny_sweep.md").exists()
+    # the confirmation step ran as Slurm jobs too: the best trial and the defaults on 3 fresh seeds
+    confirm = children[children["tags.harness.sweep_phase"] == "confirm"]
+    assert len(confirm) in (3, 6) and set(confirm["status"]) == {"FINISHED"}
+    assert set(confirm["tags.harness.seed"].astype(int)) == {5, 6, 7}
+    assert "## Confirmation" in (out / "sweep_tiny_sweep.md").read_text()
 
 
 @pytest.mark.slow
