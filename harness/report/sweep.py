@@ -62,13 +62,32 @@ def trial_rows(study) -> list[dict]:
     """Every trial as plain data: number, state, params, per-seed search values, mean, std, n."""
     out = []
     for t in study.trials:
-        values = {int(k): float(v) for k, v in (t.user_attrs.get("values") or {}).items()}
-        x = list(values.values())
-        out.append({"number": t.number, "state": t.state.name, "params": dict(t.params), "values": values,
-                    "mean": t.value if t.value is not None else (float(np.mean(x)) if x else None),
-                    "std": float(np.std(x, ddof=1)) if len(x) > 1 else None, "n": len(x),
-                    "surplus": bool(t.user_attrs.get("surplus"))})
+        row = {"number": t.number, "state": t.state.name, "params": dict(t.params),
+               "surplus": bool(t.user_attrs.get("surplus"))}
+        for i, (attr, suffix) in enumerate((("values", ""), ("values2", "2"))):
+            values = {int(k): float(v) for k, v in (t.user_attrs.get(attr) or {}).items()}
+            if i and not values:
+                continue
+            x = list(values.values())
+            objective = t.values[i] if t.values is not None and len(t.values) > i else None
+            row.update({f"values{suffix}": values, f"std{suffix}": float(np.std(x, ddof=1)) if len(x) > 1 else None,
+                        f"mean{suffix}": objective if objective is not None else (float(np.mean(x)) if x else None),
+                        f"n{suffix}": len(x)})
+        out.append(row)
     return out
+
+
+def pareto(trials: list[dict], maximize: tuple[bool, bool]) -> list[dict]:
+    """The complete trials no other complete trial beats on both objectives (ties: kept)."""
+    done = [t for t in trials if t["state"] == "COMPLETE" and t.get("mean2") is not None]
+    sign = [1 if m else -1 for m in maximize]
+
+    def beats(a, b):
+        x = (sign[0] * a["mean"], sign[1] * a["mean2"])
+        y = (sign[0] * b["mean"], sign[1] * b["mean2"])
+        return x[0] >= y[0] and x[1] >= y[1] and x != y
+
+    return sorted((t for t in done if not any(beats(o, t) for o in done)), key=lambda t: -sign[0] * t["mean"])
 
 
 def write_sweep_report(study, sweep, out_dir: Path, confirmation: dict | None = None) -> None:
@@ -102,6 +121,20 @@ def write_sweep_report(study, sweep, out_dir: Path, confirmation: dict | None = 
         lines.append(f"| {t['number']} | {t['state'].lower()} | {score} | "
                      + " | ".join(_value(t["params"].get(k)) for k in keys) + " |")
     best_params, verdict = None, ""
+    if spec.secondary is not None:
+        second = metric_name(spec.secondary.metric)
+        front = pareto(trials, (maximize, spec.secondary.direction == "maximize"))
+        lines += ["", "## Pareto front of the search", "",
+                  f"The complete trials that no other beats on both {metric} ({spec.objective.direction}) and "
+                  f"{second} ({spec.secondary.direction}); the confirmation takes its top {spec.confirm.top_k if spec.confirm else 0} "
+                  f"by {metric}.", "",
+                  f"| trial | {metric} | {second} | " + " | ".join(f"`{k}`" for k in keys) + " |",
+                  "| :--- | :---: | :---: | " + " | ".join(":---:" for _ in keys) + " |"]
+        for t in front:
+            a = {"mean": t["mean"], "std": t["std"] if t["std"] is not None else math.nan, "n": t["n"]}
+            b = {"mean": t["mean2"], "std": t["std2"] if t["std2"] is not None else math.nan, "n": t["n2"]}
+            lines.append(f"| {t['number']} | {mean_std(a)} | {mean_std(b)} | "
+                         + " | ".join(_value(t["params"].get(k)) for k in keys) + " |")
     if confirmation is not None:
         lines += ["", "## Confirmation", ""] + _confirmation(confirmation, metric, keys)
         pick = confirmation.get("recommended")
@@ -178,6 +211,10 @@ def _confirmation(conf: dict, metric: str, keys: list[str]) -> list[str]:
         lines.append(f"| {label} | {mean_std(r['search'])} | {mean_std(r['confirm'])} | {signed(r['gap'])} | "
                      f"{signed(r.get('gain_search'))} | {signed(r.get('gain_confirm'))} | {signed(r.get('gain_gap'))} | "
                      + " | ".join(_value(r["params"].get(k)) for k in keys) + " |")
+    if any("confirm2" in r for r in conf["trials"]):
+        lines += ["", "The secondary objective on the confirmation runs: "
+                  + "; ".join(f"{r['label']} {mean_std(r['confirm2'])}" for r in conf["trials"] if "confirm2" in r)
+                  + "."]
     lines += ["", f"**Outcome: {conf['outcome']}.**", ""]
     if conf["tests"]:
         lines += ["Each confirmed trial against the defaults on the confirmation runs (paired by seed; Holm over "
@@ -212,6 +249,23 @@ def _plots(study, trials: list[dict], spec, metric: str, out_dir: Path, n_comple
         plt.close(fig)
         out.append((path, f"Search: {metric} per trial (grey: each search seed; blue: mean ± std over seeds; "
                           "orange: the best mean so far)."))
+    if spec.secondary is not None and any(t.get("mean2") is not None for t in done):
+        second = metric_name(spec.secondary.metric)
+        front = {t["number"] for t in pareto(trials, (spec.objective.direction == "maximize",
+                                                      spec.secondary.direction == "maximize"))}
+        fig, ax = plt.subplots(figsize=(5.2, 4.0))
+        for t in done:
+            on = t["number"] in front
+            ax.scatter([100 * t["mean"]], [100 * t["mean2"]], color="C3" if on else "0.6", s=24 if on else 12, zorder=3)
+            ax.annotate(str(t["number"]), (100 * t["mean"], 100 * t["mean2"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel(f"{metric} (%)")
+        ax.set_ylabel(f"{second} (%)")
+        path = f"sweep_{spec.name}_pareto.png"
+        fig.savefig(out_dir / path, dpi=80, bbox_inches="tight", metadata={"Software": None})
+        plt.close(fig)
+        out.append((path, f"Search: each complete trial's mean {metric} against its mean {second} (the trial's "
+                          "number beside it); red: the Pareto front."))
     if n_complete >= MIN_IMPORTANCE_TRIALS:
         try:
             from optuna.visualization import matplotlib as ovm

@@ -45,6 +45,7 @@ class Confirmed:
     search: dict[int, float] = field(default_factory=dict)
     confirm: dict[int, float] = field(default_factory=dict)
     run_ids: dict[int, str] = field(default_factory=dict)  # confirmation seed -> run id
+    confirm2: dict[int, float] = field(default_factory=dict)  # the secondary objective, if any
 
     @property
     def label(self) -> str:
@@ -68,6 +69,9 @@ def analyse(confirmed: list[Confirmed], objective: str, maximize: bool) -> dict:
         row = {"trial": c.number, "label": c.label, "defaults": c.defaults, "params": c.params,
                "search": s, "confirm": f, "search_values": c.search, "confirm_values": c.confirm,
                "gap": s["mean"] - f["mean"]}
+        if c.confirm2:
+            row["confirm2"] = _stats(c.confirm2)
+            row["confirm2_values"] = c.confirm2
         if base is not None and not c.defaults:
             bs, bf = _stats(base.search)["mean"], _stats(base.confirm)["mean"]
             row["gain_search"] = s["mean"] - bs

@@ -107,6 +107,9 @@ class SweepSpec(Strict):
     confirm: Confirm | None = None
     space: dict[str, Param]
     objective: Objective
+    #: a second objective (e.g. mMR beside AP50): the study is multi-objective, the report shows
+    #: the Pareto front of the search; the confirmation ranks and picks by `objective`
+    secondary: Objective | None = None
     n_trials: int = Field(ge=1)
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
@@ -135,9 +138,19 @@ class SweepSpec(Strict):
                                  f"{_images(self.search.val_images)}: the confirmation needs held-out images")
         return self
 
+    @model_validator(mode="after")
+    def _objectives(self) -> SweepSpec:
+        if self.secondary is not None:
+            if self.secondary.metric == self.objective.metric:
+                raise ValueError("secondary: the same metric as the objective")
+            if self.pruner.type != "none":
+                raise ValueError(f"pruner.type {self.pruner.type!r}: a sweep with a secondary objective cannot "
+                                 "prune (Optuna prunes single-objective studies only); use pruner: {type: none}")
+        return self
+
     @property
-    def search_seeds(self) -> list[int]:
-        return list(self.search.seeds)
+    def objectives(self) -> list[Objective]:
+        return [self.objective] + ([self.secondary] if self.secondary is not None else [])
 
 
 def _images(r: tuple[int, int] | None) -> str:
@@ -321,12 +334,13 @@ def load_sweep(file: str, extra: list[Override] = ()) -> Sweep:
         cells = [c for c in cells if c.dataset == spec.dataset]
     for name in dict.fromkeys(c.config.eval.metrics for c in cells):
         known = evaluator(name).metrics  # counts are not metrics (eval.json only): not objectives
-        parsed = parse_eval_key(spec.objective.metric)
-        if parsed is None or parsed[1] not in known:
-            allowed = ", ".join(eval_key(None, m) for m in known)
-            raise SpecError(src.problem(f"the {name} evaluator does not produce "
-                                        f"{spec.objective.metric!r} (known: {allowed}, also under eval.nms. / "
-                                        "eval.nms_free.)", ("objective", "metric")))
+        for where, objective in zip(("objective", "secondary"), spec.objectives, strict=False):
+            parsed = parse_eval_key(objective.metric)
+            if parsed is None or parsed[1] not in known:
+                allowed = ", ".join(eval_key(None, m) for m in known)
+                raise SpecError(src.problem(f"the {name} evaluator does not produce "
+                                            f"{objective.metric!r} (known: {allowed}, also under eval.nms. / "
+                                            "eval.nms_free.)", (where, "metric")))
     table = expand(loaded, rows=(spec.row,))  # the base spec's own cells: what its table reports
     table_seeds = {c.seed for c in table}
     if spec.confirm is not None:

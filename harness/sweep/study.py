@@ -120,12 +120,12 @@ class Study:
         else:
             pruner = optuna.pruners.NopPruner()
         return optuna.create_study(study_name=self.spec.name, storage=storage, sampler=sampler, pruner=pruner,
-                                   direction=self.spec.objective.direction, load_if_exists=True)
+                                   directions=[o.direction for o in self.spec.objectives], load_if_exists=True)
 
     def _parent_run(self) -> str:
         return sweep_parent(self.uri, self.experiment, self.spec.name, {"harness.spec": self.sweep.file}, {
             "study": self.spec.name, "row": self.spec.row,
-            "objective": f"{self.spec.objective.direction} {self.spec.objective.metric}",
+            "objective": "; ".join(f"{o.direction} {o.metric}" for o in self.spec.objectives),
             "n_trials": self.spec.n_trials,
             "space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in self.spec.space.items()})[:6000]})
 
@@ -219,17 +219,17 @@ class Study:
 
     # ------------------------------------------------------------------ report, tell
 
-    def objective_history(self, cell: Cell) -> list[tuple[int, float]]:
+    def objective_history(self, cell: Cell, key: str | None = None) -> list[tuple[int, float]]:
         info = latest_runs(self.uri, self.experiment).get(cell.run_key)
         if info is None:
             return []
-        key = self.spec.objective.metric  # eval.<name>: the cell's headline mode (harness.track.names)
+        key = key or self.spec.objective.metric  # eval.<name>: the cell's headline mode (harness.track.names)
         return (metric_history(self.uri, info.run_id, key)
                 or metric_history(self.uri, info.run_id, headline_key(key, cell.config.eval.nms)))
 
-    def final_value(self, cell: Cell) -> float | None:
-        """The cell's final objective value, if its run logged one."""
-        hist = self.objective_history(cell)
+    def final_value(self, cell: Cell, key: str | None = None) -> float | None:
+        """The cell's final value of the objective (or of `key`), if its run logged one."""
+        hist = self.objective_history(cell, key)
         return hist[-1][1] if hist else None
 
     def race(self, t: Trial, done: int) -> bool:
@@ -287,6 +287,9 @@ class Study:
                 return
             values.append(hist[-1][1])
         value = sum(values) / len(values)
+        if self.spec.secondary is not None:
+            self._tell_both(t, values)
+            return
         if self.racing:  # every seed a step: the incumbent the race compares with has them all
             for i, v in enumerate(values):
                 if i > t.reported:
@@ -298,6 +301,26 @@ class Study:
         record(self.uri, self.parent, tags={"best.trial": best.number,
                                             **{f"best.{k}": v for k, v in best.params.items()}},
                metrics={"best_value": best.value}, step=t.number)
+
+    def _tell_both(self, t: Trial, values: list[float]) -> None:
+        """A two-objective trial: the mean of each objective over its seeds (a seed without the
+        second metric fails the trial)."""
+        from optuna.trial import TrialState
+
+        key = self.spec.secondary.metric
+        second = [self.final_value(c, key) for c in t.cells]
+        if any(v is None for v in second):
+            self.study.tell(t.trial, state=TrialState.FAIL)
+            print(f"trial {t.number}: failed (no {key} logged)", flush=True)
+            return
+        seeds = [str(c.seed) for c in t.cells]
+        t.trial.set_user_attr("values", dict(zip(seeds, values, strict=True)))
+        t.trial.set_user_attr("values2", dict(zip(seeds, second, strict=True)))
+        means = [sum(values) / len(values), sum(second) / len(second)]
+        self.study.tell(t.trial, means)
+        print(f"trial {t.number}: {self.spec.objective.metric} = {means[0]:.4f}, {key} = {means[1]:.4f}", flush=True)
+        record(self.uri, self.parent, tags={"pareto.trials": ",".join(str(b.number) for b in self.study.best_trials)},
+               step=t.number)
 
     def _record_pruned(self, t: Trial, results: list[CellResult]) -> None:
         """The reason on each of the trial's runs (its workers ended them KILLED by SIGTERM)."""
@@ -323,7 +346,11 @@ class Study:
         trials = self.study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         sign = -1 if self.spec.objective.direction == "maximize" else 1
-        top = sorted(complete, key=lambda t: (sign * t.value, t.number))[:self.spec.confirm.top_k]
+        front = set()
+        if self.spec.secondary is not None:  # the Pareto front first, then the rest, by the objective
+            front = {t.number for t in self.study.best_trials}
+        top = sorted(complete, key=lambda t: (t.number not in front, sign * t.values[0], t.number))
+        top = top[:self.spec.confirm.top_k]
         defaults = self.defaults()
         base = next((t for t in trials if dict(t.params) == defaults), None)
         out = [Confirmed(t.number, dict(t.params), t is base, _search_values(t)) for t in top]
@@ -346,6 +373,10 @@ class Study:
                 if value is not None:
                     c.confirm[cell.seed] = value
                     c.run_ids[cell.seed] = info.run_id
+                    if self.spec.secondary is not None:
+                        second = self.final_value(cell, self.spec.secondary.metric)
+                        if second is not None:
+                            c.confirm2[cell.seed] = second
         result = analyse(confirmed, self.spec.objective.metric, self.spec.objective.direction == "maximize")
         record(self.uri, self.parent, tags={"confirm.winner": str(result["winner"]),
                                             "confirm.outcome": result["outcome"][:500]})

@@ -94,6 +94,10 @@ overrides: {{data.synthetic.format: odgt, model.num_classes: 1, eval.metrics: cr
      "confirm.val_images", "overlap the images [0, 4) that the table of spec.yaml is scored on"),
     ("search: {seeds: [1, 2, 3], val_images: [4, 8]}\npruner: {type: racing, p_threshold: 0.1}",
      "pruner.type", "the racing pruner can never prune with 3 search seeds"),
+    ("seeds: [1]\nsecondary: {metric: eval.nms_free.ap50, direction: maximize}", "",
+     "a sweep with a secondary objective cannot prune"),
+    ("seeds: [1]\nsecondary: {metric: eval.nms_free.ap75, direction: maximize}\npruner: {type: none}",
+     "secondary.metric", "does not produce 'eval.nms_free.ap75'"),
 ])
 def test_split_and_pruner_rules_exit_2_with_one_line(run_cli, tmp_path, splits, key, message):
     from tests.schedule.test_local_faults import write_spec

@@ -296,3 +296,27 @@ def test_a_sweep_driver_killed_hard_is_continued_without_duplicates(tmp_path, wo
     df = runs(ws, "sched")
     trained = df[df["tags.harness.run_key"].notna()]
     assert "RUNNING" not in set(trained["status"]) and trained["tags.harness.run_key"].is_unique
+
+
+@pytest.mark.slow
+def test_two_objectives_give_a_pareto_front_and_the_confirmation_reports_both(tmp_path):
+    import json
+
+    text = NO_EFFECT.replace("n_trials: 5", "n_trials: 3").replace("top_k: 2", "top_k: 1").replace(
+        "objective: {metric: eval.nms_free.ap50, direction: maximize}",
+        "objective: {metric: eval.nms_free.ap50, direction: maximize}\n"
+        "secondary: {metric: eval.nms_free.mmr, direction: minimize}")
+    path = tiny_study_spec(tmp_path, text)
+    out = tmp_path / "reports"
+    cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--workspace", str(tmp_path / "ws"), "--jobs", "1",
+           "--out-dir", str(out)]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "eval.nms_free.mmr = " in done.stdout
+    data = json.loads((out / "sweep_tiny_sweep.json").read_text())
+    complete = [t for t in data["trials"] if t["state"] == "COMPLETE"]
+    assert len(complete) == 3 and all(t["n2"] == 2 and t["mean2"] is not None for t in complete)
+    md = (out / "sweep_tiny_sweep.md").read_text()
+    assert "## Pareto front of the search" in md and "mMR without NMS" in md
+    assert (out / "sweep_tiny_sweep_pareto.png").exists()
+    assert all(r["confirm2"]["n"] == 3 for r in data["confirmation"]["trials"])

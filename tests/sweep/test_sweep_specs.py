@@ -47,7 +47,7 @@ def test_trial_overrides_reach_a_train_worker_of_the_swept_row(run_cli, tmp_path
     assert code == 0, err
     (cell,) = got
     assert cell.row == sweep.spec.row and cell.config.model.predictor.assigner.alpha == 0.6
-    assert cell.run_key == sweep.trial_cells({"model.predictor.assigner.alpha": 0.6})[0].run_key
+    assert cell.run_key == sweep.row_cells({"model.predictor.assigner.alpha": 0.6})[0].run_key
     # ... and still fails, before training, for a row whose assigner has no alpha
     code, _, err = run_cli("train", EXPERIMENTS / "quickstart.yaml", "--row", "FCOS",
                            "--workspace", tmp_path / "ws", "--set", "model.predictor.assigner.alpha=0.6")
@@ -78,3 +78,38 @@ def test_bound_outside_the_rows_schema_exits_2(run_cli, tmp_path):
     path.write_text(text)
     code, _, err = run_cli("sweep", path, "--check")
     assert code == 2 and f"{path}:" in err and "space.model.predictor.assigner.alpha: high 1.5:" in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_shipped_sweep_starts(tmp_path, path):
+    """Each shipped sweep, on tiny synthetic data (its own images ranges kept): the driver starts
+    trial 0 (the defaults) on the search split, a worker trains, Ctrl-C stops it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.train.helpers import runs, tiny_overrides
+
+    over = tiny_overrides(tmp_path, fmt="odgt", iters=50, extra="data.synthetic.num_val: 5000\n"
+                                                                    "eval.metrics: crowdhuman\n")
+    ws = tmp_path / "ws"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(path), "--workspace", str(ws), "--jobs", "1",
+                             "--out-dir", str(tmp_path / "reports"), "--set-file", str(over)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(ws.glob("*/progress.json")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, out
+    assert "trial 0: started" in out and "stopped:" in out, out
+    sweep = validate_sweep(str(path))
+    df = runs(ws, sweep.base_cells[0].spec_name)
+    kids = df[df["tags.harness.trial"] == "0"]
+    assert len(kids) >= 1 and set(kids["tags.harness.sweep_phase"]) == {"search"}
+    assert set(kids["tags.harness.seed"].astype(int)) <= set(sweep.spec.search.seeds)
+    assert "RUNNING" not in set(df["status"]), df[["status", "tags.mlflow.runName"]]
