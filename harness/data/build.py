@@ -17,7 +17,7 @@ from harness.data.synthetic import ensure_dataset
 from harness.data.transforms import EvalTransform, TrainTransform
 from harness.formats.paths import expand_vars, redact
 from harness.spec.errors import DataError, Problem
-from harness.spec.schema import DataConfig
+from harness.spec.schema import DataConfig, SplitConfig
 
 expand_path = expand_vars
 
@@ -32,15 +32,35 @@ class Datasets:
 LOADERS = {"coco": load_coco, "crowdhuman": load_crowdhuman}
 
 
-def _split(cfg: DataConfig, root: Path, which: str):
-    split = getattr(cfg, which)
-    ann = Path(expand_path(split.annotations, f"data.{which}.annotations"))
-    images = Path(expand_path(split.images, f"data.{which}.images"))
+def _split(cfg: DataConfig, root: Path, split: SplitConfig, where: str, *, gt_filter: str):
+    ann = Path(expand_path(split.annotations, f"{where}.annotations"))
+    images = Path(expand_path(split.images, f"{where}.images"))
     ann = ann if ann.is_absolute() else root / ann
     images = images if images.is_absolute() else root / images
     if not ann.exists():
-        raise DataError(Problem(str(ann), None, f"data.{which}.annotations", "annotation file not found"))
-    return LOADERS[cfg.name](ann, images, gt_filter=cfg.gt_filter if which == "train" else "positive")
+        raise DataError(Problem(str(ann), None, f"{where}.annotations", "annotation file not found"))
+    return LOADERS[cfg.name](ann, images, gt_filter=gt_filter)
+
+
+def _train_split(cfg: DataConfig, root: Path) -> list[ImageRecord]:
+    """`data.train` and then each `data.train_extra` split, concatenated; an image id found in
+    two files, or a COCO file whose categories differ from the first one's (the labels would
+    mean other classes), is refused."""
+    records, first = _split(cfg, root, cfg.train, "data.train", gt_filter=cfg.gt_filter)
+    seen = {r.image_id: "data.train" for r in records}
+    for i, split in enumerate(cfg.train_extra):
+        where = f"data.train_extra[{i}]"
+        more, info = _split(cfg, root, split, where, gt_filter=cfg.gt_filter)
+        if info.label_to_category != first.label_to_category:
+            raise DataError(Problem(info.annotation_file, None, where,
+                                    f"its categories differ from data.train's ({first.annotation_file})"))
+        clash = next((r.image_id for r in more if r.image_id in seen), None)
+        if clash is not None:
+            raise DataError(Problem(info.annotation_file, None, where,
+                                    f"image id {clash!r} is also in {seen[clash]}: ids must be unique"))
+        seen.update((r.image_id, where) for r in more)
+        records += more
+    return records
 
 
 def select_val(val: list[ImageRecord], info: DatasetInfo,
@@ -80,11 +100,11 @@ def load_datasets(cfg: DataConfig, cache_dir: str | Path, *, check_files: bool =
             check_images_exist(train, "train annotations")
             check_images_exist(val, info.annotation_file)
     else:
-        templates = (cfg.root, cfg.train.annotations, cfg.train.images, cfg.val.annotations, cfg.val.images)
+        templates = (cfg.root, *(p for s in (cfg.train, *cfg.train_extra, cfg.val) for p in (s.annotations, s.images)))
         try:
             root = Path(expand_path(cfg.root)) if cfg.root else Path(".")
-            train, _ = _split(cfg, root, "train")
-            val, info = _split(cfg, root, "val")
+            train = _train_split(cfg, root)
+            val, info = _split(cfg, root, cfg.val, "data.val", gt_filter="positive")
             if cfg.val_images is not None:
                 val, info = select_val(val, info, cfg.val_images)
             if check_files:
@@ -101,9 +121,17 @@ def load_datasets(cfg: DataConfig, cache_dir: str | Path, *, check_files: bool =
 
 
 def train_dataset(cfg: DataConfig, records: list[ImageRecord], input_format: str) -> DetectionDataset:
-    return DetectionDataset(records, TrainTransform(tuple(cfg.train_min_size), cfg.train_max_size,
-                                                    cfg.flip_prob, input_format, cfg.augment))
+    if cfg.resize == "letterbox":  # the square side is the transform's max_size
+        sizes, max_size = (cfg.letterbox_size,), cfg.letterbox_size
+    else:
+        sizes, max_size = tuple(cfg.train_min_size), cfg.train_max_size
+    return DetectionDataset(records, TrainTransform(sizes, max_size, cfg.flip_prob, input_format, cfg.augment,
+                                                    cfg.resize))
 
 
 def eval_dataset(cfg: DataConfig, records: list[ImageRecord], input_format: str) -> DetectionDataset:
-    return DetectionDataset(records, EvalTransform(cfg.test_min_size, cfg.test_max_size, input_format))
+    if cfg.resize == "letterbox":
+        size, max_size = cfg.letterbox_size, cfg.letterbox_size
+    else:
+        size, max_size = cfg.test_min_size, cfg.test_max_size
+    return DetectionDataset(records, EvalTransform(size, max_size, input_format, cfg.resize))

@@ -52,6 +52,7 @@ class DetectionDataset(Dataset):
             "image_id": rec.image_id,
             "orig_size": orig_wh,  # (w, h)
             "input_size": (tensor.shape[1], tensor.shape[2]),  # (h, w)
+            "placement": self.transform.placement(orig_wh),  # a letterbox's offset and scale, or None
         }
 
 
@@ -87,6 +88,7 @@ def collate(items: list[dict]) -> dict:
         "image_sizes": [it["input_size"] for it in items],
         "image_ids": [it["image_id"] for it in items],
         "orig_sizes": [it["orig_size"] for it in items],
+        "placements": [it.get("placement") for it in items],
     }
 
 

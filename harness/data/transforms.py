@@ -1,7 +1,9 @@
-"""Transforms: shortest-side resize with a long-side cap, flip, DETR-style crop, normalisation.
+"""Transforms: shortest-side resize with a long-side cap or a square letterbox, flip, DETR-style
+crop, normalisation.
 
 Boxes (x1, y1, x2, y2, pixels) follow every transform; `to_original` maps predictions back to
-the original image for evaluation (detectron2's ``detector_postprocess``: scale, then clip).
+the original image for evaluation (detectron2's ``detector_postprocess``: scale, then clip; a
+letterboxed image's `Placement` is undone first).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ PIXEL_STATS = {
     # torchvision weights: RGB ImageNet statistics
     "torchvision_rgb": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
 }
+
+#: The letterbox's padding, RGB 0-255: the original's BGR (103, 116, 123), about the ImageNet
+#: mean, so that padding normalises to about 0 (liangheming/fcosv1 `BoxInfo.padding_val`).
+LETTERBOX_PAD = (123, 116, 103)
 
 #: DETR's crop branch: resize to one of these, crop 384-600, then the usual resize.
 DETR_CROP_RESIZE = (400, 500, 600)
@@ -42,6 +48,48 @@ def resize(img: Image.Image, boxes: np.ndarray, short: int, max_size: int):
         img = img.resize((neww, newh), Image.BILINEAR)
     scale = np.array([neww / w, newh / h, neww / w, newh / h], dtype=np.float32)
     return img, boxes * scale
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a letterboxed image sits in its input: input = original * scale + (left, top)."""
+
+    scale: float
+    left: int
+    top: int
+
+
+def letterbox_shape(h: int, w: int, size: int) -> tuple[int, int, Placement]:
+    """(new h, new w, placement) of scaling the long side to `size` and centring the result in a
+    size x size square; liangheming/fcosv1 `RandScaleToMax.make_border`: Python's round of the
+    scaled sides, the odd pixel of padding at the bottom / right."""
+    r = min(size / h, size / w)
+    neww, newh = int(round(w * r)), int(round(h * r))
+    left, top = int(round((size - neww) / 2 - 0.1)), int(round((size - newh) / 2 - 0.1))
+    return newh, neww, Placement(r, left, top)
+
+
+def resize_linear(img: Image.Image, neww: int, newh: int) -> Image.Image:
+    """OpenCV's INTER_LINEAR (half-pixel centres, no antialiasing when shrinking), which the
+    letterbox's original uses; PIL's BILINEAR antialiases a downscale."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.float32).transpose(2, 0, 1).copy())[None]
+    out = torch.nn.functional.interpolate(arr, size=(newh, neww), mode="bilinear", align_corners=False)
+    out = out[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(out), "RGB")
+
+
+def letterbox(img: Image.Image, boxes: np.ndarray, size: int):
+    """The long side to `size` (aspect ratio kept), the short side padded with `LETTERBOX_PAD`
+    to a size x size image, the content centred; boxes * scale + (left, top), not clipped."""
+    w, h = img.size
+    newh, neww, p = letterbox_shape(h, w, size)
+    img = img.convert("RGB")
+    if p.scale != 1.0:
+        img = resize_linear(img, neww, newh)
+    out = Image.new("RGB", (size, size), LETTERBOX_PAD)
+    out.paste(img, (p.left, p.top))
+    shift = np.array([p.left, p.top, p.left, p.top], dtype=np.float64)
+    return out, (boxes.astype(np.float64) * p.scale + shift).astype(np.float32)
 
 
 def hflip(img: Image.Image, boxes: np.ndarray):
@@ -79,33 +127,60 @@ def to_tensor(img: Image.Image, input_format: str) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TrainTransform:
+    """Resize (`resize` shortest_edge: a shortest side from `sizes`, the long side capped at
+    `max_size`; letterbox: a `max_size` square, `letterbox`), then flip."""
+
     sizes: tuple[int, ...]
     max_size: int
     flip_prob: float
     input_format: str
     augment: str = "standard"
+    resize: str = "shortest_edge"
 
     def __call__(self, img: Image.Image, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
         boxes = boxes.astype(np.float32).reshape(-1, 4)
         if self.augment == "detr" and rng.random() < 0.5:
             img, boxes = resize(img, boxes, int(rng.choice(DETR_CROP_RESIZE)), 10**9)
             img, boxes, labels = random_crop(img, boxes, labels, rng, *DETR_CROP)
-        img, boxes = resize(img, boxes, int(rng.choice(self.sizes)), self.max_size)
+        if self.resize == "letterbox":
+            img, boxes = letterbox(img, boxes, self.max_size)
+        else:
+            img, boxes = resize(img, boxes, int(rng.choice(self.sizes)), self.max_size)
         if rng.random() < self.flip_prob:
             img, boxes = hflip(img, boxes)
         keep = (boxes[:, 2] - boxes[:, 0] > 1e-5) & (boxes[:, 3] - boxes[:, 1] > 1e-5)
         return to_tensor(img, self.input_format), boxes[keep], labels[keep]
 
+    def placement(self, original_wh: tuple[int, int]) -> None:
+        """Training predictions are never mapped back."""
+        return None
+
 
 @dataclass(frozen=True)
 class EvalTransform:
+    """The shortest side to `size`, the long side capped at `max_size`; or (`resize`
+    letterbox) a `max_size` square."""
+
     size: int
     max_size: int
     input_format: str
+    resize: str = "shortest_edge"
 
     def __call__(self, img: Image.Image, boxes: np.ndarray, labels: np.ndarray, rng=None):
-        img, boxes = resize(img, boxes.astype(np.float32).reshape(-1, 4), self.size, self.max_size)
+        boxes = boxes.astype(np.float32).reshape(-1, 4)
+        if self.resize == "letterbox":
+            img, boxes = letterbox(img, boxes, self.max_size)
+        else:
+            img, boxes = resize(img, boxes, self.size, self.max_size)
         return to_tensor(img, self.input_format), boxes, labels
+
+    def placement(self, original_wh: tuple[int, int]) -> Placement | None:
+        """What `to_original` undoes besides the scale: a letterbox's `Placement`; None for the
+        shortest-side resize (its per-axis scale follows from the input and original sizes)."""
+        if self.resize != "letterbox":
+            return None
+        w, h = original_wh
+        return letterbox_shape(h, w, self.max_size)[2]
 
 
 def pad_batch(images: list[torch.Tensor], divisibility: int) -> torch.Tensor:
@@ -120,13 +195,20 @@ def pad_batch(images: list[torch.Tensor], divisibility: int) -> torch.Tensor:
     return out
 
 
-def to_original(boxes: torch.Tensor, input_hw: tuple[int, int], original_wh: tuple[int, int]) -> torch.Tensor:
+def to_original(boxes: torch.Tensor, input_hw: tuple[int, int], original_wh: tuple[int, int],
+                placement: Placement | None = None) -> torch.Tensor:
     """Boxes predicted on the resized image -> original pixels, clipped to the image (use
-    `nonempty` afterwards to drop the boxes clipping left empty, as detector_postprocess does)."""
-    in_h, in_w = input_hw
+    `nonempty` afterwards to drop the boxes clipping left empty, as detector_postprocess does).
+    With a letterbox's `placement`: (box - (left, top)) / scale (liangheming/fcosv1 eval.py),
+    the input size unused."""
     out_w, out_h = original_wh
-    scale = boxes.new_tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h])
-    out = boxes * scale
+    if placement is not None:
+        shift = boxes.new_tensor([placement.left, placement.top, placement.left, placement.top])
+        out = (boxes - shift) / placement.scale
+    else:
+        in_h, in_w = input_hw
+        scale = boxes.new_tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h])
+        out = boxes * scale
     out[:, 0::2] = out[:, 0::2].clamp(0, out_w)
     out[:, 1::2] = out[:, 1::2].clamp(0, out_h)
     return out

@@ -25,7 +25,8 @@ SCHEMA_VERSION = 1
 #: Fields added up to 2026-11-24 (gt_filter, filter_score, box_roundtrip, valid_pad,
 #: ctr_norm_min, topk_cap, drop_empty) came with SCHEMA_VERSION 1 and are hashed as usual.
 KEYLESS_DEFAULTS: dict[str, Any] = {"train.channels_last": False, "model.backbone.pretrain": None,
-                                    "data.val_images": None}
+                                    "data.val_images": None, "data.train_extra": [],
+                                    "data.resize": "shortest_edge", "data.letterbox_size": None}
 
 #: Sections of the resolved config that determine the result (hashed into the run key).
 HASHED_SECTIONS = ("seed", "model", "data", "train", "eval")
@@ -391,8 +392,22 @@ class DataConfig(Strict):
     #: config (and the run key) does not depend on one machine's paths.
     root: str = ""
     train: SplitConfig | None = None
+    #: More training splits, loaded like `train` and appended to it in this order (the official
+    #: FCOS trains on COCO 2014 train + valminusminival: maskrcnn-benchmark's paths_catalog
+    #: `coco_2014_train` + `coco_2014_valminusminival`). Image ids must be unique over all the
+    #: files and every COCO file must list the same categories. Not for the synthetic dataset.
+    train_extra: list[SplitConfig] = Field(default_factory=list)
     val: SplitConfig | None = None
     synthetic: SynthConfig | None = None
+    #: How images are sized, for training and evaluation alike. shortest_edge: the shortest
+    #: side to one of `train_min_size` (`test_min_size`), the long side capped at
+    #: `train_max_size` (`test_max_size`). letterbox (the unofficial FCOS of liangheming/fcosv1,
+    #: `RandScaleToMax` in utils/augmentations.py): the long side scaled to `letterbox_size`
+    #: keeping the aspect ratio, the short side padded (centred, mean colour) to a square
+    #: `letterbox_size` x `letterbox_size`; the min/max sizes are then unused (docs/fcos.md).
+    resize: Literal["shortest_edge", "letterbox"] = "shortest_edge"
+    #: The square side of `resize: letterbox` (the original's `max_thresh`, 640); only with it.
+    letterbox_size: int | None = Field(None, ge=32)
     #: Shortest-side sizes for training (one chosen per image when several) and the long cap.
     train_min_size: list[int] = Field(default_factory=lambda: [640, 672, 704, 736, 768, 800])
     train_max_size: int = 1333
@@ -446,6 +461,12 @@ class DataConfig(Strict):
             raise ValueError(f"data.name '{self.name}' needs 'train' and 'val' sections")
         if not self.train_min_size:
             raise ValueError("train_min_size must list at least one size")
+        if self.train_extra and self.name == "synthetic":
+            raise ValueError("train_extra needs files: the synthetic dataset has one train split")
+        if self.resize == "letterbox" and self.letterbox_size is None:
+            raise ValueError("resize 'letterbox' needs letterbox_size (the square side, e.g. 640)")
+        if self.resize != "letterbox" and self.letterbox_size is not None:
+            raise ValueError(f"letterbox_size is only used with resize 'letterbox', not '{self.resize}'")
         return self
 
 

@@ -183,10 +183,12 @@ def predict(model, loader, device, *, drop_empty: bool = True) -> dict[str, list
     out: dict[str, list[dict]] = {"nms": [], "nms_free": []}
     for batch in loader:
         dets = net.detect(batch["images"].to(device), batch["image_sizes"])
+        placements = batch.get("placements") or [None] * len(dets)  # letterboxed images: offset, scale
         for i, d in enumerate(dets):
             for key in out:
                 boxes, scores, labels = d[key]
-                boxes = to_original(boxes.float().cpu(), batch["image_sizes"][i], batch["orig_sizes"][i])
+                boxes = to_original(boxes.float().cpu(), batch["image_sizes"][i], batch["orig_sizes"][i],
+                                    placements[i])
                 scores, labels = scores.float().cpu(), labels.cpu()
                 if drop_empty:
                     keep = nonempty(boxes)
