@@ -26,7 +26,9 @@ SCHEMA_VERSION = 1
 #: ctr_norm_min, topk_cap, drop_empty) came with SCHEMA_VERSION 1 and are hashed as usual.
 KEYLESS_DEFAULTS: dict[str, Any] = {"train.channels_last": False, "model.backbone.pretrain": None,
                                     "data.val_images": None, "data.train_extra": [],
-                                    "data.resize": "shortest_edge", "data.letterbox_size": None}
+                                    "data.resize": "shortest_edge", "data.letterbox_size": None,
+                                    "train.epochs": None, "train.lr_schedule": "step",
+                                    "train.cosine_final": 0.1, "train.ema": None, "train.sync_bn": False}
 
 #: Sections of the resolved config that determine the result (hashed into the run key).
 HASHED_SECTIONS = ("seed", "model", "data", "train", "eval")
@@ -528,21 +530,47 @@ class HealthConfig(Strict):
     min_ap: float | None = Field(0.001, ge=0.0, le=1.0)
 
 
+class EMAConfig(Strict):
+    """An exponential moving average of the model's weights (the unofficial FCOS's `ModelEMA`,
+    after YOLOv5 / timm): after every optimizer step each floating-point entry of the state dict
+    (parameters and norm buffers) becomes v = d v + (1 - d) w with
+    d = decay x (1 - exp(-updates / ramp)), updates counting the steps from 1. Integer buffers
+    keep the value they had when the copy was made. The averaged weights are evaluated and
+    checkpointed (docs/schedules.md)."""
+
+    #: The decay the ramp approaches.
+    decay: float = Field(0.9999, gt=0.0, lt=1.0)
+    #: Steps over which the decay ramps up: d reaches 63 % of `decay` after `ramp` updates.
+    ramp: float = Field(2000.0, gt=0.0)
+
+
 class TrainConfig(Strict):
-    max_iter: int = Field(ge=1)
+    #: The length in iterations; exactly one of max_iter and epochs is set.
+    max_iter: int | None = Field(None, ge=1)
+    #: The length in epochs of the training set (after data.filter_empty): max_iter becomes
+    #: epochs x ceil(training images / ims_per_batch), once the data is loaded, and `steps`
+    #: count epochs (docs/schedules.md).
+    epochs: int | None = Field(None, ge=1)
     #: Total images per iteration over all processes.
     ims_per_batch: int = Field(16, ge=1)
     #: Batch the schedule was written for; with scale_rule linear, lr and iterations follow
     #: ims_per_batch / reference_batch (the run records what it did).
     reference_batch: int = Field(16, ge=1)
     scale_rule: Literal["linear", "none"] = "linear"
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    #: sgd (cvpods), adamw (mmdet, DATE), adam (torch Adam with L2 weight decay on the weights
+    #: of non-norm layers only, the unofficial FCOS's split_optimizer).
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
     base_lr: float = Field(gt=0.0)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     weight_decay_norm: float = 0.0
     backbone_lr_mult: float = 1.0
     clip_grad_norm: float | None = None
+    #: step: x gamma at each step (detectron2's WarmupMultiStepLR); cosine: the unofficial
+    #: FCOS's warm-up + cosine decay in each interval between steps (docs/schedules.md).
+    lr_schedule: Literal["step", "cosine"] = "step"
+    #: cosine: the fraction of an interval's starting lr its cosine ends at.
+    cosine_final: float = Field(0.1, ge=0.0, le=1.0)
     steps: list[int] = Field(default_factory=list)
     gamma: float = 0.1
     warmup_iters: int = Field(1000, ge=0)
@@ -553,16 +581,26 @@ class TrainConfig(Strict):
     #: another order: results change in the last bits, not in expectation. On the CPU the tiny
     #: quickstart convs train about 10 % faster this way.
     channels_last: bool = False
+    #: Average the weights (see EMAConfig); the average is evaluated and checkpointed.
+    ema: EMAConfig | None = None
+    #: Under DDP (more than one process) BatchNorm layers become SyncBatchNorm; one process
+    #: trains plain BatchNorm either way.
+    sync_bn: bool = False
     #: When a run counts as diverged (see HealthConfig). Not part of the run key: the rules
     #: never change what is trained (harness/spec/matrix.py hashed_config).
     health: HealthConfig = HealthConfig()
 
     @model_validator(mode="after")
     def _steps(self) -> TrainConfig:
+        if (self.max_iter is None) == (self.epochs is None):
+            raise ValueError("set exactly one of max_iter and epochs (the other null), got "
+                             f"max_iter {self.max_iter} and epochs {self.epochs}")
         if list(self.steps) != sorted(self.steps):
             raise ValueError(f"steps must be increasing, got {self.steps}")
-        if self.steps and self.steps[-1] >= self.max_iter:
-            raise ValueError(f"step {self.steps[-1]} is not below max_iter {self.max_iter}")
+        length, unit = (self.max_iter, "max_iter") if self.epochs is None else (self.epochs, "epochs")
+        # cosine: a last step at the end is allowed (the original's milestones [18, 24] of 24 epochs)
+        if self.steps and (self.steps[-1] > length or self.steps[-1] == length and self.lr_schedule == "step"):
+            raise ValueError(f"step {self.steps[-1]} is not below {unit} {length}")
         return self
 
 

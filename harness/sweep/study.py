@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -253,7 +254,7 @@ class Study:
         it now, while its workers still run (the caller stops them)."""
         if self.racing:
             return False
-        last = t.cells[0].config.train.max_iter
+        last = t.cells[0].config.train.max_iter or math.inf  # train.epochs: known to the worker only
         for step, value in self.objective_history(t.cells[0]):
             if step <= t.reported or t.pruned_at is not None:
                 continue

@@ -132,4 +132,7 @@ def run_params(cell, sched) -> dict[str, str]:
         params.update({"schedule.lr": sched.base_lr, "schedule.max_iter": sched.max_iter,
                        "schedule.steps": list(sched.steps), "schedule.warmup_iters": sched.warmup_iters,
                        "schedule.linear_scale": sched.scale})
+    if sched.iters_per_epoch:  # train.epochs: the iterations the training set's size made
+        params.update({"schedule.max_iter": sched.max_iter, "schedule.steps": list(sched.steps),
+                       "schedule.iters_per_epoch": sched.iters_per_epoch})
     return params

@@ -28,8 +28,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: str | Path, *, model, optimizer, scheduler, scaler, iteration: int, run_id: str | None,
-         run_key: str, health: dict | None = None) -> None:
-    """health: the HealthMonitor's state (plain numbers); checkpoints without it still load."""
+         run_key: str, health: dict | None = None, ema: dict | None = None) -> None:
+    """health: the HealthMonitor's state (plain numbers); checkpoints without it still load.
+    ema: the weight average's state (train.ema), saved only when it is on."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -37,6 +38,8 @@ def save(path: str | Path, *, model, optimizer, scheduler, scaler, iteration: in
         "scaler": scaler.state_dict() if scaler is not None else {}, "iteration": iteration,
         "run_id": run_id or "", "run_key": run_key, "rng": _plain(rng_state()), "health": dict(health or {}),
     }
+    if ema is not None:
+        state["ema"] = ema
     need = _nbytes(state)
     check_space(path, need, "the checkpoint")  # a full disk is one readable line, not torch's "unexpected pos"
     tmp = path.with_name(path.name + f"{TMP_MARK}{os.getpid()}")

@@ -262,6 +262,8 @@ def fit(s: Session, batches, loop: LoopContext) -> int:
             data_time = time.perf_counter() - t0
             values = train_step(model, batch, optimizer, s.scaler, iteration=iteration + 1, amp_dtype=s.amp_dtype,
                                 clip_grad_norm=s.cfg.train.clip_grad_norm)
+            if s.ema is not None:  # after every optimizer step, as the unofficial FCOS
+                s.ema.update(unwrap(model))
             s.scheduler.step()
             iteration = s.iteration = iteration + 1
             flag = health.update(iteration, values["total_loss"])  # the same value on every rank

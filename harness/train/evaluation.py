@@ -34,7 +34,7 @@ class Evaluation:
 
     def __call__(self, iteration: int, final: bool) -> None:
         s, cfg = self.s, self.s.cfg
-        preds = gather(predict(s.model, self.loader, s.device, drop_empty=cfg.eval.drop_empty))
+        preds = gather(predict(s.evaluated, self.loader, s.device, drop_empty=cfg.eval.drop_empty))
         n_dets = sum(len(p["scores"]) for p in preds[self.headline])
         flag = s.health.check_eval(iteration, n_dets)
         if not s.ranks.main:

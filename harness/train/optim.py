@@ -2,7 +2,10 @@
 
 - SGD, momentum 0.9, weight decay 1e-4 except on norm layers (weight_decay_norm, 0 by default).
 - AdamW with the backbone's lr multiplied by backbone_lr_mult (DATE: 0.1), grad clipping.
-- LR: linear warmup from warmup_factor over warmup_iters, then x gamma at each step.
+- Adam (the unofficial FCOS): torch Adam, L2 weight decay on the weights of non-norm layers only.
+- LR: linear warmup from warmup_factor over warmup_iters, then x gamma at each step (`step`), or
+  the unofficial FCOS's cosine decay within each interval between steps (`cosine`).
+- Epoch schedules: max_iter = epochs x ceil(training images / ims_per_batch), steps x the same.
 - Linear scaling rule (cvpods): a total batch B != reference_batch scales lr by B / ref and the
   iteration counts (max_iter, steps, checkpoint and eval periods) by ref / B; the warm-up keeps
   its length in iterations, as in cvpods.
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,25 +32,44 @@ class Schedule:
     checkpoint_period: int
     eval_period: int
     scale: float  # B / reference_batch (1.0: nothing changed)
+    iters_per_epoch: int = 0  # train.epochs: ceil(training images / ims_per_batch); 0: max_iter given
 
 
-def scaled_schedule(train, eval_period: int) -> Schedule:
+def iters_per_epoch(num_train: int, ims_per_batch: int) -> int:
+    """Iterations of one pass over the training set: the last, short batch counts (the original's
+    DataLoader keeps it, drop_last False; DistributedSampler pads each process's share, and
+    ceil(ceil(n / W) / b) = ceil(n / (W b)))."""
+    return math.ceil(num_train / ims_per_batch)
+
+
+def scaled_schedule(train, eval_period: int, num_train: int | None = None) -> Schedule:
+    """The schedule a cell trains; `num_train` (the training images after filtering) is needed
+    for `train.epochs`, which fixes max_iter and the steps from it (not rescaled: an epoch is
+    already counted in batches of ims_per_batch; the lr and the periods follow the rule)."""
     f = train.ims_per_batch / train.reference_batch if train.scale_rule == "linear" else 1.0
-    if f == 1.0:
-        return Schedule(train.base_lr, train.max_iter, tuple(train.steps), train.warmup_iters,
-                        train.checkpoint_period, eval_period, 1.0)
+    cap = 0 if train.lr_schedule == "cosine" else 1  # cosine: a step may sit at max_iter
 
     def it(n: int) -> int:
-        return max(1, int(round(n / f)))
+        return n if f == 1.0 else max(1, int(round(n / f)))
 
-    max_iter = it(train.max_iter)
-    return Schedule(train.base_lr * f, max_iter, tuple(min(it(s), max_iter - 1) for s in train.steps),
-                    train.warmup_iters, it(train.checkpoint_period),
-                    it(eval_period) if eval_period else 0, f)
+    if train.epochs is not None:
+        if num_train is None:
+            raise ValueError("train.epochs needs the number of training images")
+        ipe = iters_per_epoch(num_train, train.ims_per_batch)
+        max_iter = ipe * train.epochs
+        steps = tuple(min(s * ipe, max_iter - cap) for s in train.steps)
+    else:
+        ipe, max_iter = 0, it(train.max_iter)
+        steps = tuple(train.steps) if f == 1.0 else tuple(min(it(s), max_iter - cap) for s in train.steps)
+    return Schedule(train.base_lr * f, max_iter, steps, train.warmup_iters, it(train.checkpoint_period),
+                    it(eval_period) if eval_period else 0, f, ipe)
 
 
 def param_groups(model: nn.Module, *, lr: float, weight_decay: float, weight_decay_norm: float,
-                 backbone_lr_mult: float) -> list[dict]:
+                 backbone_lr_mult: float, weights_only: bool = False) -> list[dict]:
+    """Parameter groups by weight decay and lr multiplier. weights_only (adam): only parameters
+    named `weight` are decayed (norm layers' at weight_decay_norm); biases and the rest (FCOS
+    scales) get none, as the unofficial FCOS's split_params."""
     groups: dict[tuple, list] = {}
     seen = set()
     for mod_name, module in model.named_modules():
@@ -55,6 +78,8 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, weight_dec
                 continue
             seen.add(id(p))
             wd = weight_decay_norm if isinstance(module, NORM_TYPES) else weight_decay
+            if weights_only and name != "weight":
+                wd = 0.0
             full = f"{mod_name}.{name}"
             mult = backbone_lr_mult if full.startswith(("backbone.", "module.backbone.")) else 1.0
             groups.setdefault((wd, mult), []).append(p)
@@ -63,10 +88,12 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, weight_dec
 
 
 def build_optimizer(model: nn.Module, train, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, lr=lr, weight_decay=train.weight_decay,
-                          weight_decay_norm=train.weight_decay_norm, backbone_lr_mult=train.backbone_lr_mult)
+    groups = param_groups(model, lr=lr, weight_decay=train.weight_decay, weight_decay_norm=train.weight_decay_norm,
+                          backbone_lr_mult=train.backbone_lr_mult, weights_only=train.optimizer == "adam")
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=train.momentum)
+    if train.optimizer == "adam":  # L2: weight_decay x w is added to the gradient (torch Adam)
+        return torch.optim.Adam(groups, lr=lr)
     return torch.optim.AdamW(groups, lr=lr)
 
 
@@ -79,7 +106,33 @@ def lr_factor(it: int, *, warmup_iters: int, warmup_factor: float, steps: tuple[
     return warm * gamma ** bisect.bisect_right(list(steps), it)
 
 
+def cosine_factor(it: int, *, warmup_iters: int, warmup_factor: float, steps: tuple[int, ...], gamma: float,
+                  final: float) -> float:
+    """Multiplier of the base lr at iteration `it` (0-based) of the unofficial FCOS's
+    IterWarmUpCosineDecayMultiStepLRAdjust (solver/ddp_mix_solver.py, utils/optims_utils.py).
+
+    Linear warm-up from warmup_factor (the original: 0) over warmup_iters; then the boundaries
+    b_0 = warmup_iters < b_1 < ... (the steps) cut the run into intervals: in the k-th,
+    lr = gamma^k x (final + (1 - final) x (1 + cos(pi t / T)) / 2) with t = it - b_k and
+    T = b_(k+1) - b_k; after the last boundary the lr stays at gamma^k (no steps: constant)."""
+    if it < warmup_iters:
+        alpha = it / warmup_iters
+        return warmup_factor * (1 - alpha) + alpha
+    bounds = sorted({warmup_iters, *steps})
+    k = bisect.bisect_right(bounds, it) - 1
+    if k == len(bounds) - 1:
+        return gamma ** k
+    t, total = it - bounds[k], bounds[k + 1] - bounds[k]
+    return gamma ** k * ((1 + math.cos(t * math.pi / total)) / 2 * (1 - final) + final)
+
+
 def build_scheduler(optimizer, sched: Schedule, train) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it, warmup_iters=sched.warmup_iters, warmup_factor=train.warmup_factor,
-                                        steps=sched.steps, gamma=train.gamma))
+    if train.lr_schedule == "cosine":
+        def factor(it: int) -> float:
+            return cosine_factor(it, warmup_iters=sched.warmup_iters, warmup_factor=train.warmup_factor,
+                                 steps=sched.steps, gamma=train.gamma, final=train.cosine_final)
+    else:
+        def factor(it: int) -> float:
+            return lr_factor(it, warmup_iters=sched.warmup_iters, warmup_factor=train.warmup_factor,
+                             steps=sched.steps, gamma=train.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -26,7 +26,7 @@ from harness.spec.matrix import Cell
 from harness.track.mlflow_tracker import MLflowTracker, NullTracker, git_commit, sync_cell
 from harness.track.names import run_params, run_tags, workspace_tag
 from harness.track.runs import end_abandoned, previous_attempt
-from harness.train.engine import LoopContext, NonFiniteLoss, Progress, Stop, fit
+from harness.train.engine import LoopContext, NonFiniteLoss, Progress, Stop, fit, unwrap
 from harness.train.evaluation import Evaluation
 from harness.train.guards import Heartbeat, SignalGuard
 from harness.train.health import Unhealthy
@@ -163,6 +163,9 @@ def _start_run(s: Session, launch: Launch):
         train = s.cfg.train
         print(f"{cell.id}: linear scaling rule: batch {train.ims_per_batch} vs reference {train.reference_batch}: "
               f"lr {train.base_lr} -> {sched.base_lr:g}, max_iter {train.max_iter} -> {sched.max_iter}")
+    if sched.iters_per_epoch:
+        print(f"{cell.id}: {s.cfg.train.epochs} epochs of {sched.iters_per_epoch} iterations: max_iter "
+              f"{sched.max_iter}, steps {list(sched.steps)}", flush=True)
     metrics = s.cfg.tracking.system_metrics
     if s.device.type == "cuda" and metrics != "off" or metrics == "on":
         tracker.start_system_metrics()
@@ -178,6 +181,8 @@ def _train(s: Session, tracker, guard: SignalGuard, progress: bool) -> Evaluatio
     cfg, ranks = s.cfg, s.ranks
     if cfg.model.backbone.pretrain is not None and s.start_iter == 0:  # a resumed cell has its weights
         tracker.set_tags({"harness.pretrain": load_pretrained(s)})
+        if s.ema is not None:  # the average starts from the pre-trained weights
+            s.ema.reset(unwrap(s.model))
     loader = train_loader(train_dataset(cfg.data, s.data.train, cfg.model.backbone.input_format),
                           cfg.train.ims_per_batch // ranks.world, seed=cfg.seed, rank=ranks.rank,
                           world_size=ranks.world, start_iter=s.start_iter, num_workers=cfg.data.num_workers,

@@ -26,6 +26,7 @@ from harness.spec.errors import Problem, UserError
 from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths
 from harness.train import checkpoint as ckpt
+from harness.train.ema import WeightEMA
 from harness.train.engine import unwrap
 from harness.train.health import HealthMonitor, build_monitor
 from harness.train.optim import Schedule, build_optimizer, build_scheduler, scaled_schedule
@@ -78,6 +79,7 @@ class Session:
     amp_dtype: torch.dtype | None
     sched: Schedule
     health: HealthMonitor
+    ema: WeightEMA | None = None  # train.ema: the averaged weights, evaluated and checkpointed
     checkpoint: tuple | None = None  # the (inode, size, mtime) of the checkpoint loaded, if any
     start_iter: int = 0  # the checkpoint's iteration (0: a new run)
     run_id: str | None = None  # the checkpoint's MLflow run, then the run this session writes
@@ -90,6 +92,11 @@ class Session:
     @property
     def cfg(self):
         return self.cell.config
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights evaluation scores: the EMA's when train.ema is set, else the model's."""
+        return self.ema.model if self.ema is not None else self.model
 
 
 def _amp(train, device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -126,6 +133,11 @@ def prepare(cell: Cell, *, workspace: str | Path, resume: Resume, spec_file: str
     cfg, ranks = cell.config, Ranks.from_env()
     device = torch.device(f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu")
     data = _check_inputs(cell, Path(workspace), ranks.world, spec_file)
+    if data is None and cfg.train.epochs is not None:
+        # an epoch schedule needs the number of training images before anything is built: the
+        # synthetic images are generated here (a shared cache, written atomically) instead of
+        # under the lock
+        data = load_datasets(cfg.data, CellPaths.of(workspace, cell.run_key).cache)
     torch.manual_seed(cfg.seed)
     t_build = time.time()
     try:
@@ -136,12 +148,13 @@ def prepare(cell: Cell, *, workspace: str | Path, resume: Resume, spec_file: str
         model = model.to_channels_last()
     if ranks.main:
         print(f"{cell.id}: model built in {time.time() - t_build:.2f} s", flush=True)
-    sched = scaled_schedule(cfg.train, cfg.eval.period)
+    sched = scaled_schedule(cfg.train, cfg.eval.period, None if data is None else len(data.train))
     optimizer = build_optimizer(model, cfg.train, sched.base_lr)
     amp_dtype, scaler = _amp(cfg.train, device)
     health = build_monitor(cfg.train.health, max_iter=sched.max_iter, warmup_iters=sched.warmup_iters)
+    ema = None if cfg.train.ema is None else WeightEMA(model, decay=cfg.train.ema.decay, ramp=cfg.train.ema.ramp)
     s = Session(cell, CellPaths.of(workspace, cell.run_key), ranks, device, data, model, optimizer,
-                build_scheduler(optimizer, sched, cfg.train), scaler, amp_dtype, sched, health)
+                build_scheduler(optimizer, sched, cfg.train), scaler, amp_dtype, sched, health, ema)
     if resume is not Resume.FRESH and s.paths.checkpoint.exists():
         load_checkpoint(s)
     elif resume is Resume.MUST:
@@ -177,6 +190,8 @@ def load_checkpoint(s: Session) -> None:
                 s.scaler.load_state_dict(state["scaler"])
             ckpt.set_rng_state(state["rng"])
             s.health.load_state_dict(state.get("health"))  # absent in checkpoints from before health
+            if s.ema is not None:
+                s.ema.load_state_dict(state["ema"])
             start_iter, run_id = int(state["iteration"]), state["run_id"] or None
             if not isinstance(run_id, str | None):
                 raise TypeError(f"run_id is {type(run_id).__name__}")
@@ -219,8 +234,18 @@ def take_over(s: Session, resume: Resume) -> None:
         elif resume is Resume.MUST:
             raise _no_checkpoint(s)
     if s.ranks.world > 1:
+        s.model = sync_batchnorm(s.model, enabled=s.cfg.train.sync_bn, world=s.ranks.world)
         s.model = torch.nn.parallel.DistributedDataParallel(
             s.model, device_ids=[s.ranks.local_rank] if s.device.type == "cuda" else None)
+
+
+def sync_batchnorm(model: torch.nn.Module, *, enabled: bool, world: int) -> torch.nn.Module:
+    """train.sync_bn: BatchNorm layers become SyncBatchNorm (statistics over every process's
+    images) when more than one process trains; the same parameter and buffer tensors are kept,
+    so the optimizer and a loaded checkpoint stay valid. One process: the model as it is."""
+    if not enabled or world <= 1:
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def leave_process_group() -> None:
@@ -235,7 +260,7 @@ def save_checkpoint(s: Session, iteration: int) -> None:
     if s.ranks.main:
         ckpt.save(s.paths.checkpoint, model=unwrap(s.model), optimizer=s.optimizer, scheduler=s.scheduler,
                   scaler=s.scaler, iteration=iteration, run_id=s.run_id, run_key=s.cell.run_key,
-                  health=s.health.state_dict())
+                  health=s.health.state_dict(), ema=None if s.ema is None else s.ema.state_dict())
 
 
 def load_pretrained(s: Session) -> str:
