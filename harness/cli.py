@@ -144,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coco: the COCOeval implementation (same numbers)")
     p.add_argument("--images", default=None, metavar="DIR",
                    help="crowdhuman: image folder to read sizes from when the records lack them")
+    p.add_argument("--testdev", default=None, metavar="OUT.zip",
+                   help="coco: instead of scoring, write the COCO server's upload file (a zip holding "
+                        "detections_test-dev2017_<alg>_results.json) from a run's detections on the test-dev "
+                        "images; --gt is test-dev's image info (image_info_test-dev2017.json)")
+    p.add_argument("--alg", default="harness", metavar="NAME",
+                   help="with --testdev: the algorithm's name in the results file (letters, digits, '-')")
+
+    p = sub.add_parser("record-testdev", help="record a run's COCO test-dev server result",
+                       description="Record the AP the COCO evaluation server gave a run's test-dev upload "
+                                   "(`harness evaluate coco --testdev`): the metric testdev.ap, shown by a "
+                                   "table's AP (test-dev) column.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--ap", required=True, type=float, metavar="PERCENT", help="the server's AP in percent (37.4)")
+    _add_store(p)
 
     p = sub.add_parser("data", help="dataset tools (synthetic data, conversions)",
                        description="Dataset tools.")
@@ -217,6 +231,14 @@ def _json_safe(metrics: dict) -> dict:
 def cmd_evaluate(args) -> int:
     from harness.evaluation.kinds import evaluator
 
+    if args.testdev is not None:
+        from harness.evaluation.files import testdev_upload
+
+        if args.kind != "coco":
+            raise UserError(Problem(None, None, "--testdev", "the COCO test-dev upload takes `harness evaluate coco`"))
+        name, n_dets, n_images, total = testdev_upload(args.gt, args.dets, args.testdev, args.alg)
+        print(f"{args.testdev}: {name}, {n_dets} detections on {n_images} of {total} images")
+        return 0
     metrics = evaluator(args.kind).evaluate_files(args.gt, args.dets, backend=args.backend, images=args.images)
     if args.json:
         print(json.dumps(_json_safe(metrics)))
@@ -224,6 +246,18 @@ def cmd_evaluate(args) -> int:
     for name, value in metrics.items():
         shown = f"{100 * value:6.2f} %" if isinstance(value, float) else f"{value:8d}"
         print(f"{name:<11} {shown}")
+    return 0
+
+
+def cmd_record_testdev(args) -> int:
+    import math
+
+    from harness.track.runs import record_testdev
+
+    if not (math.isfinite(args.ap) and 1 <= args.ap <= 100):
+        raise UserError(Problem(None, None, "--ap", f"the server's AP in percent, 1 to 100 (37.4), got {args.ap:g}"))
+    where = record_testdev(_store(args), args.run_id, args.ap / 100)
+    print(f"{args.run_id} ({where}): testdev.ap = {args.ap:g} %")
     return 0
 
 
@@ -393,7 +427,7 @@ def cmd_sweep(args) -> int:
 
 COMMANDS = {"plan": cmd_plan, "evaluate": cmd_evaluate, "data": cmd_data, "train": cmd_train,
             "run": cmd_run, "status": cmd_status, "sync": cmd_sync, "report": cmd_report, "decide": cmd_decide,
-            "sweep": cmd_sweep}
+            "sweep": cmd_sweep, "record-testdev": cmd_record_testdev}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

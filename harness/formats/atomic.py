@@ -17,23 +17,25 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """A folder that refuses the write is reported under the target's name, not the temporary's."""
+def write_text_atomic(path: str | Path, text: str | bytes) -> Path:
+    """Text (UTF-8) or bytes. A folder that refuses the write is reported under the target's
+    name, not the temporary's."""
     path = Path(path)
+    data = text.encode() if isinstance(text, str) else text
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if is_no_space(exc) and not isinstance(exc, NoSpace):
-            raise NoSpace(path, len(text.encode())) from exc
+            raise NoSpace(path, len(data)) from exc
         raise
     return path
 

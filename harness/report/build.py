@@ -140,7 +140,7 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
             "units": "fractions (0.5 = 50 %), as logged; *_points in points", "tables": []}
     hist = None
     if out is not None:  # histories only for plots: the tables need the listing alone
-        keys = sorted({"train.total_loss"} | {c.key for t in spec.tables.values() for c in LAYOUTS[t.layout].columns[:2]})
+        keys = sorted({"train.total_loss"} | {c.key for t in spec.tables.values() for c in LAYOUTS[t.layout].seeded[:2]})
         hist = plot_histories(df, uri, keys, cache_dir=history_cache())
     for name, table in spec.tables.items():
         rt = render_table(name, spec, cells, df)
@@ -159,17 +159,17 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
         lines += ["95% t-intervals:", "", confidence_table(name, spec, df), ""]
         layout = LAYOUTS[table.layout]
         if hist is not None:
-            lines += [convergence_check(hist, rows, layout.columns[0].key), ""]
+            lines += [convergence_check(hist, rows, layout.seeded[0].key), ""]
         idle = []
         for r in rows:
             m, vals = _mean(df, r, layout.headline(_headline(cells, r)).key)
             if vals and m < NOT_LEARNED:
                 idle.append(f"{r} ({pct(m)})")
         if idle:
-            lines += [f"Rows that did not learn at this scale (headline {layout.columns[0].header} below "
+            lines += [f"Rows that did not learn at this scale (headline {layout.seeded[0].header} below "
                       f"{100 * NOT_LEARNED:.0f}%): " + ", ".join(idle) + ".", ""]
         if hist is not None:  # out is given: every input was checked (report), its folder exists
-            lines += figures(spec, name, rows, df, hist, layout.columns, plot_dir, stem, rt.results)
+            lines += figures(spec, name, rows, df, hist, layout.seeded, plot_dir, stem, rt.results)
     decisions = (decide_tables(loaded, cells_to_decide(loaded, overrides), uri, listing)
                  if deciding_tables(loaded) else [])
     for d in decisions:
@@ -224,7 +224,7 @@ def table_json(name: str, spec, df: pd.DataFrame, results) -> dict:
     for r in (r for r in spec.rows if r.table == name):
         sub = df[df["row"] == r.label].sort_values(["dataset", "seed"])
         cols = []
-        for c in LAYOUTS[table.layout].columns:
+        for c in LAYOUTS[table.layout].seeded:
             column = sub[c.key] if c.key in sub else [None] * len(sub)
             values = [{"dataset": d, "seed": int(seed), "status": status, "run_id": run_id, "value": _finite(v)}
                       for d, seed, status, run_id, v in zip(sub["dataset"], sub["seed"], sub["status"], sub["run_id"],
@@ -328,7 +328,7 @@ def platforms(a: pd.DataFrame, b: pd.DataFrame) -> tuple[set[str], set[str]]:
 def largest_difference(a: pd.DataFrame, b: pd.DataFrame, spec) -> tuple[float, str] | None:
     """The largest |a - b| in points over the tables' metrics of the cells finished in both
     stores, with the cell and metric it belongs to."""
-    keys = sorted({c.key for t in spec.tables.values() for c in LAYOUTS[t.layout].columns})
+    keys = sorted({c.key for t in spec.tables.values() for c in LAYOUTS[t.layout].seeded})
     a = a[a["status"] == "finished"].set_index("run_key")
     b = b[b["status"] == "finished"].set_index("run_key")
     best = None

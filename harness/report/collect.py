@@ -16,7 +16,8 @@ def collect(cells: list[Cell], uri: str, experiment: str, listing: Listing | Non
     run_id, failure, finished_runs, finished (every FINISHED run of the key: id, commit, start),
     nan_keys (eval metrics the run logged as NaN: failures, never dropped silently), nms (the
     cell's headline mode), and one column per final metric (`eval.nms_free.ap50`, ...; `eval.ap`
-    is the cell's headline mode), platform (the run's `harness.platform` tag). Which run counts for a cell: `harness.track.runs.list_runs`
+    is the cell's headline mode), its measured cost and test-dev AP (`perf.*`, `testdev.*`;
+    `harness.track.names.PERF_KEYS`, `TESTDEV_AP`), platform (the run's `harness.platform` tag). Which run counts for a cell: `harness.track.runs.list_runs`
     (latest FINISHED, else latest). Reads the run listing only."""
     by_key = (listing or list_runs(uri, experiment)).runs
     rows = []
@@ -32,6 +33,7 @@ def collect(cells: list[Cell], uri: str, experiment: str, listing: Listing | Non
                 metrics = with_headline(r.metrics, c.config.eval.headline)  # eval.ap: the cell's headline mode
                 evals = {k: v for k, v in metrics.items() if k.startswith("eval.")}
                 rec.update(evals)
+                rec.update({k: v for k, v in metrics.items() if k.startswith(("perf.", "testdev."))})
                 rec["nan_keys"] = tuple(sorted(k for k, v in evals.items() if not math.isfinite(v)))
         rows.append(rec)
     return pd.DataFrame(rows)

@@ -84,7 +84,7 @@ def cells_to_decide(ld: LoadedSpec, overrides=()) -> list[Cell]:
 
 def _selected(ld: LoadedSpec, name: str) -> list[Claim]:
     table = ld.spec.tables[name]
-    claims = claims_of(ld.spec, name, LAYOUTS[table.layout].columns[0].metric)
+    claims = claims_of(ld.spec, name, LAYOUTS[table.layout].seeded[0].metric)
     return [claims[i] for i in (table.decide.claims if table.decide.claims is not None else range(len(claims)))]
 
 

@@ -21,39 +21,86 @@ from harness.report.claims import (
 from harness.report.stats import Summary, pooled_std, prediction_interval, summarize
 from harness.spec.matrix import Cell
 from harness.spec.schema import Spec
-from harness.track.names import eval_key
+from harness.track.names import PERF_KEYS, TESTDEV_AP, eval_key
+
+#: What a column's cells show (`Column.kind`).
+KINDS = ("seeds", "memory", "time", "testdev", "text")
 
 
 @dataclass(frozen=True)
 class Column:
-    """A metric column: its header, its metric and the postprocess it reads (`nms`, `nms_free`;
-    None: each row's headline mode, as the papers' tables print it)."""
+    """A column: its header, what it reads and the postprocess it reads (`nms`, `nms_free`;
+    None: each row's headline mode, as the papers' tables print it).
+
+    kind: `seeds`, a metric's mean ± std over seeds in percent (the statistics, claims, plots and
+    intervals read these columns only, `Layout.seeded`); `memory` and `time`, the runs' measured
+    training memory (GB) and test time per image (ms), CUDA's numbers, else the CPU's labelled
+    as such (`harness.track.names.PERF_KEYS`); `testdev`, the COCO server's AP recorded for the
+    row's runs (`harness record-testdev`), else the paper's marked †; `text`, the row's display
+    field named by `metric` (`multi_scale`)."""
 
     header: str
     metric: str
     mode: str | None = None
+    kind: str = "seeds"
 
     @property
     def key(self) -> str:
-        """Its name in the runs table and the report's JSON (`harness.track.names.eval_key`)."""
-        return eval_key(self.mode, self.metric)
+        """Its name in the runs table and the report's JSON (`harness.track.names.eval_key`; the
+        CUDA name of a measured column, `TESTDEV_AP`)."""
+        if self.kind in ("memory", "time"):
+            return PERF_KEYS["cuda"][self.kind]
+        return TESTDEV_AP if self.kind == "testdev" else eval_key(self.mode, self.metric)
+
+    @property
+    def paper_key(self) -> str:
+        """Its name in a row's `paper` values."""
+        return "testdev_ap" if self.kind == "testdev" else self.metric
 
 
 @dataclass(frozen=True)
 class Layout:
-    """A seed README's table: text columns as (header, row field), metric columns, and whether
-    each line ends with the row's note."""
+    """A seed README's table: text columns as (header, row field), columns, whether each line
+    ends with the row's note, and `block`: each row as COCOeval's 12-line summary instead of a
+    markdown table (the columns are then COCO's 12 metrics, in `COCOEVAL_LINES` order)."""
 
     text: tuple[tuple[str, str], ...]
     columns: tuple[Column, ...]
     note: bool = False
+    block: bool = False
+
+    @property
+    def seeded(self) -> tuple[Column, ...]:
+        """The columns of metrics over seeds: what statistics, claims, plots and JSON read."""
+        return tuple(c for c in self.columns if c.kind == "seeds")
 
     def headline(self, mode: str) -> Column:
         """The column a row whose headline postprocess is `mode` leads with: the first that reads
         that mode or each row's own (the quickstart's AP50 NMS or AP50 no NMS by the row's
         `eval.nms`; a paper's first column)."""
-        return next(c for c in self.columns if c.mode in (None, mode))
+        return next(c for c in self.seeded if c.mode in (None, mode))
 
+
+#: COCOeval.summarize's lines (pycocotools' text, before " = value"), by metric.
+COCOEVAL_LINES = {
+    m: f" {title:<18} {kind} @[ IoU={iou:<9} | area={area:>6s} | maxDets={dets:>3d} ]"
+    for m, title, kind, iou, area, dets in (
+        ("ap", "Average Precision", "(AP)", "0.50:0.95", "all", 100),
+        ("ap50", "Average Precision", "(AP)", "0.50", "all", 100),
+        ("ap75", "Average Precision", "(AP)", "0.75", "all", 100),
+        ("aps", "Average Precision", "(AP)", "0.50:0.95", "small", 100),
+        ("apm", "Average Precision", "(AP)", "0.50:0.95", "medium", 100),
+        ("apl", "Average Precision", "(AP)", "0.50:0.95", "large", 100),
+        ("ar1", "Average Recall", "(AR)", "0.50:0.95", "all", 1),
+        ("ar10", "Average Recall", "(AR)", "0.50:0.95", "all", 10),
+        ("ar100", "Average Recall", "(AR)", "0.50:0.95", "all", 100),
+        ("ars", "Average Recall", "(AR)", "0.50:0.95", "small", 100),
+        ("arm", "Average Recall", "(AR)", "0.50:0.95", "medium", 100),
+        ("arl", "Average Recall", "(AR)", "0.50:0.95", "large", 100),
+    )
+}
+COCOEVAL = tuple(Column(h, m) for h, m in zip(
+    ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"), COCOEVAL_LINES, strict=True))
 
 DEFCN_TEXT = (("model", "model"), ("assignment", "assignment"), ("with NMS", "with_nms"), ("lr sched.", "lr_sched"))
 DEFCN_COCO = (Column("mAP", "ap"), Column("mAR", "ar100"))
@@ -71,7 +118,19 @@ LAYOUTS: dict[str, Layout] = {
                          (Column("AP50 NMS", "ap50", "nms"), Column("AP50 no NMS", "ap50", "nms_free"),
                           Column("mMR NMS", "mmr", "nms"), Column("mMR no NMS", "mmr", "nms_free"),
                           Column("recall NMS", "recall", "nms"), Column("recall no NMS", "recall", "nms_free"))),
+    # the official FCOS README (tianzhi0549/FCOS)
+    "fcos": Layout((("Model", "model"),),
+                   (Column("Total training mem (GB)", "train_mem_gb", kind="memory"),
+                    Column("Multi-scale training", "multi_scale", kind="text"),
+                    Column("Testing time / im", "test_ms_per_image", kind="time"),
+                    Column("AP (minival)", "ap"), Column("AP (test-dev)", "ap", kind="testdev"))),
+    # an unofficial FCOS README: the model's whole COCOeval summary
+    "cocoeval": Layout((("Model", "model"),), COCOEVAL, block=True),
 }
+
+#: A measured column's CPU label (its numbers are not a GPU's).
+CPU_LABEL = {"memory": " (CPU RSS)", "time": " (CPU)"}
+TESTDEV_MARK = "†"
 
 
 def pct(x: float) -> str:
@@ -94,6 +153,48 @@ def fmt_summary(s: Summary, expected: int, paper: float | None = None) -> str:
     text = "—" if s.n == 0 else pct(s.mean) if s.n < 2 else f"{pct(s.mean)} ± {fmt_std(s.std)}"
     if paper is not None:
         text += f" ({paper:.1f})"
+    return text + (f" n={s.n}/{expected}" if 0 < s.n < expected else "")
+
+
+def _measure(kind: str, x: float) -> str:
+    """Training memory as the FCOS README prints it ("29.3", GB); a test time ("71ms")."""
+    if kind == "memory":
+        return f"{x:.1f}"
+    return f"{x:.0f}ms" if x >= 10 else f"{x:.1f}ms"
+
+
+def fmt_measured(df: pd.DataFrame, row: str, kind: str, paper: float | None = None) -> str:
+    """A measured column's cell: the mean over the row's finished runs of their CUDA numbers, else
+    of their CPU numbers labelled as such ("0.4 (CPU RSS)", "35ms (CPU)"); (the paper's value)."""
+    text = "—"
+    for device in ("cuda", "cpu"):
+        if vals := _values(df, row, PERF_KEYS[device][kind]):
+            text = _measure(kind, sum(vals) / len(vals)) + (CPU_LABEL[kind] if device == "cpu" else "")
+            break
+    return text + (f" ({_measure(kind, paper)})" if paper is not None else "")
+
+
+def fmt_testdev(df: pd.DataFrame, row: str, paper: float | None = None) -> str:
+    """The COCO server's AP recorded for the row's runs (mean ± std when several; the paper's
+    value in parentheses), else the paper's value marked `TESTDEV_MARK`, else "—"."""
+    vals = _values(df, row, TESTDEV_AP)
+    if vals:
+        return fmt_summary(summarize(vals), len(vals), paper)
+    return "—" if paper is None else f"{paper:.1f}{TESTDEV_MARK}"
+
+
+def fmt_block_value(s: Summary, expected: int, paper: float | None = None) -> str:
+    """A COCOeval line's value as the tool prints it (a fraction, 3 decimals): `0.380 ± 0.002
+    (paper 0.380)`, the paper's value given in percent; `n=k/N` when seeds miss."""
+    if s.n == 0:
+        text = "—"
+    elif s.n < 2:
+        text = f"{s.mean:.3f}"
+    else:
+        std = "0" if s.std < MIN_STD else f"{s.std:.3f}" if s.std >= 0.0005 else "<0.001"
+        text = f"{s.mean:.3f} ± {std}"
+    if paper is not None:
+        text += f" (paper {paper / 100:.3f})"
     return text + (f" n={s.n}/{expected}" if 0 < s.n < expected else "")
 
 
@@ -161,30 +262,48 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
     per_row = {lab: sum(c.row == lab for c in cells) for lab in labels}
     expected = max(per_row.values(), default=len(spec.seeds)) or len(spec.seeds)
     nms_of = {c.row: c.config.eval.nms for c in cells}
+    multi_of = {c.row: len(c.config.data.train_min_size) > 1 for c in cells}
+    seeded = layout.seeded
 
-    results = evaluate(claims_of(spec, name, layout.columns[0].metric), df)
+    results = evaluate(claims_of(spec, name, seeded[0].metric), df)
     header = [h for h, _ in layout.text] + [c.header for c in layout.columns]
     if layout.note:
         header.append("note")
 
-    body = []
+    body, blocks, marked = [], [], False
     for r in rows:
         text = {"model": r.model or r.label, "assignment": r.assignment, "lr_sched": r.lr_sched,
-                "with_nms": r.with_nms or ("Yes" if nms_of.get(r.label) else "No")}
+                "with_nms": r.with_nms or ("Yes" if nms_of.get(r.label) else "No"),
+                "multi_scale": r.multi_scale or ("Yes" if multi_of.get(r.label) else "No")}
+        n_expected = per_row.get(r.label) or expected
+        if layout.block:  # COCOeval's summary, one line per metric
+            lines = [COCOEVAL_LINES[c.metric] + " = " + fmt_block_value(summarize(_values(df, r.label, c.key)), n_expected,
+                                                                           r.paper.get(c.metric))
+                     for c in layout.columns]
+            blocks.append(f"**{text['model']}**\n\n```text\n" + "\n".join(lines) + "\n```")
+            continue
         line = [text[k] for _, k in layout.text]
         for c in layout.columns:  # the paper's values are of its headline mode
-            paper = r.paper.get(c.metric) if c.mode is None else None
-            line.append(fmt_summary(summarize(_values(df, r.label, c.key)), per_row.get(r.label) or expected, paper))
+            paper = r.paper.get(c.paper_key) if c.mode is None else None
+            if c.kind == "seeds":
+                line.append(fmt_summary(summarize(_values(df, r.label, c.key)), n_expected, paper))
+            elif c.kind in ("memory", "time"):
+                line.append(fmt_measured(df, r.label, c.kind, paper))
+            elif c.kind == "testdev":
+                line.append(fmt_testdev(df, r.label, paper))
+                marked |= line[-1].endswith(TESTDEV_MARK)
+            else:
+                line.append(text[c.metric])
         if layout.note:
             line.append(r.note)
         body.append(line)
 
-    keys = list(dict.fromkeys(c.key for c in layout.columns))
+    keys = list(dict.fromkeys(c.key for c in seeded))
     foot = []
     for r in rows:
         sub = df[df["row"] == r.label].sort_values(["dataset", "seed"])
         parts = []
-        for c in layout.columns:  # every column, both post-processings where the layout has them
+        for c in seeded:  # every column, both post-processings where the layout has them
             vals = [(f"{pct(v)}" if pd.notna(v) else "NaN") if st == "finished" else "—"
                     for v, st in zip(sub.get(c.key, [math.nan] * len(sub)), sub["status"], strict=True)]
             if vals:
@@ -193,11 +312,11 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
         bad = shortfalls(df, r.label, keys)
         foot.append(f"{r.label} (seeds {seeds}): " + "; ".join(parts) + (" — " + "; ".join(bad) if bad else ""))
     noise_parts = []
-    for c in layout.columns:
+    for c in seeded:
         ps = pooled_std([_values(df, lab, c.key) for lab in labels])
         if not math.isnan(ps):
             noise_parts.append(f"{c.header} {100 * ps:.2f}")
-    widest = max(((max(v) - min(v), lab, c.header) for c in layout.columns for lab in labels
+    widest = max(((max(v) - min(v), lab, c.header) for c in seeded for lab in labels
                   if len(v := _values(df, lab, c.key)) >= 2), default=None)
     noise = ("Observed seed noise (pooled std over rows, points): " + ", ".join(noise_parts)) if noise_parts else \
         "Observed seed noise: needs at least two finished seeds per row"
@@ -207,18 +326,27 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
         noise += f"; widest range over seeds: {100 * widest[0]:.1f} points ({widest[1]}, {widest[2]})"
     has_paper = any(r.paper for r in rows)
     short = [f"{lab}: " + "; ".join(b) for lab in labels if (b := shortfalls(df, lab, keys))]
-    lower = any(c.metric == "mmr" for c in layout.columns)
-    legend = (f"Cells: mean ± sample std over {expected} seeds, in percent"
+    lower = any(c.metric == "mmr" for c in seeded)
+    kinds = {c.kind for c in layout.columns}
+    legend = ((f"Lines: COCOeval's summary, mean ± sample std over {expected} seeds, as fractions" if layout.block else
+               f"Cells: mean ± sample std over {expected} seeds, in percent")
               + ("; (x): the paper's value" if has_paper else "")
+              + ("; training memory: peak allocated GB summed over the GPUs, mean over seeds ((CPU RSS): a CPU run's "
+                 "peak resident memory)" if "memory" in kinds else "")
+              + ("; testing time: model forward and post-processing per image at the test batch size after a "
+                 "warm-up, mean over seeds ((CPU): measured on a CPU)" if "time" in kinds else "")
+              + ("; test-dev: the COCO server's AP recorded for the runs" if "testdev" in kinds else "")
               + f"; n=k/N: k of N seeds count{' (why: below)' if short else ''}; —: none"
               + ("; mMR: lower is better" if lower else "") + ".")
     notes = []
     if any(r.assignment.endswith("*") for r in rows):  # the seed tables' footnote on "mixture*"
         notes.append("\\* mixture: the one-to-one assignment (POTO) trains the filtered score, the "
                      "one-to-many auxiliary loss the raw classification score.")
+    if marked:
+        notes.append(f"{TESTDEV_MARK} paper value; no server result recorded (`harness record-testdev`).")
     if short:
         notes.append("Fewer seeds than cells: " + " · ".join(short) + ".")
-    md = _markdown(header, body) + "".join(f"\n\n{n}" for n in notes)
+    md = ("\n\n".join(blocks) if layout.block else _markdown(header, body)) + "".join(f"\n\n{n}" for n in notes)
     return RenderedTable(name, table.title, md, foot, noise, legend, results)
 
 
@@ -256,7 +384,7 @@ def claims_table(results: list[Result]) -> tuple[str, str]:
 
 def confidence_table(name: str, spec: Spec, df: pd.DataFrame) -> str:
     """95% t-intervals of every metric of a table (for the report body)."""
-    columns = LAYOUTS[spec.tables[name].layout].columns
+    columns = LAYOUTS[spec.tables[name].layout].seeded
     rows = [r for r in spec.rows if r.table == name]
     body = []
     for r in rows:
@@ -276,7 +404,7 @@ def reproduction_table(name: str, spec: Spec, ref: pd.DataFrame, other: pd.DataF
     Returns the markdown table and (inside, compared) counts; a metric is compared when `ref`
     has at least 2 seeds and `other` at least one finished run.
     """
-    columns = LAYOUTS[spec.tables[name].layout].columns
+    columns = LAYOUTS[spec.tables[name].layout].seeded
     body, inside, compared = [], 0, 0
     for r in (r for r in spec.rows if r.table == name):
         line = [r.label]

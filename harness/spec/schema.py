@@ -697,6 +697,9 @@ class Config(Strict):
 
 #: Every metric name a table or claim may use: the evaluators' metrics, each once.
 METRICS = tuple(dict.fromkeys(m for names in EVALUATOR_METRICS.values() for m in names))
+#: A paper's numbers a row may give besides its metrics (`Row.paper`): the FCOS README's training
+#: memory (GB, summed over GPUs), test time per image (ms) and COCO test-dev AP (percent).
+PAPER_ONLY = ("train_mem_gb", "test_ms_per_image", "testdev_ap")
 
 
 class Row(Strict):
@@ -713,13 +716,17 @@ class Row(Strict):
     #: Display text of the "with NMS" column (defaults to the cell's eval.nms).
     with_nms: str | None = None
     lr_sched: str = ""
+    #: Display text of the "Multi-scale training" column (defaults to Yes when the cell's
+    #: data.train_min_size lists several sizes, else No).
+    multi_scale: str | None = None
     note: str = ""
     baseline: bool = False
     #: Compare with this row instead of the table's baseline (e.g. an ablation of a row
     #: that lives in another table).
     compare_to: str | None = None
-    #: The paper's published numbers for this row, in percent, by metric name.
-    paper: dict[Literal[METRICS], float] = Field(default_factory=dict)  # type: ignore[valid-type]
+    #: The paper's published numbers for this row, in percent, by metric name (and in GB, ms
+    #: and percent for `PAPER_ONLY`'s train_mem_gb, test_ms_per_image and testdev_ap).
+    paper: dict[Literal[METRICS + PAPER_ONLY], float] = Field(default_factory=dict)  # type: ignore[valid-type]
 
 
 class Claim(Strict):
@@ -775,7 +782,7 @@ class Table(Strict):
     title: str
     layout: Literal[
         "defcn_coco", "defcn_ablation", "defcn_crowdhuman", "date_coco", "date_crowdhuman",
-        "quickstart",
+        "quickstart", "fcos", "cocoeval",
     ]  # fmt: skip
     remark: str = ""
     #: The comparisons the Δ column, its marks and the Holm family are made of. Without any,

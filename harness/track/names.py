@@ -136,3 +136,23 @@ def run_params(cell, sched) -> dict[str, str]:
         params.update({"schedule.max_iter": sched.max_iter, "schedule.steps": list(sched.steps),
                        "schedule.iters_per_epoch": sched.iters_per_epoch})
     return params
+
+
+#: Measured cost of a run (`harness/train/evaluation.py`), one name per device kind so that a
+#: column never mixes a GPU number with a CPU one. `memory`: peak training memory in GiB summed
+#: over the processes (CUDA: `torch.cuda.max_memory_allocated`; CPU: peak resident set size,
+#: `ru_maxrss`); `time`: model forward + post-processing per test image in milliseconds.
+PERF_KEYS = {"cuda": {"memory": "perf.train_mem_gb", "time": "perf.test_ms_per_image"},
+             "cpu": {"memory": "perf.cpu.train_rss_gb", "time": "perf.cpu.test_ms_per_image"}}
+#: The COCO test-dev server's AP of a run (a fraction), recorded by `harness record-testdev`.
+TESTDEV_AP = "testdev.ap"
+
+
+def perf_metrics(device: str, *, memory_gb: float, ms_per_image: float | None) -> dict[str, float]:
+    """A run's measured cost under its device's names (`PERF_KEYS`; every device but CUDA is
+    measured as a CPU); no time when no image was timed."""
+    keys = PERF_KEYS["cuda" if device == "cuda" else "cpu"]
+    out = {keys["memory"]: memory_gb}
+    if ms_per_image is not None:
+        out[keys["time"]] = ms_per_image
+    return out

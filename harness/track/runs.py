@@ -279,6 +279,28 @@ def record(uri: str, run_id: str, *, params: dict | None = None, tags: dict | No
     write(client_for(uri), run_id, params=params, tags=tags, metrics=metrics, step=step)
 
 
+def record_testdev(uri: str, run_id: str, ap: float) -> str:
+    """Record the COCO test-dev server's AP (a fraction) on a cell's run, as the metric
+    `TESTDEV_AP` (a later record replaces it in the report); returns the run's `row/dataset/seed`.
+    A run the store does not hold, or one that trains no cell, is refused in one line."""
+    from mlflow.exceptions import MlflowException
+
+    from harness.spec.errors import Problem, UserError
+    from harness.track.client import client_for
+    from harness.track.names import TESTDEV_AP
+    from harness.track.store import display
+
+    client = client_for(uri)
+    try:
+        tags = client.get_run(run_id).data.tags
+    except MlflowException:
+        raise UserError(Problem(None, None, "RUN_ID", f"no run {run_id!r} in {display(uri)}")) from None
+    if "harness.run_key" not in tags:
+        raise UserError(Problem(None, None, "RUN_ID", f"run {run_id!r} trains no cell (no harness.run_key tag)"))
+    write(client, run_id, metrics={TESTDEV_AP: ap})
+    return "/".join(tags.get(f"harness.{k}", "?") for k in ("row", "dataset", "seed"))
+
+
 def end_run(uri: str, run_id: str, status: str) -> None:
     """Set a run's final status (FINISHED, FAILED, KILLED)."""
     from harness.track.client import client_for

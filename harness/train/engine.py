@@ -173,16 +173,53 @@ class WindowMeter:
 # ---------------------------------------------------------------------------- evaluation
 
 
+class InferenceTimer:
+    """Wall time of the model's `detect` (forward and both post-processings) per test image, at
+    the loader's batch size: every batch is timed (CUDA synchronized before each reading of the
+    clock) and `per_image` leaves out the first `warmup` images' batches, keeping at least the
+    last batch. Timing changes no detection."""
+
+    WARMUP_IMAGES = 5
+
+    def __init__(self, device: torch.device, warmup: int = WARMUP_IMAGES):
+        self.device, self.warmup = device, warmup
+        self.batches: list[tuple[float, int]] = []  # (seconds, images) per batch, in order
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def batch(self, images: int):
+        self._sync()
+        t0 = time.perf_counter()
+        yield
+        self._sync()
+        self.batches.append((time.perf_counter() - t0, images))
+
+    def totals(self) -> tuple[float, int]:
+        """(seconds, images) of the batches after the warm-up."""
+        skipped, start = 0, 0
+        while start < len(self.batches) - 1 and skipped < self.warmup:
+            skipped += self.batches[start][1]
+            start += 1
+        kept = self.batches[start:]
+        return sum(t for t, _ in kept), sum(n for _, n in kept)
+
+
 @torch.no_grad()
-def predict(model, loader, device, *, drop_empty: bool = True) -> dict[str, list[dict]]:
+def predict(model, loader, device, *, drop_empty: bool = True, timer: InferenceTimer | None = None) -> dict[str, list[dict]]:
     """Detections of this process's images, in original coordinates, for both postprocesses;
-    drop_empty (detectron2/cvpods) drops the boxes left empty by clipping."""
+    drop_empty (detectron2/cvpods) drops the boxes left empty by clipping; `timer` times each
+    batch's `detect`."""
     net = unwrap(model)
     was_training = net.training
     net.eval()
     out: dict[str, list[dict]] = {"nms": [], "nms_free": []}
     for batch in loader:
-        dets = net.detect(batch["images"].to(device), batch["image_sizes"])
+        images = batch["images"].to(device)
+        with timer.batch(images.shape[0]) if timer is not None else nullcontext():
+            dets = net.detect(images, batch["image_sizes"])
         placements = batch.get("placements") or [None] * len(dets)  # letterboxed images: offset, scale
         for i, d in enumerate(dets):
             for key in out:
