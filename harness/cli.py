@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from harness.schedule.job import (
     Overrides,
+    Parser,
     TrainJob,
     add_override_arguments,
     add_store_arguments,
@@ -37,15 +38,83 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
                    help="jobs at once on the local backend (default: one per GPU slot, 1 on CPU)")
 
 
+def version_text() -> str:
+    """`harness --version`: the installed package's version, and the source tree's commit when it
+    is a git checkout."""
+    import importlib.metadata
+    import subprocess
+    from pathlib import Path
+
+    try:
+        version = importlib.metadata.version("harness")
+    except importlib.metadata.PackageNotFoundError:
+        from harness import __version__ as version
+    root = Path(__file__).resolve().parents[1]
+    commit = ""
+    if (root / ".git").exists():
+        try:
+            out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                 text=True, timeout=5)
+            commit = out.stdout.strip() if out.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+    return f"harness {version}" + (f" (git {commit})" if commit else "")
+
+
+class _VersionAction(argparse.Action):
+    """--version, computed only when asked (no git call on every command)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions wrapped as usual; an epilog of examples kept line by line."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("example"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+#: one example per subcommand, shown at the end of its help
+EXAMPLES = {
+    "plan": "harness plan experiments/quickstart.yaml --set train.max_iter=200",
+    "run": "harness run experiments/quickstart.yaml --workspace runs --jobs 2",
+    "train": "harness train experiments/quickstart.yaml --row POTO --seed 0 --set train.max_iter=50",
+    "status": "harness status experiments/quickstart.yaml --workspace runs",
+    "sync": "harness sync experiments/quickstart.yaml --workspace runs",
+    "report": "harness report experiments/quickstart.yaml --out reports/quickstart.md --readme README.md",
+    "decide": "harness decide experiments/quickstart_decide.yaml --json decide.json",
+    "sweep": "harness sweep experiments/sweep_quickstart.yaml --check",
+    "evaluate": "harness evaluate coco --gt instances_val2017.json --dets detections.json",
+    "data": "harness data synth --out datasets/synthetic --images 200",
+    "synth": "harness data synth --out datasets/synthetic --images 200 --format odgt --ignore-regions",
+    "convert-crowdhuman": "harness data convert-crowdhuman annotation_val.odgt Images --out val.json",
+}
+
+
+def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    return sub.add_parser(name, epilog=f"example:\n  {EXAMPLES[name]}", formatter_class=_Formatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="harness",
         description="Experiment harness for end-to-end fully convolutional object detection: "
                     "a YAML spec describes a matrix of training runs (cells); the harness plans, "
-                    "runs, tracks (MLflow), sweeps (Optuna) and reports them.")
+                    "runs, tracks (MLflow), sweeps (Optuna) and reports them.",
+        epilog="example:\n  harness plan experiments/quickstart.yaml\n  harness run experiments/quickstart.yaml\n"
+               "  harness COMMAND --help   # each command's options and an example",
+        formatter_class=_Formatter)
+    parser.add_argument("--version", action=_VersionAction, help="print the version (and git commit) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("plan", help="list the cells of a spec without running anything",
+    p = _command(sub, "plan", help="list the cells of a spec without running anything",
                        description="Expand SPEC into cells (row x dataset x seed) and print them "
                                    "with their run keys.")
     p.add_argument("spec", metavar="SPEC")
@@ -53,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of cells (id, row, dataset, seed, run_key, config)")
 
-    p = sub.add_parser("run", help="run every unfinished cell of a spec",
+    p = _command(sub, "run", help="run every unfinished cell of a spec",
                        description="Run the cells of SPEC: skip finished ones, resume crashed "
                                    "ones, log every run to MLflow.")
     p.add_argument("spec", metavar="SPEC")
@@ -66,18 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then add seeds to the claims of every table with a decide section, look by look, "
                         "until each is decided or at its cap (`harness decide` shows the plan)")
 
-    p = sub.add_parser("train", help="train one cell in this process",
+    p = _command(sub, "train", help="train one cell in this process",
                        description="Train the cell of SPEC picked by --row (and --dataset, "
                                    "--seed) in this process.")
     add_train_arguments(p)
 
-    p = sub.add_parser("status", help="show the state of a spec's cells from MLflow",
+    p = _command(sub, "status", help="show the state of a spec's cells from MLflow",
                        description="Print the state of every cell of SPEC as recorded in MLflow.")
     p.add_argument("spec", metavar="SPEC")
     _add_overrides(p)
     _add_store(p)
 
-    p = sub.add_parser("sync", help="send tracking writes spooled while the store was away",
+    p = _command(sub, "sync", help="send tracking writes spooled while the store was away",
                        description="Send the spooled tracking writes (metrics, params, tags, artifacts, the "
                                    "run's end) of SPEC's cells that ended while their tracking store was "
                                    "unreachable. `harness run` does the same before it decides what to run.")
@@ -85,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     _add_store(p)
 
-    p = sub.add_parser("report", help="rebuild a spec's tables from MLflow",
+    p = _command(sub, "report", help="rebuild a spec's tables from MLflow",
                        description="Aggregate the finished runs of SPEC across seeds and render "
                                    "the tables (markdown, plots, README regions).")
     p.add_argument("spec", metavar="SPEC")
@@ -107,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine): the report adds its row means against this store's 95%% intervals; "
                         "may be repeated")
 
-    p = sub.add_parser("decide", help="decide a spec's claims by adding seeds: the looks so far and the next cells",
+    p = _command(sub, "decide", help="decide a spec's claims by adding seeds: the looks so far and the next cells",
                        description="For each table with a `decide` section: read the finished runs of its "
                                    "claims' rows, make the design's looks so far (group-sequential, α spent "
                                    "over the looks, Holm over the claims), print each claim's statistic, "
@@ -117,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.add_argument("--json", default=None, metavar="FILE", help="write the same as JSON (the only file written)")
 
-    p = sub.add_parser("sweep", help="Optuna sweep of loss weights over a spec's cells",
+    p = _command(sub, "sweep", help="Optuna sweep of loss weights over a spec's cells",
                        description="Run an Optuna study whose trials are cells dispatched through "
                                    "the scheduler.")
     p.add_argument("spec", metavar="SPEC")
@@ -131,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only validate the sweep (spec, base spec, space and bounds, objective, against the "
                         "swept row's cells) and exit 0; touches no workspace, trains nothing")
 
-    p = sub.add_parser("evaluate", help="evaluate a detections file against ground truth",
+    p = _command(sub, "evaluate", help="evaluate a detections file against ground truth",
                        description="Evaluate detections with the official COCO or CrowdHuman "
                                    "metric.")
     p.add_argument("kind", choices=list(EVALUATOR_METRICS))
@@ -159,10 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ap", required=True, type=float, metavar="PERCENT", help="the server's AP in percent (37.4)")
     _add_store(p)
 
-    p = sub.add_parser("data", help="dataset tools (synthetic data, conversions)",
+    p = _command(sub, "data", help="dataset tools (synthetic data, conversions)",
                        description="Dataset tools.")
     data = p.add_subparsers(dest="data_command", metavar="TOOL", required=True)
-    q = data.add_parser("synth", help="write the offline synthetic crowded dataset",
+    q = _command(data, "synth", help="write the offline synthetic crowded dataset",
                         description="Generate the deterministic synthetic crowded dataset: "
                                     "N training images and N/4 validation images.")
     q.add_argument("--out", required=True, metavar="DIR")
@@ -174,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-size", type=int, default=320, help="largest image side drawn")
     q.add_argument("--ignore-regions", action="store_true",
                    help="odgt: add ignore ('mask') regions")
-    q = data.add_parser("convert-crowdhuman", help="CrowdHuman .odgt -> COCO instances json",
+    q = _command(data, "convert-crowdhuman", help="CrowdHuman .odgt -> COCO instances json",
                         description="Convert a CrowdHuman .odgt file to COCO instances json.")
     q.add_argument("odgt", metavar="ODGT")
     q.add_argument("image_dir", metavar="IMAGE_DIR")
@@ -293,21 +362,41 @@ def cmd_train(args) -> int:
 
     job = TrainJob.from_args(args)
     cell = job.cell()  # the spec's faults first, as before the store's
-    return job.execute(_store(args, check=int(os.environ.get("RANK", "0")) == 0), cell)  # rank 0 checks it
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # rank 0 checks
+    if args.job is None and main_rank:  # a person's `harness train`: everything the cell needs, first
+        from harness.schedule.preflight import preflight
+
+        return job.execute(preflight([cell], workspace=args.workspace, tracking_uri=args.tracking_uri), cell)
+    try:
+        uri = _store(args, check=main_rank)
+    except UserError as exc:  # a launched worker answers its scheduler with the reason
+        if args.job is not None and main_rank:
+            job.answer_bad_input(cell, exc)
+        raise
+    return job.execute(uri, cell)
 
 
 def _job_overrides(args) -> Overrides:
     return Overrides.of(args.overrides, args.set_files)
 
 
+def _preflight(cells, args, backend: str | None = None, folders=()) -> str:
+    """Everything the cells need, checked before anything starts or is written; the store's URI."""
+    from harness.schedule.preflight import preflight
+
+    return preflight(cells, workspace=args.workspace, tracking_uri=args.tracking_uri, backend=backend,
+                     folders=folders)
+
+
 def cmd_run(args) -> int:
     loaded, cells = _cells(args)
-    from harness.schedule.run import run_spec
 
     if args.until_decided and (args.detach or args.rerun):
         raise UserError(Problem(None, None, "--until-decided", "decides from finished runs: it takes neither "
                                                                "--detach nor --rerun"))
-    uri = _store(args)
+    uri = _preflight(cells, args, backend=args.backend)
+    from harness.schedule.run import run_spec
+
     run = functools.partial(run_spec, spec_name=loaded.spec.name, spec_file=args.spec,
                             overrides=_job_overrides(args), workspace=args.workspace, uri=uri,
                             tracking_uri=args.tracking_uri, jobs=args.jobs, backend=args.backend,
@@ -419,9 +508,10 @@ def cmd_sweep(args) -> int:
         print(f"{args.spec}: ok (row {sweep.spec.row} of {sweep.spec.experiment}, {len(sweep.spec.space)} "
               f"parameters, {sweep.spec.n_trials} trials of {cells} cell{'s' if cells > 1 else ''})")
         return 0
+    uri = _preflight(sweep.base_cells, args, backend=args.backend, folders=[(args.out_dir, "--out-dir")])
     from harness.sweep.driver import Driver
 
-    return Driver(sweep, workspace=args.workspace, uri=_store(args, check=False), storage=args.storage,
+    return Driver(sweep, workspace=args.workspace, uri=uri, storage=args.storage,
                   jobs=args.jobs, out_dir=args.out_dir, backend=args.backend).run()
 
 

@@ -704,7 +704,7 @@ def gen_environment(rng: random.Random) -> Case:
                 "train": {"images": "train", "annotations": "train.json"},
                 "val": {"images": "val", "annotations": "val.json"}}
         spec = set_in(TRAIN_BASE, ("base", "data"), data)
-        mention = "annotations"
+        mention = "data.root: no such directory"  # the preflight names the missing root, once
     else:
         spec = set_in(TRAIN_BASE, ("base", "model", "backbone"),
                       {"name": "resnet18", "weights": "${HARNESS_UNSET_" + str(rng.randrange(10**6)) + "}/w.pkl"})

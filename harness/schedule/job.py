@@ -22,12 +22,43 @@ from harness.spec.workspace import CellPaths
 
 
 def add_override_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                   metavar="KEY=VALUE",
-                   help="override config values, typed by the schema (e.g. train.base_lr=0.02); "
-                        "takes one or more pairs and may be repeated")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, typed by the schema (e.g. train.base_lr=0.02); may be "
+                        "repeated, and one --set may take several pairs (`--set a=1 b=2`)")
     p.add_argument("--set-file", dest="set_files", action="append", default=[], metavar="FILE",
                    help="YAML file of overrides (nested mappings or dotted keys); may be repeated")
+
+
+def split_set_items(argv: Sequence[str]) -> list[str]:
+    """`--set a=1 b=2` as `--set a=1 --set b=2`: each `--set` takes one item, and the items after it
+    that hold a `=` (and are no option) get their own `--set`, so a positional after them (SPEC)
+    is never taken for an override, whichever side of the `--set` items it is on."""
+    out: list[str] = []
+    items = False  # after a --set item: further KEY=VALUE words are items too
+    pending = False  # right after a bare --set: the next word is its item, whatever it is
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[i:])
+        if pending:
+            out.append(arg)
+            pending, items = False, True
+        elif arg == "--set" or arg.startswith("--set="):
+            out.append(arg)
+            pending, items = arg == "--set", arg != "--set"
+        elif items and "=" in arg and not arg.startswith("-"):
+            out += ["--set", arg]
+        else:
+            out.append(arg)
+            items = False
+    return out
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose `--set` items never swallow a positional (`split_set_items`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(split_set_items(args), namespace)
 
 
 def add_store_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,9 +73,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of `harness train`, which `TrainJob.argv` writes."""
     p.add_argument("spec", metavar="SPEC", nargs="?", default=None)
     p.add_argument("--row", default=None, metavar="LABEL", help="row label of the cell (required with SPEC)")
-    p.add_argument("--job", default=None, metavar="FILE",
-                   help="a cell as the scheduler planned it (<workspace>/<key>/job.json): trains exactly its "
-                        "config, instead of SPEC and --row")
+    # for workers only (written by the schedulers), hidden from the help: a cell as the scheduler
+    # planned it (<workspace>/<key>/job.json), trained exactly as it is, instead of SPEC and --row
+    p.add_argument("--job", default=None, metavar="FILE", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=None, help="one of the spec's seeds (default: first)")
     p.add_argument("--dataset", default=None, help="dataset axis value (default: first)")
     add_override_arguments(p)
@@ -53,11 +84,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="resume from the cell's checkpoint (the default when it exists)")
     p.add_argument("--fresh", action="store_true",
                    help="start a new run even if the cell has a checkpoint (it is set aside)")
-    sweep = p.add_argument_group("sweep trials (written by `harness sweep`)")
-    sweep.add_argument("--parent-run", default=None, metavar="RUN_ID",
-                       help="the sweep's MLflow run: this run becomes its nested child")
-    sweep.add_argument("--trial", type=int, default=None, metavar="N", help="the Optuna trial number")
-    sweep.add_argument("--sweep", default=None, metavar="NAME", help="the sweep's name")
+    # sweep trials, written by `harness sweep` (hidden): the sweep's MLflow run (this run becomes its
+    # nested child), the Optuna trial number and the sweep's name
+    p.add_argument("--parent-run", default=None, metavar="RUN_ID", help=argparse.SUPPRESS)
+    p.add_argument("--trial", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
+    p.add_argument("--sweep", default=None, metavar="NAME", help=argparse.SUPPRESS)
 
 
 @dataclass(frozen=True)
@@ -76,8 +107,8 @@ class Overrides:
         out: list[str] = []
         for f in self.files:
             out += ["--set-file", f]
-        if self.sets:
-            out += ["--set", *self.sets]
+        for item in self.sets:
+            out += ["--set", item]
         return out
 
     def parsed(self) -> list:
@@ -234,7 +265,7 @@ class TrainJob:
         argv = list(argv)
         if not argv or argv[0] != "train":
             raise ValueError(f"not a `harness train` command line: {argv[:1]}")
-        parser = argparse.ArgumentParser(prog="harness train")
+        parser = Parser(prog="harness train")
         add_train_arguments(parser)
         return cls.from_args(parser.parse_args(argv[1:]))
 
@@ -263,6 +294,16 @@ class TrainJob:
         cells = expand(loaded, self.overrides.parsed(), rows=(self.row,))
         return select(cells, self.row, self.dataset, self.seed, spec_file=self.spec_file)
 
+    def answer_bad_input(self, cell, exc) -> None:
+        """Answer the scheduler (result.json) with the reason of a UserError, in one line: its
+        first problem, and how many more there are."""
+        from harness.train.result import CellResult, Outcome, write_result
+
+        problems = [line for p in getattr(exc, "problems", []) if (line := str(p).strip())]
+        first = (problems[0] if problems else str(exc).strip() or type(exc).__name__).splitlines()[0]
+        more = f" (and {len(problems) - 1} more problems: see the log)" if len(problems) > 1 else ""
+        write_result(CellPaths.of(self.workspace, cell.run_key).result, CellResult(Outcome.BAD_INPUT, first + more))
+
     def execute(self, uri: str | None = None, cell=None) -> int:
         """Train the cell in this process; returns `harness train`'s exit code. uri: the store as
         resolved at the edge (`harness train`); a launched job carries its launcher's resolved URI.
@@ -273,7 +314,7 @@ class TrainJob:
         import os
 
         from harness.spec import UserError
-        from harness.train.result import CellResult, Outcome, write_result
+        from harness.train.result import Outcome, write_result
         from harness.train.run import Launch, run_cell
         from harness.train.session import Resume
 
@@ -290,13 +331,12 @@ class TrainJob:
             result = run_cell(cell, launch, self.workspace)
         except UserError as exc:
             if answer:
-                write_result(CellPaths.of(self.workspace, cell.run_key).result,
-                             CellResult(Outcome.BAD_INPUT, str(exc).splitlines()[0]))
+                self.answer_bad_input(cell, exc)
             raise
         if answer and result.outcome is not Outcome.BUSY:  # the folder is the lock holder's: its answer, not ours
             write_result(CellPaths.of(self.workspace, cell.run_key).result, result)
         return result.exit_code
 
 
-__all__ = ["Overrides", "SweepLink", "TrainJob", "add_override_arguments", "add_store_arguments",
-           "add_train_arguments"]
+__all__ = ["Overrides", "Parser", "SweepLink", "TrainJob", "add_override_arguments", "add_store_arguments",
+           "add_train_arguments", "split_set_items"]

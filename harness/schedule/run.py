@@ -27,7 +27,7 @@ from harness.track.runs import explain_missing
 from harness.track.store import kind as store_kind
 from harness.track.store import read_only, sqlite_file, without_credentials
 from harness.train.exit_codes import ExitCode
-from harness.train.result import CellState
+from harness.train.result import CellState, read_result
 
 
 def run_spec(cells: list[Cell], *, spec_name: str, spec_file: str, overrides: Overrides, workspace: str,
@@ -160,8 +160,9 @@ def status_of(d: Decision, workspace: str | Path) -> str:
         return CellState.RUNNING
     if unsynced(workspace, d.cell):
         return "unsynced (harness sync)"
-    if d.run is None:
-        return CellState.PENDING
+    if d.run is None:  # a launch that failed before its run existed (bad input) answered in result.json
+        answer = read_result(CellPaths.of(workspace, d.cell.run_key).result)
+        return answer.state if answer is not None and answer.state.ended_badly else CellState.PENDING
     if d.run.status == "RUNNING":
         return "stale (worker lost)"
     return RUN_STATES.get(d.run.status, d.run.status.lower())
@@ -187,8 +188,12 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, uri: str)
         if state is CellState.RUNNING:  # the trainer's progress file
             p = read_progress(CellPaths.of(workspace, d.cell.run_key))
             progress = f"{p.get('iteration')}/{p.get('total')}" if p else ""
+        failure = (run.failure or "") if run else ""
+        if run is None and state in (CellState.FAILED, CellState.KILLED):  # no run: the worker's answer says why
+            answer = read_result(CellPaths.of(workspace, d.cell.run_key).result)
+            failure = answer.describe() if answer else ""
         table.add_row(d.cell.id, state, progress, run.run_id[:8] if run else "", str(run.attempt) if run else "",
-                      _clip(run.failure or "", 160) if run else "")
+                      _clip(failure, 160))
     console = Console()
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
