@@ -34,7 +34,7 @@ class RunInfo:
 
 #: The rule that picks one run per key, as reports state it.
 #: tags of the harness's own runs that train no cell (a sweep's parent run, a spec's decision record)
-BOOKKEEPING = frozenset({"harness.sweep_parent", "harness.decision"})
+BOOKKEEPING = frozenset({"harness.sweep_parent", "harness.decision", "harness.report_table"})
 COUNTING_RULE = "the latest FINISHED run (by start time) counts; without one, the latest run"
 
 
@@ -277,6 +277,15 @@ def record(uri: str, run_id: str, *, params: dict | None = None, tags: dict | No
     from harness.track.client import client_for
 
     write(client_for(uri), run_id, params=params, tags=tags, metrics=metrics, step=step)
+
+
+def record_artifacts(uri: str, run_id: str, files: list) -> None:
+    """Log files ((path, artifact folder or None) pairs) to a run of the store at `uri`."""
+    from harness.track.client import client_for
+
+    client = client_for(uri)
+    for path, folder in files:
+        client.log_artifact(run_id, str(path), folder)
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:
