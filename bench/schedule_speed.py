@@ -110,10 +110,13 @@ def main() -> None:
     t_decide = time.time()
     pool.run()
     log = (ws / cell.run_key / "log.txt").read_text()
-    m = re.search(r"first iteration at ([0-9.]+)", log)
+    m = re.search(r"first iteration at (\d\d):(\d\d):(\d\d)", log)  # the local clock, to the second
     build = re.search(r"model built in ([0-9.]+) s", log)
     if m:
-        overhead = float(m.group(1)) - t_decide - (float(build.group(1)) if build else 0.0)
+        decided = time.localtime(t_decide)
+        since = (int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
+                 - (decided.tm_hour * 3600 + decided.tm_min * 60 + decided.tm_sec + t_decide % 1)) % 86400
+        overhead = since - (float(build.group(1)) if build else 0.0)
         print(f"scheduler overhead per cell (decision -> first iteration, model build excluded): {overhead:.1f} s "
               f"(target < 10 s)")
     else:

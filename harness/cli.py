@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another tracking store holding the same cells (a fresh workspace, another "
                         "machine): the report adds its row means against this store's 95%% intervals; "
                         "may be repeated")
+    p.add_argument("--log-to-mlflow", action="store_true",
+                   help="also log each table to the store as one summary run (table:SPEC/TABLE): per row and "
+                        "metric mean, std, n and 95%% interval as metrics, claim verdicts as tags, the report's "
+                        "markdown, JSON and figures as artifacts; a rerun updates the same runs")
 
     p = _command(sub, "decide", help="decide a spec's claims by adding seeds: the looks so far and the next cells",
                        description="For each table with a `decide` section: read the finished runs of its "
@@ -447,7 +451,7 @@ def cmd_status(args) -> int:
     uri = _store(args)
     if args.tracking_uri is not None:  # a store named explicitly must exist: a typo is not "all pending"
         check_store_exists(uri)
-    return status_table(cells, spec_name=loaded.spec.name, workspace=args.workspace, uri=uri)
+    return status_table(cells, spec_name=loaded.spec.name, workspace=args.workspace, uri=uri, loaded=loaded)
 
 
 def cmd_sync(args) -> int:
@@ -475,7 +479,7 @@ def cmd_report(args) -> int:
         check_store_exists(other, "--against")
     return report(loaded, cells, uri=uri, out=args.out, readme=args.readme, check=args.check,
                   against=tuple(args.against), allow_empty=args.allow_empty, json_out=args.json,
-                  overrides=_overrides(args))
+                  overrides=_overrides(args), log_to_mlflow=args.log_to_mlflow)
 
 
 def cmd_decide(args) -> int:

@@ -30,10 +30,10 @@ from harness.report.tables import (
 from harness.spec.errors import Problem, UserError
 from harness.spec.load import LoadedSpec
 from harness.spec.matrix import Cell
+from harness.track.provenance import describe, override_hint, provenance
 from harness.track.runs import (
     COUNTING_RULE,
     Listing,
-    explain_missing,
     list_runs,
     read_listing,
 )
@@ -117,19 +117,25 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
     n_finished = int((df["status"] == "finished").sum())
     plot_dir = (out.parent if out else Path("reports"))
     stem = out.stem if out else spec.name
-    lines = [f"# Report: {spec.name}", "", spec.description, "",
+    made = provenance(loaded, cells, uri, listing.runs)
+    whole = made.get("")
+    overridden = whole is not None and any(whole.overrides)
+    title = f"# Report: {spec.name}" + (" (runs made with overrides)" if overridden else "")
+    lines = [title, "", spec.description, "",
              f"{n_finished} of {len(cells)} cells finished (spec `{loaded.file}`, {len(spec.seeds)} seeds per row). "
              "Numbers are percentages; every cell of a table is the mean ± sample standard deviation over seeds.", ""]
+    if whole is not None:
+        lines += [" ".join(describe(whole)), ""]
     quality = data_quality(df, listing)
     for q in quality:
         print(f"warning: {q}", file=sys.stderr)
     if quality:
         lines += [f"> {q}" for q in quality] + [""]
     if n_finished < len(cells):
-        other = explain_missing(cells, uri, spec.name, listing.runs)
-        if other:
-            print("\n".join(other), file=sys.stderr)
-            lines += [f"> {other[0]}", ""] + [f"> - {x}" for x in other[1:]] + [""]
+        hint = override_hint(loaded, cells, uri, listing.runs)
+        if hint:
+            print(hint, file=sys.stderr)
+            lines += [f"> {hint}", ""]
     diverged = df[(df["status"] != "finished") & df["failure"].map(lambda f: isinstance(f, str) and f.startswith("diverged:"))]
     if len(diverged):  # a health rule or a non-finite loss ended them FAILED (train.health)
         lines += ["Diverged cells (FAILED, left out of the means): "
@@ -137,7 +143,8 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
     tables: dict[str, str] = {}
     data = {"spec": spec.name, "spec_file": loaded.file, "description": spec.description, "cells": len(cells),
             "finished": n_finished, "seeds": list(spec.seeds), "alpha": ALPHA, "counting_rule": COUNTING_RULE,
-            "units": "fractions (0.5 = 50 %), as logged; *_points in points", "tables": []}
+            "units": "fractions (0.5 = 50 %), as logged; *_points in points", "tables": [],
+            "provenance": whole.to_json() if whole is not None else None}
     hist = None
     if out is not None:  # histories only for plots: the tables need the listing alone
         keys = sorted({"train.total_loss"} | {c.key for t in spec.tables.values() for c in LAYOUTS[t.layout].seeded[:2]})
@@ -146,12 +153,19 @@ def build_report(loaded: LoadedSpec, cells: list[Cell], uri: str, out: Path | No
         rt = render_table(name, spec, cells, df)
         rows = [r.label for r in spec.rows if r.table == name]
         data["tables"].append(table_json(name, spec, df, rt.results))
+        mine = made.get(name)
+        data["tables"][-1]["provenance"] = mine.to_json() if mine is not None else None
         claims_md, claims_legend = claims_table(rt.results)
         region = f"{rt.markdown}\n\n{rt.legend} {rt.noise}."
+        if mine is not None and any(mine.overrides):  # a README table from overridden runs says so
+            region += "\n\n" + " ".join(describe(mine)[:1])
         if claims_md:
             region += f"\n\n{claims_md}\n\n{claims_legend}"
         tables[name] = region + " Per-seed values, intervals and tests: `harness report`."
-        lines += [f"## {rt.title}", "", rt.markdown, "", rt.noise, "", rt.legend, ""]
+        lines += [f"## {rt.title}", ""]
+        if mine is not None and whole is not None and mine != whole:  # this table's runs differ from the rest
+            lines += [" ".join(describe(mine)), ""]
+        lines += [rt.markdown, "", rt.noise, "", rt.legend, ""]
         if rt.results:
             lines += [f"### Claims of {rt.title}", "", claims_md, "", claims_legend, ""]
             lines += [f"- {claim_line(r)}" for r in rt.results] + [""]
@@ -359,7 +373,7 @@ def _headline(cells: list[Cell], row: str) -> str:
 
 def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, readme: str | None,
            check: bool, against: tuple[str, ...] = (), allow_empty: bool = False,
-           json_out: str | None = None, overrides=()) -> int:
+           json_out: str | None = None, overrides=(), log_to_mlflow: bool = False) -> int:
     """Every input is checked before anything is written (plots, report, README): the README,
     then the store (opened read-only), its experiment and finished runs. A store without a
     finished cell of the spec is an error unless allow_empty."""
@@ -431,7 +445,89 @@ def report(loaded: LoadedSpec, cells: list[Cell], *, uri: str, out: str | None, 
         print(f"wrote {out_path}")
     else:
         print(text)
+    if log_to_mlflow:
+        for line in log_tables(uri, spec.name, text, tables, data, out_path, json_path):
+            print(line)
     return 0
+
+
+def metric_name(*parts: str) -> str:
+    """An MLflow metric name from parts joined by `/`: characters MLflow refuses become `_`."""
+    import re
+
+    return "/".join(re.sub(r"[^0-9A-Za-z_\-. ]", "_", str(p)) for p in parts)
+
+
+def summary_metrics(table: dict) -> dict[str, float]:
+    """`<row>/<metric key>/{mean,std,n,ci_low,ci_high}` of one table's JSON (`table_json`), the
+    values that exist (fractions, as logged)."""
+    out = {}
+    for row in table["rows"]:
+        for col in row["columns"]:
+            low, high = col["ci95"]
+            for stat, value in (("mean", col["mean"]), ("std", col["std"]), ("n", col["n"]),
+                                ("ci_low", low), ("ci_high", high)):
+                if value is not None:
+                    out[metric_name(row["label"], col["key"], stat)] = float(value)
+    return out
+
+
+#: the figures `figures` draws for a table: `<prefix>_<kind>.png`
+FIGURES = ("convergence", "seeds", "nms", "claims", "loss")
+#: the tag of a table's summary run (`harness report --log-to-mlflow`): `<spec>/<table>`
+SUMMARY_TAG = "harness.report_table"
+
+
+def log_tables(uri: str, spec_name: str, text: str, regions: dict[str, str], data: dict,
+               out_path: Path | None, json_path: Path | None) -> list[str]:
+    """`harness report --log-to-mlflow`: one run per table in the spec's experiment, named
+    `table:<spec>/<table>` and tagged `harness.report_table` (bookkeeping: never a cell), found
+    again on the next report and updated (no duplicates). Per row and column the mean, std, n and
+    95% interval bounds as metrics, each claim's verdict as a tag, the table (with its noise and
+    claims) as the run's note, the report's markdown, JSON and the table's figures as artifacts."""
+    import tempfile
+
+    from harness.track.mlflow_tracker import git_commit
+    from harness.track.runs import end_run, named_run, record, record_artifacts, run_tags_of
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        md = out_path if out_path is not None else Path(tmp) / f"{spec_name}.md"
+        js = json_path if json_path is not None else Path(tmp) / f"{spec_name}.json"
+        if out_path is None:
+            md.write_text(text)
+        if json_path is None:
+            js.write_text(json.dumps(_json_safe(data), indent=1, allow_nan=False) + "\n")
+        for table in data["tables"]:
+            name = table["name"]
+            key = f"{spec_name}/{name}"
+            run = named_run(uri, spec_name, SUMMARY_TAG, key, run_name=f"table:{key}")
+            before = run_tags_of(uri, run)
+            made = table.get("provenance") or {}
+            tags = {"harness.spec_name": spec_name, "harness.table": name,
+                    "mlflow.note.content": f"## {table['title']}\n\n{regions.get(name, '')}",
+                    "mlflow.source.name": "harness report", "mlflow.source.type": "LOCAL",
+                    "mlflow.source.git.commit": git_commit(),
+                    "harness.runs.overrides": " | ".join(s or "none" for s in made.get("overrides", {})),
+                    "harness.runs.commits": " ".join(made.get("commits", {}))}
+            verdicts = {f"harness.claim.{c['id']}": f"{c['verdict']}: {c['text']}" for c in table["claims"]}
+            for stale in before.keys() - verdicts.keys():  # a claim dropped from the spec since
+                if stale.startswith("harness.claim."):
+                    verdicts[stale] = "no longer declared"
+            metrics = summary_metrics(table)
+            items = list({**tags, **verdicts}.items())
+            for i in range(0, max(len(items), 1), 100):
+                record(uri, run, tags=dict(items[i:i + 100]))
+            names = list(metrics)
+            for i in range(0, len(names), 1000):
+                record(uri, run, metrics={k: metrics[k] for k in names[i:i + 1000]})
+            prefix = md.stem if md.stem == name else f"{md.stem}_{name}"  # as `figures` names them
+            figures = [md.parent / f"{prefix}_{kind}.png" for kind in FIGURES] if out_path is not None else []
+            record_artifacts(uri, run, [(md, None), (js, None)] + [(f, "figures") for f in figures if f.is_file()])
+            end_run(uri, run, "FINISHED")
+            out.append(f"logged table {name} to MLflow: run {run} (table:{key}), {len(metrics)} metrics, "
+                       f"{len(table['claims'])} claim verdicts")
+    return out
 
 
 __all__ = ["report", "build_report", "summarize"]

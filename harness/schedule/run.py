@@ -23,6 +23,7 @@ from harness.schedule.state import (
 from harness.spec.matrix import Cell
 from harness.spec.workspace import CellPaths
 from harness.track.mlflow_tracker import sync_cell
+from harness.track.provenance import override_hint
 from harness.track.runs import explain_missing
 from harness.track.store import kind as store_kind
 from harness.track.store import read_only, sqlite_file, without_credentials
@@ -168,8 +169,10 @@ def status_of(d: Decision, workspace: str | Path) -> str:
     return RUN_STATES.get(d.run.status, d.run.status.lower())
 
 
-def status_table(cells: list[Cell], *, spec_name: str, workspace: str, uri: str) -> int:
-    """The cells' states; uri: the store, resolved (and, when named, checked) at the CLI edge."""
+def status_table(cells: list[Cell], *, spec_name: str, workspace: str, uri: str, loaded=None) -> int:
+    """The cells' states; uri: the store, resolved (and, when named, checked) at the CLI edge.
+    With the loaded spec, pending cells whose runs were made with other overrides get one line
+    with the `--set` string that finds them (`provenance.override_hint`)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -198,8 +201,13 @@ def status_table(cells: list[Cell], *, spec_name: str, workspace: str, uri: str)
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if counts.get(CellState.PENDING) and runs:
-        for line in explain_missing(cells, read_only(uri), spec_name, runs):
-            console.print(line, markup=False, highlight=False)
+        if loaded is not None:
+            hint = override_hint(loaded, cells, read_only(uri), runs)
+            lines = [hint] if hint else []
+        else:
+            lines = explain_missing(cells, read_only(uri), spec_name, runs)
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

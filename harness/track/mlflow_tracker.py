@@ -315,6 +315,8 @@ class MLflowTracker:
             self._write("metrics", data=chunk)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        if self._ended:  # a late heartbeat after the end record would put a live-only tag back
+            return
         self._write("tags", data={k: _clip(str(v), 8000) for k, v in tags.items()})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:

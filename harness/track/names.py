@@ -97,7 +97,8 @@ def run_tags(cell, *, spec_file: str | None, attempt: int, world: int, platform:
              workspace: str, sweep: dict | None = None) -> dict[str, Any]:
     """The tags a cell's run starts with: what identifies it (run key, row, dataset, seed, axis
     values), where it ran (host, world size, platform, Slurm job, commit) and, for a sweep
-    trial, its place in the sweep (a nested child of the sweep's run). workspace: `workspace_tag`."""
+    trial, its place in the sweep (a nested child of the sweep's run). workspace: `workspace_tag`.
+    MLflow's own source tags too (`SOURCE_TAGS`), so that its UI shows the commit and the program."""
     import os
 
     tags = {"harness.run_key": cell.run_key, "harness.row": cell.row, "harness.dataset": cell.dataset,
@@ -105,12 +106,25 @@ def run_tags(cell, *, spec_file: str | None, attempt: int, world: int, platform:
             "harness.attempt": attempt, "harness.spec_name": cell.spec_name,
             "harness.host": os.uname().nodename, "harness.world_size": world, "harness.platform": platform,
             "harness.workspace": workspace,
-            "harness.headline": cell.config.eval.headline, **axis_tags(cell.picks)}
+            "harness.headline": cell.config.eval.headline, **axis_tags(cell.picks),
+            **source_tags("harness train", commit)}
     if os.environ.get("SLURM_JOB_ID"):
         tags["harness.slurm_job"] = os.environ["SLURM_JOB_ID"]
     if sweep:
         tags.update({"mlflow.parentRunId": sweep["parent_run"], "harness.trial": sweep["trial"],
                      "harness.sweep": sweep["sweep"], "harness.sweep_phase": sweep.get("phase", "search")})
+    return tags
+
+
+#: tags only a live run needs: dropped when it ends FINISHED (`spool.Sender`)
+LIVE_ONLY_TAGS = ("harness.heartbeat",)
+
+
+def source_tags(program: str, commit: str) -> dict[str, str]:
+    """MLflow's source tags: its runs table's Source column and the run page's commit."""
+    tags = {"mlflow.source.name": program, "mlflow.source.type": "LOCAL"}
+    if commit and commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
     return tags
 
 

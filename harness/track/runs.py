@@ -34,7 +34,7 @@ class RunInfo:
 
 #: The rule that picks one run per key, as reports state it.
 #: tags of the harness's own runs that train no cell (a sweep's parent run, a spec's decision record)
-BOOKKEEPING = frozenset({"harness.sweep_parent", "harness.decision"})
+BOOKKEEPING = frozenset({"harness.sweep_parent", "harness.decision", "harness.report_table"})
 COUNTING_RULE = "the latest FINISHED run (by start time) counts; without one, the latest run"
 
 
@@ -299,6 +299,15 @@ def record_testdev(uri: str, run_id: str, ap: float) -> str:
         raise UserError(Problem(None, None, "RUN_ID", f"run {run_id!r} trains no cell (no harness.run_key tag)"))
     write(client, run_id, metrics={TESTDEV_AP: ap})
     return "/".join(tags.get(f"harness.{k}", "?") for k in ("row", "dataset", "seed"))
+
+
+def record_artifacts(uri: str, run_id: str, files: list) -> None:
+    """Log files ((path, artifact folder or None) pairs) to a run of the store at `uri`."""
+    from harness.track.client import client_for
+
+    client = client_for(uri)
+    for path, folder in files:
+        client.log_artifact(run_id, str(path), folder)
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:

@@ -116,11 +116,16 @@ class Sender:
             if rec.get("reason"):
                 self.client.log_batch(self.run_id, tags=[RunTag("harness.failure", rec["reason"])])
             elif rec["status"] == "FINISHED":  # a resumed run that finishes no longer carries an old failure
+                from harness.track.names import LIVE_ONLY_TAGS
+
                 tags = self.client.get_run(self.run_id).data.tags
                 if "harness.failure" in tags:
                     self.client.log_batch(self.run_id, tags=[RunTag("harness.resumed_after",
                                                                     tags["harness.failure"])])
                     self.client.delete_tag(self.run_id, "harness.failure")
+                for key in LIVE_ONLY_TAGS:  # a finished run's lease means nothing: not shown in the UI
+                    if key in tags:
+                        self.client.delete_tag(self.run_id, key)
             self.client.set_terminated(self.run_id, status=rec["status"], end_time=rec["ts"])
         else:
             raise ValueError(f"unknown spool record {op!r}")

@@ -87,6 +87,11 @@ def _run(s: Session, launch: Launch) -> CellResult:
         with SignalGuard() as guard, (Heartbeat(tracker) if s.ranks.main else contextlib.nullcontext()):
             evaluation = _train(s, tracker, guard, launch.progress)
             tracker.end("FINISHED")  # still under the guard: a late SIGTERM cannot cut this short
+        if s.ranks.main:  # the log ends with what the run gave and how it ended
+            print(evaluation_line(s.cell.id, evaluation.final, s.cfg.eval.headline,
+                                  evaluation.evaluator.headline_metric), flush=True)
+            print(f"{s.cell.id}: FINISHED at iteration {s.iteration} (run {s.run_id}, attempt {s.attempt}) "
+                  f"at {clock()}", flush=True)
         if not getattr(tracker, "synced", True):
             print(f"{s.cell.id}: trained, but the tracking store is unreachable: its writes stay in "
                   f"{s.paths.spool} (marked unsynced); `harness sync SPEC` or the next `harness run` "
@@ -107,10 +112,38 @@ def _ended(s: Session, tracker, exc: BaseException) -> CellResult:
               file=sys.stderr, flush=True)
     if result.outcome is Outcome.CRASH or result.outcome is Outcome.KILLED and result.signal is None:
         traceback.print_exception(exc)
-    else:
-        print(f"{s.cell.id}: {'FAILED: ' if result.outcome is not Outcome.KILLED else ''}{result.message}",
-              file=sys.stderr)
+    state = "KILLED" if result.outcome is Outcome.KILLED else "FAILED"
+    sys.stdout.flush()
+    print(f"{s.cell.id}: {state} at iteration {s.iteration}" + (f" (run {s.run_id})" if s.run_id else "")
+          + f" at {clock()}: {result.message}", file=sys.stderr, flush=True)
     return result
+
+
+def clock(t: float | None = None) -> str:
+    """A time of day as the log prints it: the local clock, `11:32:05`."""
+    return time.strftime("%H:%M:%S", time.localtime(time.time() if t is None else t))
+
+
+def evaluation_line(cell_id: str, metrics: dict[str, float], headline: str, main_metric: str = "") -> str:
+    """The final evaluation in percent: every metric of the headline postprocess, the other one's
+    main metric (`main_metric`); counts left out, a metric without ground truth (-1) as n/a."""
+    from harness.track.names import COUNTS, MODES
+
+    if not metrics:
+        return f"{cell_id}: no evaluation"
+
+    def shown(name: str, v) -> str:
+        return f"{name} {100 * v:.2f} %" if isinstance(v, float) and v >= 0 else f"{name} n/a"
+
+    parts = []
+    for mode in sorted(MODES, key=lambda m: m != headline):
+        values = [(k.partition(".")[2], v) for k, v in metrics.items()
+                  if k.partition(".")[0] == mode and k.partition(".")[2] not in COUNTS
+                  and (mode == headline or k.partition(".")[2] == main_metric)]
+        if values:
+            parts.append(f"{mode}{' (headline)' if mode == headline else ''}: "
+                         + ", ".join(shown(name, v) for name, v in values))
+    return f"{cell_id}: final evaluation: " + "; ".join(parts)
 
 
 def _result_of(s: Session, exc: BaseException) -> CellResult:
@@ -190,7 +223,7 @@ def _train(s: Session, tracker, guard: SignalGuard, progress: bool) -> Evaluatio
     evaluation = Evaluation(s, tracker)
     bar = Progress(s.sched.max_iter, s.start_iter, cfg.tracking.log_period, s.cell.id,
                    enabled=progress and ranks.main, file=s.paths.progress if ranks.main else None)
-    first = (lambda: print(f"{s.cell.id}: first iteration at {time.time():.3f}", flush=True)) if ranks.main else None
+    first = (lambda: print(f"{s.cell.id}: first iteration at {clock()}", flush=True)) if ranks.main else None
     fit(s, iter(loader), LoopContext(guard, tracker, bar, lambda it: save_checkpoint(s, it), evaluation, first))
     if cfg.tracking.log_checkpoint and ranks.main:
         tracker.log_artifact(s.paths.checkpoint, "checkpoint")
