@@ -27,6 +27,7 @@ import pandas as pd
 
 from harness.report import claims as cl
 from harness.report.stats import direction
+from harness.report.sweep import metric_name
 from harness.spec.schema import Claim
 from harness.track.names import eval_key, parse_eval_key
 
@@ -101,7 +102,7 @@ def _tests(confirmed: list[Confirmed], objective: str, maximize: bool) -> list[d
     claims = [Claim(row=c.label, vs=DEFAULTS, post=post, vs_post=post, metric=metric,
                     expect="better" if better else "worse", paired=True,
                     pairing="the same confirmation seeds and images",
-                    text=f"{c.label} {'better' if maximize else 'lower'} than the defaults on {objective}")
+                    text=f"{c.label} {'better' if maximize else 'lower'} than the defaults ({metric_name(objective)})")
               for c in others]
     records = [{"row": c.label, "status": "finished", "dataset": "", "seed": seed, "run_id": c.run_ids.get(seed),
                 key: value} for c in confirmed for seed, value in c.confirm.items()]

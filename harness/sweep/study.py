@@ -252,7 +252,7 @@ class Study:
     def report(self, t: Trial, running: bool) -> bool:
         """Report the trial's new intermediate values (its first cell's); True when Optuna prunes
         it now, while its workers still run (the caller stops them)."""
-        if self.racing:
+        if self.racing or self.spec.secondary is not None:  # per seed / Optuna keeps no curves of two objectives
             return False
         last = t.cells[0].config.train.max_iter or math.inf  # train.epochs: known to the worker only
         for step, value in self.objective_history(t.cells[0]):
