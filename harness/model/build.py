@@ -89,7 +89,7 @@ def build_detector(model: ModelConfig, *, score_thresh: float = 0.05, topk_per_l
         backbone = TinyBackbone(width=bb.tiny_width, norm="gn" if bb.norm == "gn" else "bn")
     else:
         try:
-            backbone = ResNetBackbone(name=bb.name, freeze_at=bb.freeze_at, norm=bb.norm,
+            backbone = ResNetBackbone(name=bb.name, freeze_at=bb.freeze_at, norm=bb.norm, stride_in_1x1=bb.stride_in_1x1,
                                       weights=expand_vars(bb.weights, "model.backbone.weights") if bb.weights else None)
         except WeightsError as exc:  # names the file, never a variable's value that is not a path
             raise WeightsError(redact(str(exc), bb.weights)) from None

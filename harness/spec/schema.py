@@ -28,7 +28,8 @@ KEYLESS_DEFAULTS: dict[str, Any] = {"train.channels_last": False, "model.backbon
                                     "data.val_images": None, "data.train_extra": [],
                                     "data.resize": "shortest_edge", "data.letterbox_size": None,
                                     "train.epochs": None, "train.lr_schedule": "step",
-                                    "train.cosine_final": 0.1, "train.ema": None, "train.sync_bn": False}
+                                    "train.cosine_final": 0.1, "train.ema": None, "train.sync_bn": False,
+                                    "model.backbone.stride_in_1x1": None}
 
 #: Sections of the resolved config that determine the result (hashed into the run key).
 HASHED_SECTIONS = ("seed", "model", "data", "train", "eval")
@@ -155,6 +156,11 @@ class BackboneConfig(Strict):
     #: 0 = nothing frozen, 1 = stem, 2 = stem + res2 (the cvpods default), ...
     freeze_at: int = Field(2, ge=0, le=5)
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
+    #: Where a downsampling bottleneck strides: true in its first 1x1 conv (MSRA's Caffe2 ResNets,
+    #: maskrcnn-benchmark's STRIDE_IN_1X1 True), false in its 3x3 conv (torchvision; FAIR's
+    #: ResNeXt pkl files, STRIDE_IN_1X1 False in the official FCOS's X-101 configs); null: true
+    #: for a Caffe2 / detectron2 `.pkl`, false otherwise (the rule before this key existed).
+    stride_in_1x1: bool | None = None
     #: Width of the tiny CPU backbone (ignored by the ResNets).
     tiny_width: int = Field(16, ge=4)
     #: Start the tiny backbone from a shared pre-training run instead of a fresh draw per seed.
@@ -785,6 +791,9 @@ class Table(Strict):
         "quickstart", "fcos", "cocoeval",
     ]  # fmt: skip
     remark: str = ""
+    #: The source README's notes under the table ("[1] *1x and 2x mean ...*"), printed under the
+    #: rebuilt table in this order, one line each (presentation only).
+    footnotes: list[str] = Field(default_factory=list)
     #: The comparisons the Δ column, its marks and the Holm family are made of. Without any,
     #: each row against its `compare_to` row or the table's baseline on the first metric,
     #: two-sided.
