@@ -63,7 +63,8 @@ def build_criterion(pc: PredictorConfig) -> Criterion:
         product_focal=pc.filter != "none" and pc.filter_score == "product", focal_alpha=loss.focal_alpha,
         focal_gamma=loss.focal_gamma, cls_weight=loss.cls_weight, box_loss=loss.box, box_weight=loss.box_weight,
         box_weighting=loss.box_weighting, ctr_norm_min=loss.ctr_norm_min, centerness=pc.centerness != "none",
-        ctr_weight=loss.ctr_weight, l1_weight=loss.l1_weight)
+        ctr_weight=loss.ctr_weight, l1_weight=loss.l1_weight, iou_smooth=loss.iou_smooth,
+        normalizer=loss.normalizer)
 
 
 def build_predictor(pc: PredictorConfig, *, num_classes: int, channels: int, gn_groups: int, prior_prob: float) -> Predictor:
@@ -82,14 +83,14 @@ def build_predictor(pc: PredictorConfig, *, num_classes: int, channels: int, gn_
 
 
 def build_detector(model: ModelConfig, *, score_thresh: float = 0.05, topk_per_level: int = 1000,
-                   topk_cap: str = "locations",
+                   topk_cap: str = "locations", topk_by: str = "cls",
                    nms_thresh: float = 0.6, max_dets: int = 100) -> FCNDetector:
     bb = model.backbone
     if bb.name == "tiny":
         backbone = TinyBackbone(width=bb.tiny_width, norm="gn" if bb.norm == "gn" else "bn")
     else:
         try:
-            backbone = ResNetBackbone(name=bb.name, freeze_at=bb.freeze_at, norm=bb.norm,
+            backbone = ResNetBackbone(name=bb.name, freeze_at=bb.freeze_at, norm=bb.norm, stride_in_1x1=bb.stride_in_1x1,
                                       weights=expand_vars(bb.weights, "model.backbone.weights") if bb.weights else None)
         except WeightsError as exc:  # names the file, never a variable's value that is not a path
             raise WeightsError(redact(str(exc), bb.weights)) from None
@@ -107,7 +108,7 @@ def build_detector(model: ModelConfig, *, score_thresh: float = 0.05, topk_per_l
                                                                      alpha=model.aux.alpha),
                                 weight=model.aux.weight, focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma)
     return FCNDetector(backbone=backbone, fpn=fpn, towers=towers, predictor=predictor, o2m=o2m, aux_loss=aux,
-                       score_thresh=score_thresh, topk_per_level=topk_per_level, topk_cap=topk_cap,
+                       score_thresh=score_thresh, topk_per_level=topk_per_level, topk_cap=topk_cap, topk_by=topk_by,
                        nms_thresh=nms_thresh, max_dets=max_dets)
 
 
@@ -115,5 +116,5 @@ def build_from_config(config) -> FCNDetector:
     """A resolved cell config -> its detector (inference settings from `eval`)."""
     ev = config.eval
     return build_detector(config.model, score_thresh=ev.score_thresh, topk_per_level=ev.topk_per_level,
-                          topk_cap=ev.topk_cap,
+                          topk_cap=ev.topk_cap, topk_by=ev.topk_by,
                           nms_thresh=ev.nms_thresh, max_dets=ev.max_dets)

@@ -40,6 +40,11 @@ class Matched:
     def num_pos(self) -> torch.Tensor:
         return mean_across_processes(self.pos.sum().float()).clamp(min=1.0)
 
+    @cached_property
+    def local_pos(self) -> torch.Tensor:
+        """This process's positives (no average over processes, no floor)."""
+        return self.pos.sum().float()
+
     def _cat(self, per_image) -> torch.Tensor:
         return torch.cat([per_image(i) for i in range(len(self.targets))])
 
@@ -84,23 +89,27 @@ def focal_on_product(m: Matched, alpha: float, gamma: float) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ boxes
 
-#: box loss name -> per-positive loss [P]
-BOX_LOSSES: dict[str, Callable[[Matched], torch.Tensor]] = {
-    "giou": lambda m: L.giou_loss(m.pred_boxes, m.gt_boxes),
-    "neg_log_iou": lambda m: L.neg_log_iou_loss(m.pred_boxes, m.gt_boxes),
-    "l1_delta": lambda m: (m._cat(lambda i: m.out["reg"][i][m.pos[i]])
+#: box loss name -> per-positive loss [P] (`smooth`: neg_log_iou's iou_smooth)
+BOX_LOSSES: dict[str, Callable[[Matched, float], torch.Tensor]] = {
+    "giou": lambda m, smooth: L.giou_loss(m.pred_boxes, m.gt_boxes),
+    "neg_log_iou": lambda m, smooth: L.neg_log_iou_loss(m.pred_boxes, m.gt_boxes, smooth=smooth),
+    "l1_delta": lambda m, smooth: (m._cat(lambda i: m.out["reg"][i][m.pos[i]])
                            - m.coder.encode(m._cat(lambda i: m.anchors[m.pos[i]]), m.gt_boxes)).abs().sum(-1),
 }
 
 
-def box_by_positives(m: Matched, per: torch.Tensor, weight: float, ctr_norm_min: float) -> torch.Tensor:
-    return weight * per.sum() / m.num_pos
+def box_by_positives(m: Matched, per: torch.Tensor, weight: float, ctr_norm_min: float,
+                     local: bool = False) -> torch.Tensor:
+    return weight * per.sum() / (m.local_pos.clamp(min=1.0) if local else m.num_pos)
 
 
-def box_by_centerness(m: Matched, per: torch.Tensor, weight: float, ctr_norm_min: float) -> torch.Tensor:
-    """Each positive weighted by its centerness target, / max(floor, sum of the targets)."""
+def box_by_centerness(m: Matched, per: torch.Tensor, weight: float, ctr_norm_min: float,
+                      local: bool = False) -> torch.Tensor:
+    """Each positive weighted by its centerness target, / max(floor, sum of the targets): the
+    sum averaged over processes, or this process's own (`local`, the official FCOS)."""
     ctr_t = m.ctr_targets
-    norm = mean_across_processes(ctr_t.sum().detach()).clamp(min=ctr_norm_min)
+    total = ctr_t.sum().detach()
+    norm = (total if local else mean_across_processes(total)).clamp(min=ctr_norm_min)
     return weight * (per * ctr_t).sum() / norm
 
 
@@ -125,17 +134,30 @@ class Criterion:
 
     def __init__(self, *, product_focal: bool, focal_alpha: float, focal_gamma: float, cls_weight: float,
                  box_loss: str, box_weight: float, box_weighting: str, ctr_norm_min: float,
-                 centerness: bool, ctr_weight: float, l1_weight: float):
+                 centerness: bool, ctr_weight: float, l1_weight: float, iou_smooth: float = 0.0,
+                 normalizer: str = "mean_positives"):
         focal = focal_on_product if product_focal else focal_on_logits
         box_per, box_norm = BOX_LOSSES[box_loss], BOX_WEIGHTINGS[box_weighting]
+        local = normalizer == "per_process_plus_images"
+        if local:  # the official FCOS (maskrcnn-benchmark): each process's own counts, + its images
+            def cls_norm(m: Matched) -> torch.Tensor:
+                return m.local_pos + len(m.targets)
+
+            def pos_norm(m: Matched) -> torch.Tensor:
+                return m.local_pos.clamp(min=1.0)
+        else:
+            def cls_norm(m: Matched) -> torch.Tensor:
+                return m.num_pos
+
+            pos_norm = cls_norm
         self.terms: dict[str, Callable[[Matched], torch.Tensor]] = {
-            "loss_cls": lambda m: cls_weight * focal(m, focal_alpha, focal_gamma) / m.num_pos,
-            "loss_box": lambda m: box_norm(m, box_per(m), box_weight, ctr_norm_min),
+            "loss_cls": lambda m: cls_weight * focal(m, focal_alpha, focal_gamma) / cls_norm(m),
+            "loss_box": lambda m: box_norm(m, box_per(m, iou_smooth), box_weight, ctr_norm_min, local),
         }
         if centerness:
-            self.terms["loss_ctr"] = lambda m: ctr_weight * centerness_bce(m) / m.num_pos
+            self.terms["loss_ctr"] = lambda m: ctr_weight * centerness_bce(m) / pos_norm(m)
         if l1_weight > 0:
-            self.terms["loss_l1"] = lambda m: l1_weight * detr_l1(m) / m.num_pos
+            self.terms["loss_l1"] = lambda m: l1_weight * detr_l1(m) / pos_norm(m)
 
     def __call__(self, m: Matched) -> dict[str, torch.Tensor]:
         return {name: term(m) for name, term in self.terms.items()}

@@ -21,13 +21,14 @@ class FCNDetector(nn.Module):
     def __init__(self, *, backbone: nn.Module, fpn: nn.Module, towers: Towers, predictor: Predictor,
                  o2m: Predictor | None = None, aux_loss: Callable[..., dict] | None = None,
                  score_thresh: float = 0.05, topk_per_level: int = 1000, topk_cap: str = "locations",
-                 nms_thresh: float = 0.6,
+                 topk_by: str = "cls", nms_thresh: float = 0.6,
                  max_dets: int = 100):
         super().__init__()
         self.backbone, self.fpn, self.towers = backbone, fpn, towers
         self.predictor, self.o2m = predictor, o2m
         self.aux_loss = aux_loss
         self.score_thresh, self.topk_per_level, self.topk_cap = score_thresh, topk_per_level, topk_cap
+        self.topk_by = topk_by
         self.nms_thresh, self.max_dets = nms_thresh, max_dets
         self.strides = list(fpn.strides)
         self.memory_format = torch.contiguous_format
@@ -66,6 +67,6 @@ class FCNDetector(nn.Module):
         for i in range(images.shape[0]):
             # boxes are clipped once mapped back to the original image (detector_postprocess)
             boxes, scores, labels = self.predictor.candidates(out, grid, i, self.score_thresh, self.topk_per_level,
-                                                                self.topk_cap)
+                                                                self.topk_cap, self.topk_by)
             results.append(both(boxes, scores, labels, nms_thresh=self.nms_thresh, max_dets=self.max_dets))
         return results

@@ -200,9 +200,10 @@ class Predictor(nn.Module):
 
     @torch.no_grad()
     def candidates(self, out: dict, grid: Grid, i: int, score_thresh: float, topk: int,
-                   topk_cap: str = "locations"):
+                   topk_cap: str = "locations", topk_by: str = "cls"):
         """Per level: threshold the scores, keep the top-k; final score sqrt(p * ctr) with
-        centerness. Returns boxes [M, 4], scores [M], labels [M] (all levels). The cap is
+        centerness. The top-k ranks p (topk_by 'cls') or p * ctr ('cls_ctr': the official
+        FCOS's threshold-then-top-k by cls x ctr; the same ranking as the final score). Returns boxes [M, 4], scores [M], labels [M] (all levels). The cap is
         min(topk, locations of the level) with topk_cap 'locations' (cvpods, although the scores
         are flattened over locations x classes), topk with 'candidates' (mmdet's nms_pre)."""
         anchors = self.anchors(grid)
@@ -213,14 +214,20 @@ class Predictor(nn.Module):
             n_a = n * self.num_anchors
             p = prob[start:start + n_a].flatten()
             keep = torch.nonzero(p > score_thresh).flatten()
-            vals, order = p[keep].sort(descending=True)
             cap = min(topk, n) if topk_cap == "locations" else topk
-            keep, vals = keep[order[:cap]], vals[:cap]
-            loc = keep // self.num_classes + start
+            if topk_by == "cls_ctr" and out["ctr"] is not None:
+                prod = p[keep] * out["ctr"][i][keep // self.num_classes + start].sigmoid()
+                prod, order = prod.sort(descending=True)
+                keep, vals = keep[order[:cap]], torch.sqrt(prod[:cap])
+                loc = keep // self.num_classes + start
+            else:
+                vals, order = p[keep].sort(descending=True)
+                keep, vals = keep[order[:cap]], vals[:cap]
+                loc = keep // self.num_classes + start
+                if out["ctr"] is not None:
+                    vals = torch.sqrt(vals * out["ctr"][i][loc].sigmoid())
             labels = keep % self.num_classes
             boxes = self.coder.decode(out["reg"][i][loc], grid.points[loc], anchors[loc] if anchors is not None else None)
-            if out["ctr"] is not None:
-                vals = torch.sqrt(vals * out["ctr"][i][loc].sigmoid())
             boxes_all.append(boxes)
             scores_all.append(vals)
             labels_all.append(labels)

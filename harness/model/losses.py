@@ -39,9 +39,16 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - aligned_iou_giou(pred, target)[1]
 
 
-def neg_log_iou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """mmdet IoULoss: -log(IoU.clamp(min=eps)) -> [N]."""
-    return -aligned_iou_giou(pred, target)[0].clamp(min=eps).log()
+def neg_log_iou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6, smooth: float = 0.0) -> torch.Tensor:
+    """-log IoU of aligned boxes -> [N]. smooth 0: mmdet's IoULoss, -log(IoU.clamp(min=eps));
+    smooth s > 0: the official FCOS's IOULoss (maskrcnn-benchmark), -log((I + s) / (U + s))."""
+    if smooth <= 0:
+        return -aligned_iou_giou(pred, target)[0].clamp(min=eps).log()
+    wh = (torch.min(pred[:, 2:], target[:, 2:]) - torch.max(pred[:, :2], target[:, :2])).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    area_p = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
+    area_t = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    return -torch.log((inter + smooth) / (area_p + area_t - inter + smooth))
 
 
 def centerness_target(ltrb: torch.Tensor) -> torch.Tensor:

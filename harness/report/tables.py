@@ -339,6 +339,8 @@ def render_table(name: str, spec: Spec, cells: list[Cell], df: pd.DataFrame) -> 
               + f"; n=k/N: k of N seeds count{' (why: below)' if short else ''}; —: none"
               + ("; mMR: lower is better" if lower else "") + ".")
     notes = []
+    if table.footnotes:  # the source README's own notes, right under the table, as it prints them
+        notes.append(" \\\n".join(table.footnotes))
     if any(r.assignment.endswith("*") for r in rows):  # the seed tables' footnote on "mixture*"
         notes.append("\\* mixture: the one-to-one assignment (POTO) trains the filtered score, the "
                      "one-to-many auxiliary loss the raw classification score.")

@@ -28,7 +28,11 @@ KEYLESS_DEFAULTS: dict[str, Any] = {"train.channels_last": False, "model.backbon
                                     "data.val_images": None, "data.train_extra": [],
                                     "data.resize": "shortest_edge", "data.letterbox_size": None,
                                     "train.epochs": None, "train.lr_schedule": "step",
-                                    "train.cosine_final": 0.1, "train.ema": None, "train.sync_bn": False}
+                                    "train.cosine_final": 0.1, "train.ema": None, "train.sync_bn": False,
+                                    "model.backbone.stride_in_1x1": None, "eval.topk_by": "cls",
+                                    "model.*.loss.iou_smooth": 0.0, "model.*.loss.normalizer": "mean_positives",
+                                    "train.warmup_method": "linear", "train.bias_lr_factor": 1.0,
+                                    "train.weight_decay_bias": None}
 
 #: Sections of the resolved config that determine the result (hashed into the run key).
 HASHED_SECTIONS = ("seed", "model", "data", "train", "eval")
@@ -155,6 +159,11 @@ class BackboneConfig(Strict):
     #: 0 = nothing frozen, 1 = stem, 2 = stem + res2 (the cvpods default), ...
     freeze_at: int = Field(2, ge=0, le=5)
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
+    #: Where a downsampling bottleneck strides: true in its first 1x1 conv (MSRA's Caffe2 ResNets,
+    #: maskrcnn-benchmark's STRIDE_IN_1X1 True), false in its 3x3 conv (torchvision; FAIR's
+    #: ResNeXt pkl files, STRIDE_IN_1X1 False in the official FCOS's X-101 configs); null: true
+    #: for a Caffe2 / detectron2 `.pkl`, false otherwise (the rule before this key existed).
+    stride_in_1x1: bool | None = None
     #: Width of the tiny CPU backbone (ignored by the ResNets).
     tiny_width: int = Field(16, ge=4)
     #: Start the tiny backbone from a shared pre-training run instead of a fresh draw per seed.
@@ -303,6 +312,14 @@ class LossConfig(Strict):
     #: giou: 1 - GIoU; neg_log_iou: -log IoU (DATE-F); l1_delta: L1 on anchor deltas (DATE-R).
     box: Literal["giou", "neg_log_iou", "l1_delta"] = "giou"
     box_weight: float = Field(1.0, ge=0.0)
+    #: neg_log_iou only: -log((I + s) / (U + s)) with s = iou_smooth (the official FCOS's
+    #: IOULoss, maskrcnn-benchmark: 1.0); 0: -log(max(I / U, 1e-6)) (mmdet).
+    iou_smooth: float = Field(0.0, ge=0.0)
+    #: mean_positives: cls and centerness / max(1, positives averaged over processes), the
+    #: centerness-weighted box loss / the targets' sum averaged over processes (cvpods, mmdet);
+    #: per_process_plus_images (the official FCOS, maskrcnn-benchmark): on each process, cls /
+    #: (its positives + its images), centerness / max(1, its positives), box / its targets' sum.
+    normalizer: Literal["mean_positives", "per_process_plus_images"] = "mean_positives"
     #: centerness: box loss weighted per positive by its centerness target, / sum of targets.
     box_weighting: Literal["none", "centerness"] = "none"
     #: L1 on (cx, cy, w, h) normalised by the image size (DATE one-to-one), 0 = off.
@@ -575,6 +592,13 @@ class TrainConfig(Strict):
     gamma: float = 0.1
     warmup_iters: int = Field(1000, ge=0)
     warmup_factor: float = 1e-3
+    #: linear: from warmup_factor up to 1 over warmup_iters (detectron2); constant: warmup_factor
+    #: throughout, then 1 (maskrcnn-benchmark's WARMUP_METHOD "constant", the official FCOS).
+    warmup_method: Literal["linear", "constant"] = "linear"
+    #: Parameters named `bias`: lr x bias_lr_factor and weight decay weight_decay_bias (null: the
+    #: rule of their layer, as before). The official FCOS (maskrcnn-benchmark): 2 and 0.
+    bias_lr_factor: float = Field(1.0, gt=0.0)
+    weight_decay_bias: float | None = Field(None, ge=0.0)
     checkpoint_period: int = Field(5000, ge=1)
     amp: bool = False
     #: Keep activations and conv weights in channels-last (NHWC) memory. The same arithmetic in
@@ -635,6 +659,10 @@ class EvalConfig(Strict):
     #: locations (cvpods): a level keeps min(topk_per_level, its H x W) candidates, although
     #: its scores are flattened over H x W x classes; candidates (mmdet): topk_per_level.
     topk_cap: Literal["locations", "candidates"] = "locations"
+    #: What the per-level top-k ranks (after the threshold on the class score): cls, the class
+    #: score (cvpods, mmdet); cls_ctr, class score x centerness (the official FCOS's
+    #: FCOSPostProcessor; the same as cls without a centerness branch).
+    topk_by: Literal["cls", "cls_ctr"] = "cls"
     max_dets: int = Field(100, ge=1)
     #: Drop detections that are empty (zero width or height) once mapped back to the original
     #: image and clipped (detectron2/cvpods' detector_postprocess); mmdet keeps them.
@@ -785,6 +813,9 @@ class Table(Strict):
         "quickstart", "fcos", "cocoeval",
     ]  # fmt: skip
     remark: str = ""
+    #: The source README's notes under the table ("[1] *1x and 2x mean ...*"), printed under the
+    #: rebuilt table in this order, one line each (presentation only).
+    footnotes: list[str] = Field(default_factory=list)
     #: The comparisons the Δ column, its marks and the Holm family are made of. Without any,
     #: each row against its `compare_to` row or the table's baseline on the first metric,
     #: two-sided.

@@ -66,10 +66,13 @@ def scaled_schedule(train, eval_period: int, num_train: int | None = None) -> Sc
 
 
 def param_groups(model: nn.Module, *, lr: float, weight_decay: float, weight_decay_norm: float,
-                 backbone_lr_mult: float, weights_only: bool = False) -> list[dict]:
+                 backbone_lr_mult: float, weights_only: bool = False, bias_lr_factor: float = 1.0,
+                 weight_decay_bias: float | None = None) -> list[dict]:
     """Parameter groups by weight decay and lr multiplier. weights_only (adam): only parameters
     named `weight` are decayed (norm layers' at weight_decay_norm); biases and the rest (FCOS
-    scales) get none, as the unofficial FCOS's split_params."""
+    scales) get none, as the unofficial FCOS's split_params. Parameters named `bias` then take
+    lr x bias_lr_factor and, unless None, weight_decay_bias (maskrcnn-benchmark's
+    BIAS_LR_FACTOR / WEIGHT_DECAY_BIAS: 2 and 0 in the official FCOS)."""
     groups: dict[tuple, list] = {}
     seen = set()
     for mod_name, module in model.named_modules():
@@ -82,6 +85,9 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, weight_dec
                 wd = 0.0
             full = f"{mod_name}.{name}"
             mult = backbone_lr_mult if full.startswith(("backbone.", "module.backbone.")) else 1.0
+            if name == "bias":
+                mult *= bias_lr_factor
+                wd = wd if weight_decay_bias is None else weight_decay_bias
             groups.setdefault((wd, mult), []).append(p)
     return [{"params": ps, "weight_decay": wd, "lr": lr * mult, "lr_mult": mult}
             for (wd, mult), ps in sorted(groups.items())]
@@ -89,7 +95,8 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, weight_dec
 
 def build_optimizer(model: nn.Module, train, lr: float) -> torch.optim.Optimizer:
     groups = param_groups(model, lr=lr, weight_decay=train.weight_decay, weight_decay_norm=train.weight_decay_norm,
-                          backbone_lr_mult=train.backbone_lr_mult, weights_only=train.optimizer == "adam")
+                          backbone_lr_mult=train.backbone_lr_mult, weights_only=train.optimizer == "adam",
+                          bias_lr_factor=train.bias_lr_factor, weight_decay_bias=train.weight_decay_bias)
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=train.momentum)
     if train.optimizer == "adam":  # L2: weight_decay x w is added to the gradient (torch Adam)
@@ -97,17 +104,19 @@ def build_optimizer(model: nn.Module, train, lr: float) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def lr_factor(it: int, *, warmup_iters: int, warmup_factor: float, steps: tuple[int, ...], gamma: float) -> float:
-    """Multiplier of the base lr at iteration `it` (0-based), detectron2's WarmupMultiStepLR."""
+def lr_factor(it: int, *, warmup_iters: int, warmup_factor: float, steps: tuple[int, ...], gamma: float,
+              warmup_method: str = "linear") -> float:
+    """Multiplier of the base lr at iteration `it` (0-based), detectron2's WarmupMultiStepLR;
+    warmup_method 'constant': warmup_factor throughout the warm-up (maskrcnn-benchmark's)."""
     warm = 1.0
     if it < warmup_iters:
-        alpha = it / warmup_iters
+        alpha = 0.0 if warmup_method == "constant" else it / warmup_iters
         warm = warmup_factor * (1 - alpha) + alpha
     return warm * gamma ** bisect.bisect_right(list(steps), it)
 
 
 def cosine_factor(it: int, *, warmup_iters: int, warmup_factor: float, steps: tuple[int, ...], gamma: float,
-                  final: float) -> float:
+                  final: float, warmup_method: str = "linear") -> float:
     """Multiplier of the base lr at iteration `it` (0-based) of the unofficial FCOS's
     IterWarmUpCosineDecayMultiStepLRAdjust (solver/ddp_mix_solver.py, utils/optims_utils.py).
 
@@ -116,7 +125,7 @@ def cosine_factor(it: int, *, warmup_iters: int, warmup_factor: float, steps: tu
     lr = gamma^k x (final + (1 - final) x (1 + cos(pi t / T)) / 2) with t = it - b_k and
     T = b_(k+1) - b_k; after the last boundary the lr stays at gamma^k (no steps: constant)."""
     if it < warmup_iters:
-        alpha = it / warmup_iters
+        alpha = 0.0 if warmup_method == "constant" else it / warmup_iters
         return warmup_factor * (1 - alpha) + alpha
     bounds = sorted({warmup_iters, *steps})
     k = bisect.bisect_right(bounds, it) - 1
@@ -130,9 +139,10 @@ def build_scheduler(optimizer, sched: Schedule, train) -> torch.optim.lr_schedul
     if train.lr_schedule == "cosine":
         def factor(it: int) -> float:
             return cosine_factor(it, warmup_iters=sched.warmup_iters, warmup_factor=train.warmup_factor,
-                                 steps=sched.steps, gamma=train.gamma, final=train.cosine_final)
+                                 steps=sched.steps, gamma=train.gamma, final=train.cosine_final,
+                                 warmup_method=train.warmup_method)
     else:
         def factor(it: int) -> float:
             return lr_factor(it, warmup_iters=sched.warmup_iters, warmup_factor=train.warmup_factor,
-                             steps=sched.steps, gamma=train.gamma)
+                             steps=sched.steps, gamma=train.gamma, warmup_method=train.warmup_method)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,4 +1,4 @@
-"""Every row of the three experiment files builds, trains a step and infers (tiny backbone)."""
+"""Every row of the four experiment files builds, trains a step and infers (tiny backbone)."""
 
 import math
 
@@ -15,7 +15,7 @@ TINY = ["model.backbone.name=tiny", "model.backbone.weights=null", "model.backbo
 
 def rows():
     out = []
-    for spec in ("coco_ablation", "crowdhuman", "date"):
+    for spec in ("coco_ablation", "crowdhuman", "date", "fcos"):
         seen = set()
         for cell in expand(load_spec(EXPERIMENTS / f"{spec}.yaml"), [parse_set(s) for s in TINY]):
             if cell.row not in seen:
@@ -26,13 +26,13 @@ def rows():
 
 def expected_terms(spec_row: str) -> set[str]:
     """The loss terms each published rule has (written out, not derived from the config)."""
-    row = spec_row.split(":", 1)[1]
+    spec, row = spec_row.split(":", 1)
     if row.startswith("DATE"):
         retina = row.split("-")[2] == "R"  # DATE-R50-R...: RetinaNet one-to-many branch
         o2m = {"o2m.loss_cls", "o2m.loss_box"} | (set() if retina else {"o2m.loss_ctr"})
         return {"loss_cls", "loss_box", "loss_l1"} | o2m
     terms = {"loss_cls", "loss_box"}
-    if row in ("FCOS", "ATSS"):
+    if row in ("FCOS", "ATSS") or spec == "fcos":  # every FCOS README row has centerness
         terms.add("loss_ctr")
     if row.endswith("Aux"):
         terms.add("loss_aux")

@@ -150,3 +150,24 @@ def test_a_recorded_test_dev_result_reaches_the_table(fcos, run_cli, tmp_path):
                           ((ids[0], "--ap", "0.376"), "--ap: the server's AP in percent, 1 to 100 (37.4), got 0.376")):
         code, _, err = run_cli("record-testdev", *argv, "--tracking-uri", uri)
         assert code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+
+
+def test_the_fcos_spec_carries_both_readmes_values_and_the_official_footnotes():
+    # experiments/fcos.yaml: the official README's table digit for digit (README.md@de2d65a) and
+    # its footnotes [1]-[4] under the rebuilt table; the unofficial README's 12 COCOeval values
+    from tests.conftest import EXPERIMENTS
+
+    loaded = load_spec(EXPERIMENTS / "fcos.yaml")
+    paper = {r.label: r.paper for r in loaded.spec.rows}
+    assert paper["FCOS_R_50_FPN_1x"] == {"train_mem_gb": 29.3, "test_ms_per_image": 71, "ap": 37.1, "testdev_ap": 37.4}
+    assert paper["FCOS_X_101_64x4d_FPN_2x"] == {"train_mem_gb": 77.7, "test_ms_per_image": 140, "ap": 43.0,
+                                                "testdev_ap": 43.2}
+    assert paper["fcosv1_R50_640"] == PAPER
+    cells = expand(loaded)
+    t = render_table("official", loaded.spec, cells, _frame(cells, lambda row, seed: {"eval.ap": 0.4}))
+    foot = [line for line in t.markdown.splitlines() if line.startswith("[")]
+    assert [line[:3] for line in foot] == ["[1]", "[2]", "[3]", "[4]"]
+    assert all(line.endswith(" \\") for line in foot[:3]) and foot[3].endswith("/f4fd58966f45e64608c00b072c801de7f86b4f3a)*.")
+    multi = {c.row: len(c.config.data.train_min_size) for c in cells}
+    assert multi["FCOS_R_50_FPN_1x"] == 1 and multi["FCOS_R_101_FPN_2x"] == 161  # 640..800
+    assert "| FCOS_R_101_FPN_2x | — (44.1) | Yes | — (74ms) | 40.0 ± 0 (41.4) | 41.5† |" in t.markdown

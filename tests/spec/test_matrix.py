@@ -10,7 +10,7 @@ from tests.conftest import EXPERIMENTS
 
 
 @pytest.mark.parametrize("name, n_cells, n_rows", [
-    ("coco_ablation", 39, 13), ("crowdhuman", 21, 7), ("date", 18, 6), ("quickstart", 15, 5),
+    ("coco_ablation", 39, 13), ("crowdhuman", 21, 7), ("date", 18, 6), ("quickstart", 15, 5), ("fcos", 15, 5),
 ])
 def test_experiment_files(name, n_cells, n_rows):
     cells = expand(load_spec(EXPERIMENTS / f"{name}.yaml"))

@@ -1,4 +1,4 @@
-"""Run keys: pinned for the four experiment files, and stable under schema growth."""
+"""Run keys: pinned for the five experiment files, and stable under schema growth."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""`harness train` on every row of the three experiment files: FINISHED with tags, params,
+"""`harness train` on every row of the four experiment files: FINISHED with tags, params,
 loss metrics and eval metrics (tiny backbone, synthetic data, two iterations)."""
 
 import pytest
@@ -9,7 +9,7 @@ from tests.train.helpers import runs, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
-ROWS = [(spec, row) for spec in ("coco_ablation", "crowdhuman", "date")
+ROWS = [(spec, row) for spec in ("coco_ablation", "crowdhuman", "date", "fcos")
         for row in dict.fromkeys(c.row for c in expand(load_spec(EXPERIMENTS / f"{spec}.yaml")))]
 
 
@@ -19,7 +19,11 @@ def test_train_row(run_cli, tmp_path, spec, row):
     # the same config, hence the same run key (and the second would be skipped as finished)
     workspace = tmp_path
     fmt = "odgt" if spec == "crowdhuman" else "coco"
-    over = tiny_overrides(workspace, fmt=fmt)
+    extra = ""
+    if spec == "fcos":  # synthetic data has no extra split; max_iter replaces fcosv1's epochs
+        extra = "data.train_extra: []\ntrain.epochs: null\n"
+        extra += "data.letterbox_size: 96\n" if row.startswith("fcosv1") else ""
+    over = tiny_overrides(workspace, fmt=fmt, extra=extra)
     code, out, err = run_cli("train", EXPERIMENTS / f"{spec}.yaml", "--row", row, "--workspace", workspace,
                              "--set-file", over)
     assert code == 0, err

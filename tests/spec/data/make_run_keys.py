@@ -1,4 +1,4 @@
-"""Rewrite run_keys.json, the pinned run keys of the four experiment files.
+"""Rewrite run_keys.json, the pinned run keys of the five experiment files.
 
 Run it only when a change is meant to make new keys (a new behaviour, or a SCHEMA_VERSION bump):
     python tests/spec/data/make_run_keys.py
@@ -10,7 +10,7 @@ from pathlib import Path
 from harness.spec import expand, load_spec
 
 ROOT = Path(__file__).resolve().parents[3]
-SPECS = ("coco_ablation", "crowdhuman", "date", "quickstart")
+SPECS = ("coco_ablation", "crowdhuman", "date", "quickstart", "fcos")
 
 
 def current_keys() -> dict[str, dict[str, str]]:
