@@ -95,6 +95,7 @@ EXAMPLES = {
     "data": "harness data synth --out datasets/synthetic --images 200",
     "synth": "harness data synth --out datasets/synthetic --images 200 --format odgt --ignore-regions",
     "convert-crowdhuman": "harness data convert-crowdhuman annotation_val.odgt Images --out val.json",
+    "record-testdev": "harness record-testdev 3f2a9c0d1e4b --ap 37.4 --workspace runs",
 }
 
 
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alg", default="harness", metavar="NAME",
                    help="with --testdev: the algorithm's name in the results file (letters, digits, '-')")
 
-    p = sub.add_parser("record-testdev", help="record a run's COCO test-dev server result",
+    p = _command(sub, "record-testdev", help="record a run's COCO test-dev server result",
                        description="Record the AP the COCO evaluation server gave a run's test-dev upload "
                                    "(`harness evaluate coco --testdev`): the metric testdev.ap, shown by a "
                                    "table's AP (test-dev) column.")
