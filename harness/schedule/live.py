@@ -219,7 +219,7 @@ class Display:
         self._lefts = lefts
         return out
 
-    def render(self, height: int | None = None):
+    def render(self, height: int | None = None, width: int | None = None):
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
@@ -237,16 +237,22 @@ class Display:
             chosen = {id(r) for r in keep[: room - 1] + rest[:take]}
             shown = [r for r in rows if id(r) in chosen]
             hidden = [r for r in rows if id(r) not in chosen]
+        if width is None:
+            width = self.live.console.size.width if self.live is not None else 10_000
+        counts: dict[str, int] = {}
+        for _, st, _ in hidden:
+            counts[st.state] = counts.get(st.state, 0) + 1
+        more = [(f"… {len(hidden)} more", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), "")] \
+            if hidden else []
+        lines = [(c.id, st.state, info) for c, st, info in shown] + more
+        keys = [c.short_key for c, _, _ in shown] + [""] * len(more)
+        cells, with_key = fit_columns(lines, keys, width)
         t = Table(title="harness run", title_justify="left", expand=False)
-        for col in ("cell", "state", "progress / result", "key"):
-            t.add_column(col, no_wrap=True, overflow="ellipsis")
-        for c, st, info in shown:
-            t.add_row(c.id, Text(st.state, style=STYLE.get(st.state, "")), info, c.short_key)
-        if hidden:
-            counts: dict[str, int] = {}
-            for _, st, _ in hidden:
-                counts[st.state] = counts.get(st.state, 0) + 1
-            t.add_row(f"… {len(hidden)} more", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), "", "")
+        for col in ("cell", "state", "progress / result") + (("key",) if with_key else ()):
+            t.add_column(col, no_wrap=True, overflow="ellipsis",
+                         min_width=max((len(x[1]) for x in lines), default=5) if col == "state" else None)
+        for (cell, state, info), key in zip(cells, keys, strict=True):
+            t.add_row(cell, Text(state, style=STYLE.get(state, "")), info, *((key,) if with_key else ()))
         return Group(Text(self.overall(self._lefts)), t)
 
     def close(self) -> None:
@@ -256,3 +262,39 @@ class Display:
             self.live.stop()
             for name, level in self._levels.items():
                 logging.getLogger(name).setLevel(level)
+
+
+def short_id(cell_id: str, room: int) -> str:
+    """A cell id cut to `room` characters in the middle, keeping its seed (the last part) and as
+    much of the row as fits: `POTO+3DMF+Aux/synthetic/0` -> `POTO+3DM…/0`."""
+    if len(cell_id) <= room:
+        return cell_id
+    head, _, seed = cell_id.rpartition("/")
+    keep = max(1, room - len(seed) - 2)
+    return f"{head[:keep]}…/{seed}" if head else cell_id[: max(1, room - 1)] + "…"
+
+
+def fit_columns(lines: list[tuple[str, str, str]], keys: list[str], width: int) -> tuple[list, bool]:
+    """The table's rows fitted to `width` columns: the run-key column goes first, then the
+    progress text is cut, then the cell ids lose the middle of their row names; the seed and the
+    state are never cut. Returns the rows and whether the key column is shown."""
+    def need(cols: list[int]) -> int:  # rich's box: a border per column plus one, a space either side
+        return sum(cols) + 3 * len(cols) + 1
+
+    heads = ("cell", "state", "progress / result")
+    w = [max([len(x[i]) for x in lines] + [len(heads[i])]) for i in range(3)]
+    k = max([len(x) for x in keys] + [len("key")])
+    if need(w + [k]) <= width:
+        return lines, True
+    if need(w) <= width:
+        return lines, False
+    over = need(w) - width
+    info_min = min(w[2], len(heads[2]))
+    cut = min(over, w[2] - info_min)
+    w[2] -= cut
+    over -= cut
+    room = max(w[0] - over, min(w[0], 8))
+    out = [(short_id(cell, room), state, info if len(info) <= w[2] else info[: max(1, w[2] - 1)] + "…")
+           for cell, state, info in lines]
+    return out, False
+

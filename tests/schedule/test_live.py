@@ -167,3 +167,30 @@ def test_display_off_a_terminal_prints_plain_lines(tmp_path, cells, capsys):
     assert out[1].startswith(f"{cells[0].id}: running (attempt 1")
     assert re.match(re.escape(cells[0].id) + r": finished \(attempt 1, \d+s, AP50 83.1 NMS, log ", out[2]), out
     assert not any("\x1b[" in line for line in out)
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_at_narrow_widths_the_key_goes_first_and_seed_and_state_stay(tmp_path, cells, width):
+    from rich.console import Console
+
+    from harness.schedule.live import short_id
+
+    ws = tmp_path / "ws"
+    d = Display(cells, [Decision(c, CellState.PENDING, None) for c in cells], str(ws), jobs=2, tty=False)
+    log = ws / "log.txt"
+    d.event(CellState.RUNNING, cells[0], 1, log)
+    d.event(CellState.FINISHED, cells[0], 1, log)
+    d.event(CellState.RUNNING, cells[13], 2, log)  # POTO+3DMF+Aux/synthetic/1, a second attempt
+    (ws / cells[13].run_key).mkdir(parents=True)
+    (ws / cells[13].run_key / "progress.json").write_text(json.dumps({"iteration": 30, "total": 120, "eta_s": 75}))
+    console = Console(width=width, record=True, color_system=None)
+    console.print(d.render(height=40, width=width))
+    screen = console.export_text()
+    assert max(len(line) for line in screen.splitlines()) <= width, screen
+    assert "finished" in screen and "pending" in screen and "running" in screen, screen
+    if width < 80:
+        assert " key " not in screen, screen  # the key column goes first
+    for c in cells:  # every cell keeps its seed, whole, beside its whole state
+        assert re.search(re.escape(short_id(c.id, 99)[-2:]) + r"\W+(finished|pending|running)", screen), screen
+    assert short_id("POTO+3DMF+Aux/synthetic/0", 12) == "POTO+3DMF…/0"
+    assert short_id("A/x/12", 40) == "A/x/12"
