@@ -34,7 +34,7 @@ def test_absurd_learning_rate_ends_the_run_diverged(run_cli, tmp_path):
     assert reason.startswith("diverged: total loss EMA ") and "x its minimum" in reason, reason
     at = int(reason.rsplit("at iteration ", 1)[1])
     assert at < 60  # bounded: flagged, not trained to the end
-    assert f"FAILED: {reason}" in err
+    assert f"FAILED at iteration {at} " in err and err.rstrip().endswith(f": {reason}"), err
     assert not list(tmp_path.glob("*/checkpoint.pt"))  # none needed
     loss = history(tmp_path, r["run_id"], "train.total_loss")
     assert loss[-1][0] == at and max(v for _, v in loss) > 10 * loss[0][1]  # the explosion is logged
