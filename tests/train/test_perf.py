@@ -54,3 +54,21 @@ def test_a_cpu_run_logs_its_rss_and_test_time_under_cpu_names(run_cli, tmp_path)
     r = runs(tmp_path, "quickstart").iloc[0]
     assert r["metrics.perf.cpu.train_rss_gb"] > 0.01 and r["metrics.perf.cpu.test_ms_per_image"] > 0
     assert "metrics.perf.train_mem_gb" not in r and "metrics.perf.test_ms_per_image" not in r
+
+
+def test_a_trained_row_shows_its_cpu_memory_and_test_time_in_the_fcos_table(run_cli, tmp_path):
+    # a quickstart-scale FCOS row of experiments/fcos.yaml, trained on CPU: the official table's
+    # measured columns show its numbers, labelled as CPU numbers (never blank)
+    import re
+
+    over = tiny_overrides(tmp_path, iters=2, ckpt=1000, extra="data.train_extra: []\ntrain.epochs: null\n")
+    spec = EXPERIMENTS / "fcos.yaml"
+    code, _, err = run_cli("train", spec, "--row", "FCOS_R_50_FPN_1x", "--workspace", tmp_path / "ws",
+                           "--set-file", over)
+    assert code == 0, err
+    out = tmp_path / "fcos.md"
+    code, _, err = run_cli("report", spec, "--workspace", tmp_path / "ws", "--set-file", over, "--out", out,
+                           "--allow-empty")
+    assert code == 0, err
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| FCOS_R_50_FPN_1x |"))
+    assert re.search(r"\| \d+\.\d \(CPU RSS\) \(29\.3\) \| No \| \d+(\.\d)?ms \(CPU\) \(71ms\) \|", row), row
