@@ -196,6 +196,10 @@ def test_resnet_freeze_and_stride_in_1x1(tmp_path):
     assert any(p.requires_grad for p in net.stages[1].parameters())
     assert net.stages[1][0].conv1.stride == (2, 2) and net.stages[1][0].conv2.stride == (1, 1)
     assert [o.shape[1] for o in net(torch.randn(1, 3, 64, 64))] == [512, 1024, 2048]
+    # stride_in_1x1 false (FAIR's ResNeXt pkl files, the official FCOS's X-101 configs): the 3x3 strides
+    x = ResNetBackbone(name="resnext101_32x8d", freeze_at=2, stride_in_1x1=False)
+    first = x.stages[1][0]
+    assert first.conv1.stride == (1, 1) and first.conv2.stride == (2, 2) and first.conv2.groups == 32
     tv = tmp_path / "r18.pth"
     import torchvision
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tv)
