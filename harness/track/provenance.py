@@ -57,9 +57,28 @@ def override_items(spec_params: dict[str, str], run_params: dict[str, str]) -> d
     mine, theirs = _compared(spec_params), _compared(run_params)
     items = {k: _value(v) for k, v in theirs.items() if mine.get(k) != v}
     for k in mine:
-        if k not in theirs:
+        if k not in theirs and not _keyless_at_default(k, mine[k]):
             items[_null_prefix(k, theirs)] = "null"
     return dict(sorted(items.items()))
+
+
+def _keyless_at_default(key: str, text: str) -> bool:
+    """Whether `key` is a field added after runs were first made (`KEYLESS_DEFAULTS`) and the
+    spec has it at the value that keeps the old behaviour: a run made before the field existed
+    has no param for it, and that is not an override."""
+    import yaml
+
+    from harness.spec.schema import KEYLESS_DEFAULTS
+
+    parts = key.split(".")
+    for pattern, default in KEYLESS_DEFAULTS.items():
+        p = pattern.split(".")
+        if len(p) == len(parts) and all(a in ("*", b) for a, b in zip(p, parts, strict=True)):
+            try:
+                return yaml.safe_load(text) == default
+            except yaml.YAMLError:
+                return False
+    return False
 
 
 def set_string(items: dict[str, str]) -> str:

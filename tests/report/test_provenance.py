@@ -131,3 +131,16 @@ def test_log_to_mlflow_one_summary_run_per_table_updated_in_place(trained, run_c
     # the summary run is bookkeeping: status still counts 2 cells, none of them it
     code, out, _ = run_cli("status", spec, "--workspace", ws, *given)
     assert "2 finished" in out and "without" not in out
+
+
+def test_a_field_added_after_a_run_was_made_is_not_an_override():
+    from harness.track.provenance import override_items
+
+    # the run predates data.resize and train.lr_schedule (keyless at their defaults): no param for them
+    run = {"train.base_lr": "0.01", "data.name": "synthetic"}
+    spec = {**run, "data.resize": "shortest_edge", "train.lr_schedule": "step", "data.train_extra": "[]"}
+    assert override_items(spec, run) == {}
+    # ... while a spec that sets such a field away from its default does differ from that run
+    assert override_items({**spec, "train.lr_schedule": "cosine"}, run) == {"train.lr_schedule": "null"}
+    # and an option the run left unset that is no such field stays an override
+    assert override_items({**run, "model.aux.weight": "1.0"}, run) == {"model.aux": "null"}
