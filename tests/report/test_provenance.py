@@ -137,7 +137,7 @@ def test_a_field_added_after_a_run_was_made_is_not_an_override():
     from harness.track.provenance import override_items
 
     # the run predates data.resize and train.lr_schedule (keyless at their defaults): no param for them
-    run = {"train.base_lr": "0.01", "data.name": "synthetic"}
+    run = {"train.base_lr": "0.01", "data.name": "synthetic", "model.num_classes": "1"}
     spec = {**run, "data.resize": "shortest_edge", "train.lr_schedule": "step", "data.train_extra": "[]"}
     assert override_items(spec, run) == {}
     # ... while a spec that sets such a field away from its default does differ from that run
