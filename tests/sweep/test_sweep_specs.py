@@ -95,7 +95,7 @@ def test_shipped_sweep_starts(tmp_path, path):
 
     coco = validate_sweep(str(path)).base_cells[0].config.eval.metrics == "coco"
     # the spec's own evaluator (its objective is one of its metrics); images up to its largest range
-    over = tiny_overrides(tmp_path, fmt="coco" if coco else "odgt", iters=50,
+    over = tiny_overrides(tmp_path, fmt="coco" if coco else "odgt", iters=50, size=64,
                           extra="data.synthetic.num_val: 5000\n")
     ws = tmp_path / "ws"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
