@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from harness.train.evaluation import Evaluation
 from harness.train.guards import Heartbeat, SignalGuard
 from harness.train.health import Unhealthy
 from harness.train.lock import CellLock
+from harness.train.log_lines import clock, evaluation_line, schedule_lines
 from harness.train.platform import platform_tag
 from harness.train.result import CellResult, Outcome
 from harness.train.session import (
@@ -119,33 +119,6 @@ def _ended(s: Session, tracker, exc: BaseException) -> CellResult:
     return result
 
 
-def clock(t: float | None = None) -> str:
-    """A time of day as the log prints it: the local clock, `11:32:05`."""
-    return time.strftime("%H:%M:%S", time.localtime(time.time() if t is None else t))
-
-
-def evaluation_line(cell_id: str, metrics: dict[str, float], headline: str, main_metric: str = "") -> str:
-    """The final evaluation in percent: every metric of the headline postprocess, the other one's
-    main metric (`main_metric`); counts left out, a metric without ground truth (-1) as n/a."""
-    from harness.track.names import COUNTS, MODES
-
-    if not metrics:
-        return f"{cell_id}: no evaluation"
-
-    def shown(name: str, v) -> str:
-        return f"{name} {100 * v:.2f} %" if isinstance(v, float) and v >= 0 else f"{name} n/a"
-
-    parts = []
-    for mode in sorted(MODES, key=lambda m: m != headline):
-        values = [(k.partition(".")[2], v) for k, v in metrics.items()
-                  if k.partition(".")[0] == mode and k.partition(".")[2] not in COUNTS
-                  and (mode == headline or k.partition(".")[2] == main_metric)]
-        if values:
-            parts.append(f"{mode}{' (headline)' if mode == headline else ''}: "
-                         + ", ".join(shown(name, v) for name, v in values))
-    return f"{cell_id}: final evaluation: " + "; ".join(parts)
-
-
 def _result_of(s: Session, exc: BaseException) -> CellResult:
     at = {"iteration": s.iteration, "run_id": s.run_id, "attempt": s.attempt}
     if isinstance(exc, Stop):
@@ -192,13 +165,8 @@ def _start_run(s: Session, launch: Launch):
         s.paths.make()
         write_text_atomic(s.paths.config, yaml.safe_dump(s.cfg.model_dump(mode="json"), sort_keys=False))
         tracker.log_artifact(s.paths.config)
-    if sched.scale != 1.0:
-        train = s.cfg.train
-        print(f"{cell.id}: linear scaling rule: batch {train.ims_per_batch} vs reference {train.reference_batch}: "
-              f"lr {train.base_lr} -> {sched.base_lr:g}, max_iter {train.max_iter} -> {sched.max_iter}")
-    if sched.iters_per_epoch:
-        print(f"{cell.id}: {s.cfg.train.epochs} epochs of {sched.iters_per_epoch} iterations: max_iter "
-              f"{sched.max_iter}, steps {list(sched.steps)}", flush=True)
+    for line in schedule_lines(cell.id, s.cfg.train, sched):
+        print(line, flush=True)
     metrics = s.cfg.tracking.system_metrics
     if s.device.type == "cuda" and metrics != "off" or metrics == "on":
         tracker.start_system_metrics()
