@@ -103,7 +103,7 @@ def test_a_parameter_without_effect_looks_better_on_search_and_is_not_confirmed(
 
     path = tiny_study_spec(tmp_path, NO_EFFECT)
     ws, out = tmp_path / "ws", tmp_path / "reports"
-    cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--workspace", str(ws), "--jobs", "1",
+    cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--workspace", str(ws), "--jobs", "2",
            "--out-dir", str(out)]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
