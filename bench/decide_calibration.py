@@ -179,8 +179,8 @@ def main() -> int:
             design = Design(looks, ALPHA, spending)
             name = f"looks {','.join(map(str, looks))}, {spending}"
             seeds_misses[name] = []
-            b = ", ".join(f"{x:.3f}" for x in design.bounds(ALPHA))
-            print(f"\n== {name} (one-sided boundaries at α = {ALPHA}: {b})")
+            bp, bu = (", ".join(f"{x:.3f}" for x in design.bounds(ALPHA, paired)) for paired in (True, False))
+            print(f"\n== {name} (one-sided t boundaries at α = {ALPHA}: paired {bp}; unpaired {bu})")
             print(head)
             for claim, kind, paired, margin, cases in single_settings():
                 for label, delta, null, effect in cases:
