@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "decide", help="decide a spec's claims by adding seeds: the looks so far and the next cells",
                        description="For each table with a `decide` section: read the finished runs of its "
                                    "claims' rows, make the design's looks so far (group-sequential, α spent "
-                                   "over the looks, Holm over the claims), print each claim's statistic, "
+                                   "over the looks, Holm over the claims), print each claim's t statistic, "
                                    "boundary and verdict, and the cells to run next. Trains nothing.")
     p.add_argument("spec", metavar="SPEC")
     _add_overrides(p)

@@ -218,14 +218,14 @@ def _finite(x) -> float | None:
 
 
 def decision_section(d, title: str) -> list[str]:
-    """A deciding table's path: each look's statistic and boundary, the verdicts with their
+    """A deciding table's path: each look's t statistic and boundary, the verdicts with their
     repeated intervals, and the seeds used against running every claim's rows to the cap."""
     used = sum(d.have.get(row, 0) for row in d.have)
     cap = d.design.cap * len(d.have)
     out = [f"### Sequential decision of {title}", "", "```", *lines_of(d), "```", ""]
     out += [f"Seeds used: {used} cells over {len(d.have)} rows, against {cap} for every row at the cap "
             f"({d.design.cap} seeds); {'every claim is decided' if d.decided else 'claims still open'}. "
-            "The rule (stage-wise t-tests combined by the inverse normal method, Lan-DeMets boundaries, Holm over "
+            "The rule (the t statistic of all seeds so far against Lan-DeMets boundaries on the t scale, Holm over "
             "the claims) and its calibration: docs/statistics.md.", ""]
     return out
 

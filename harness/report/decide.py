@@ -9,7 +9,7 @@ plan and asks again.
 
 A look counts only the seeds in order: a row's values are its finished seeds from the first
 planned one up to the first that is not finished (a failed or missing seed stops the row there,
-and the plan names it), so a stage is always the block of seeds the design planned.
+and the plan names it), so a look always reads the first seeds the design planned.
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ def lines(d: TableDecision) -> list[str]:
     for c, r in zip(d.claims, d.results, strict=True):
         out.append(f"  claim {r.hypothesis.number}: {c.text or side(c.row, c.post) + ' vs ' + side(c.vs, c.vs_post)}")
         for lk in r.looks:
-            stat = " / ".join(f"{z:+.2f}" for z in lk.statistic)  # TOST: the lower and the upper null's
-            out.append(f"    look {lk.look} at {lk.seeds} seeds: statistic {stat}, boundary "
+            stat = " / ".join(f"{t:+.2f}" for t in lk.statistic)  # TOST: the lower and the upper null's
+            out.append(f"    look {lk.look} at {lk.seeds} seeds: t {stat} (df {lk.df:g}), boundary "
                        f"±{lk.boundary:.2f} (level {lk.level:.4g}): {lk.verdict}")
         interval = "" if r.low is None else (f"; Δ {100 * r.estimate:+.2f} points, {100 * r.confidence:.0f}% "
                                              f"repeated interval [{100 * r.low:+.2f}, {100 * r.high:+.2f}]")
@@ -161,9 +161,12 @@ def lines(d: TableDecision) -> list[str]:
 
 def record_looks(uri: str, ld: LoadedSpec, decisions: list[TableDecision]) -> list[str]:
     """Write each look made to the spec's decision run in the store (`harness.decide.<table>.look<k>`:
-    its seeds and every claim's verdict after it), so that every look a procedure made is on
-    record; returns a line for each look recorded earlier that reads differently now (a run of
-    its seeds changed since: the store, not the design, moved)."""
+    its seeds, the rule and every claim's verdict after it), so that every look a procedure made
+    is on record; returns a line for each look recorded earlier that reads differently now (a
+    run of its seeds changed since: the store, not the design, moved). A look recorded by the
+    earlier stage-wise rule (no `rule` in its record) that reads the same now is no change; one
+    that reads differently is said to be the rule's doing, and the procedure goes on by the
+    current rule (its verdicts are re-derived from the planned seeds' values, as always)."""
     from harness.track.runs import end_run, named_run, record, run_tags_of
 
     run = named_run(uri, ld.spec.name, "harness.decision", ld.spec.name, run_name=f"decide:{ld.spec.name}")
@@ -172,13 +175,25 @@ def record_looks(uri: str, ld: LoadedSpec, decisions: list[TableDecision]) -> li
         looks: dict[int, dict] = {}
         for r in d.results:
             for lk in r.looks:
-                looks.setdefault(lk.look, {"seeds": lk.seeds, "claims": {}})["claims"][str(r.hypothesis.number)] = \
-                    lk.verdict
+                looks.setdefault(lk.look, {"seeds": lk.seeds, "rule": sq.RULE_T, "claims": {}})["claims"][
+                    str(r.hypothesis.number)] = lk.verdict
         for k, look in sorted(looks.items()):
             key, text = f"harness.decide.{d.table}.look{k}", json.dumps(look, sort_keys=True)
             if key not in before:
                 new[key] = text
-            elif before[key] != text:
+                continue
+            if before[key] == text:
+                continue
+            try:
+                old = json.loads(before[key])
+            except ValueError:
+                old = None
+            if isinstance(old, dict) and "rule" not in old:  # recorded by the stage-wise rule
+                if old == {x: v for x, v in look.items() if x != "rule"}:
+                    continue
+                notes.append(f"{d.table}: look {k} was recorded by the earlier rule ({sq.RULE_STAGEWISE}) as "
+                             f"{before[key]}; the {sq.RULE_T} rule reads {text} and the procedure goes on by it")
+            else:
                 notes.append(f"{d.table}: look {k} was recorded as {before[key]} and now reads {text}: "
                              "a run of its seeds changed since")
     if new:

@@ -6,35 +6,44 @@ function (`obrien_fleming` or `pocock`). The claims are those of `claims.py` (su
 non-inferiority, two-sided, equivalence by TOST; paired or unpaired; sign and margin as
 `claims.claim_decision` takes them).
 
-**The rule: inverse-normal combination of stage-wise t-tests.** Stage k is the seeds at
-positions n_{k-1} .. n_k - 1 of each side in seed order (paired: of the seeds both sides have),
-so its size m_k = n_k - n_{k-1} is exactly the planned one. Its own t-test, on its seeds alone,
-gives a one-sided p-value p_k for the claim's null θ ≤ θ0 (θ: the true Δ in the claim's
-direction; θ0 = -margin): paired, the one-sample t on the stage's per-seed differences (df
-m_k - 1); unpaired, the pooled-variance (Student) t on the stage's two groups of m_k seeds (df
-2 m_k - 2; exact under equal variances, which `power.py` assumes too; with equal group sizes its
-statistic is Welch's, only the df differ, and `bench/decide_calibration.py` prints its type-I
-error at a variance ratio of 4). At look k the statistic is
+**The rule: a group-sequential t-test on all the seeds so far.** At look k each side's first
+n_k seeds in seed order (paired: of the seeds both sides have) give the claim's t statistic for
+its null θ ≤ θ0 (θ: the true Δ in the claim's direction; θ0 = -margin), exactly as a fixed design
+of n_k seeds would: paired, the one-sample t of the n_k per-seed differences, (mean - θ0) /
+(sd / √n_k), df n_k - 1; unpaired, Student's pooled-variance t of the two groups of n_k seeds,
+(mean_a - mean_b - θ0) / sqrt((s_a² + s_b²) / n_k), df 2 n_k - 2 (exact under equal variances,
+which `power.py` assumes too; with equal group sizes the statistic is Welch's, only the df
+differ; `bench/decide_calibration.py` prints its type-I error at a variance ratio of 4). It is
+compared with the look's boundary c_k on the t scale.
 
-    Z_k = Σ_{j≤k} w_j Φ⁻¹(1 - p_j) / sqrt(Σ_{j≤k} w_j²),   w_j = sqrt(m_j) (planned, fixed),
+**Why it controls the error.** Under per-seed normality and θ = θ0 the joint law of
+(t_1, .., t_K) depends on the looks alone, not on σ: every t is unchanged when all the values
+are rescaled. So there are boundaries c_1 .. c_K on the t scale with
 
-compared with the one-sided boundary b_k of the spending function at information fractions
-t_k = n_k / n_K. **Why it controls the error:** under per-seed normality and θ = θ0 each p_j is
-exactly uniform (a t statistic has its t law for any σ, even at 2 seeds), and the stages use
-disjoint seeds, so the Φ⁻¹(1 - p_j) are independent standard normals: (Z_1 .. Z_K) is exactly
-multivariate normal with corr(Z_i, Z_j) = sqrt(t_i / t_j), the law the boundaries are computed
-for (P(Z_1 < b_1, .., Z_{k-1} < b_{k-1}, Z_k ≥ b_k) = α(t_k) - α(t_{k-1}), by numerical
-integration; the tests check it with scipy's multivariate normal). So P(some look crosses) =
-α(1) = the level, at any n, with no large-sample step.
-For θ < θ0 every p_j is stochastically larger: less. Stopping for the other verdicts only
-removes chances to cross. (A z boundary on the pooled t of all seeds so far is not valid at a
-handful of seeds: the t has heavier tails than the normal the boundary assumes.)
+    P(t_1 < c_1, .., t_{k-1} < c_{k-1}, t_k ≥ c_k) = α(t_k) - α(t_{k-1})   (t_k = n_k / n_K),
+
+the spending function's increments, and with them P(some look crosses) = α(1), the level, at
+any n, with no large-sample step. c_1 is the plain t quantile (t_1 has a t law: exact). The later
+c_k are found by Monte Carlo (`boundaries`): `PATHS` null paths of (t_1 .. t_K) per (looks,
+paired), simulated once with a fixed seed from the statistics' exact sufficient increments (each
+stage's mean is normal, its sum of squares chi-square; `null_paths`), then c_k is the quantile
+among the paths still below every earlier boundary that spends the look's increment (at most
+it: the floor of increment × `PATHS` paths cross). Where that is fewer than `MIN_CROSSINGS`
+paths (a tiny increment: an early O'Brien-Fleming look at a small Holm level) c_k is the
+marginal t quantile of the increment instead, P(t_k ≥ c_k) = increment, which can only spend
+less. Deterministic; the crossing probability the boundaries realise differs from α(1) by Monte
+Carlo error alone, standard error sqrt(α (1 - α) / PATHS) at most (0.0002 at α = 0.05), and
+the tests check every look's spending by an independent simulation of whole procedures.
+For θ < θ0 every t_k is smaller: crossing is rarer. Stopping for the other verdicts only removes
+chances to cross. (The stage-wise rule this replaced, each stage's own t-test combined by the
+inverse normal method, was exact too but lost information at stages of 2-4 seeds.)
 
 **Verdicts at a look** (claim's level ℓ; the fixed-design meanings of docs/statistics.md):
 
-- one-sided (superiority, non-inferiority): holds once Z_j(θ0) ≥ b_j(ℓ) at some look j made;
-  contradicted once Z_j(θ0) ≤ -b_j(ℓ): the boundary of the opposite one-sided null θ ≥ θ0;
-- two-sided: holds once |Z_j(0)| ≥ b_j(ℓ/2) (ℓ/2 spent on each side); never contradicted;
+- one-sided (superiority, non-inferiority): holds once t_j(θ0) ≥ c_j(ℓ) at some look j made;
+  contradicted once t_j(θ0) ≤ -c_j(ℓ): the boundary of the opposite one-sided null θ ≥ θ0
+  (the null law of the t paths is symmetric);
+- two-sided: holds once |t_j(0)| ≥ c_j(ℓ/2) (ℓ/2 spent on each side); never contradicted;
 - equivalence: two one-sided nulls, θ ≤ -m and θ ≥ m, each a sequential test at ℓ; equivalent
   once both have crossed (at the same or different looks: an intersection-union test needs no
   correction); contradicted once either opposite boundary is crossed (Δ shown beyond ±m);
@@ -55,14 +64,15 @@ them; no look can go uncounted).
 
 **The interval: repeated confidence intervals** (Jennison & Turnbull 1989). At look k the RCI is
 the set of θ that the look's two-sided test at the claim's level does not reject,
-{θ : -b_k < Z_k(θ) < b_k}, Z_k(θ) being the statistic recomputed with θ as the null. At the
-true θ the Z_k(θ) have exactly the null law above, so all RCIs cover θ together with
-probability ≥ 1 - 2ℓ (two-sided claims: 1 - ℓ); the interval given is their intersection over
-the looks made, at the claim's final level, which covers at least as often and is what the
-verdict is read from: a claim holds exactly when that interval clears its bound, as in the fixed
-design (its Holm level is data-dependent, as the fixed design's is). In the rare case the
-intersection is empty, the last look's RCI is given. The estimate printed beside it is the naive
-mean difference at the stopping look (biased away from 0 when stopping early).
+{θ : -c_k < t_k(θ) < c_k} = est_k ± c_k se_k (est_k, se_k: the look's Δ and its standard error,
+the t statistic's numerator and denominator). At the true θ the t_k(θ) have exactly the null law
+above, so all RCIs cover θ together with probability ≥ 1 - 2ℓ (two-sided claims: 1 - ℓ); the
+interval given is their intersection over the looks made, at the claim's final level, which
+covers at least as often and is what the verdict is read from: a claim holds exactly when that
+interval clears its bound, as in the fixed design (its Holm level is data-dependent, as the
+fixed design's is). In the rare case the intersection is empty, the last look's RCI is given.
+The estimate printed beside it is the naive mean difference at the stopping look (biased away
+from 0 when stopping early).
 
 **Planning.** `plan` gives the open claims, the next look and the seeds each row still needs for
 it, a row shared by several open claims once. `savings` simulates one claim's design (through
@@ -76,12 +86,12 @@ them); the rule is scale-free. Pure functions on plain data; no torch, no mlflow
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import stats
 
 from harness.report import power as pw
 from harness.report.claims import ALPHA, MIN_N, MIN_STD, RULE, kind_of
@@ -90,13 +100,17 @@ from harness.spec.schema import Claim
 
 SPENDING = ("obrien_fleming", "pocock")
 KINDS = tuple(RULE)
-#: new seeds a stage needs for its own t-test (paired: df 1; unpaired: df 2)
-MIN_STAGE = 2
-#: stage p-values are kept in [EPS, 1 - EPS] (|z| <= 7.9): each clip only lowers the
-#: statistic it could raise, so the error stays controlled
-EPS = 1e-15
-#: regula falsi steps per interval end (the bracket shrinks below 1e-9 of its width in fewer)
-_ROOT_STEPS = 20
+#: the statistic and boundaries a look records (`Look.rule`); looks recorded by the earlier
+#: stage-wise rule load with `RULE_STAGEWISE`
+RULE_T = "cumulative t"
+RULE_STAGEWISE = "stage-wise inverse normal (z)"
+#: null paths of (t_1 .. t_K) the boundaries are read from, per (looks, paired)
+PATHS = 1_000_000
+#: a look's boundary is a quantile of the paths when at least this many of them cross it;
+#: otherwise the marginal t quantile (which can only spend less)
+MIN_CROSSINGS = 100
+#: the simulation's seed: the boundaries are a deterministic function of the design
+PATH_SEED = 29
 #: verdict codes of `decide_arrays`, in order
 OPEN, HOLDS, CONTRADICTED, CAPPED, UNTESTED = range(5)
 CONTINUE = "continue"
@@ -117,61 +131,72 @@ def spent(spending: str, t, level: float) -> np.ndarray:
     raise ValueError(f"spending {spending!r}: one of {', '.join(SPENDING)}")
 
 
-def _corr(t: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.minimum.outer(t, t) / np.maximum.outer(t, t))
+def dfs(looks: Sequence[int], paired: bool) -> np.ndarray:
+    """The t statistic's degrees of freedom at each look: n_k - 1 paired, 2 n_k - 2 unpaired."""
+    n = np.asarray(looks, dtype=float)
+    return n - 1 if paired else 2 * n - 2
 
 
-def crossing(bounds: Sequence[float], fractions: Sequence[float]) -> float:
-    """P(Z_k ≥ b_k at some look) for the canonical joint normal (Z_1 .. Z_K) at these
-    information fractions, by scipy's multivariate normal: the tests' independent check of the
-    boundaries `boundaries` solves by quadrature."""
-    t = np.asarray(fractions, dtype=float)
-    b = np.asarray(bounds, dtype=float)
-    below = stats.multivariate_normal.cdf(b, mean=np.zeros(len(t)), cov=_corr(t), abseps=1e-8,
-                                          releps=0, maxpts=400_000 * len(t), rng=np.random.default_rng(0))
-    return float(1 - below)
+@lru_cache(maxsize=8)
+def null_paths(looks: tuple[int, ...], paired: bool, paths: int = PATHS, seed: int = PATH_SEED) -> np.ndarray:
+    """(paths, K) simulated null paths (t_1 .. t_K) at these looks (read-only; cached): per side
+    and stage, the stage's mean (normal) and sum of squares about it (chi-square, df m - 1)
+    update the cumulative mean and sum of squares exactly, so a path costs a few draws per
+    stage, not n_K. σ = 1: the t's law does not depend on σ."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, int(paired), *looks]))
+    sides = 1 if paired else 2
+    mean = np.zeros((sides, paths))
+    ss = np.zeros((sides, paths))
+    out = np.empty((paths, len(looks)))
+    prev = 0
+    for k, n in enumerate(looks):
+        m = n - prev
+        stage = rng.standard_normal((sides, paths)) / math.sqrt(m)
+        within = rng.chisquare(m - 1, (sides, paths)) if m > 1 else 0.0
+        ss += within + prev * m / n * (stage - mean) ** 2
+        mean = (prev * mean + m * stage) / n
+        if paired:
+            out[:, k] = mean[0] / np.sqrt(ss[0] / (n - 1) / n)
+        else:
+            out[:, k] = (mean[0] - mean[1]) / np.sqrt((ss[0] + ss[1]) / (2 * n - 2) * 2 / n)
+        prev = n
+    out.setflags(write=False)
+    return out
 
 
-def _simpson(lo: float, hi: float, step: float) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and Simpson weights on [lo, hi], spacing at most `step`."""
-    n = max(3, 2 * math.ceil((hi - lo) / step / 2) + 1)
-    x = np.linspace(lo, hi, n)
-    w = np.full(n, 2.0)
-    w[1::2], w[0], w[-1] = 4.0, 1.0, 1.0
-    return x, w * (hi - lo) / (n - 1) / 3
+def sequential_bounds(paths: np.ndarray, cum: np.ndarray, marginal: Callable[[int, float], float],
+                      min_crossings: int = MIN_CROSSINGS) -> np.ndarray:
+    """Boundaries spending the cumulative levels `cum` (K,) on simulated null paths (N, K):
+    look 1 (and any look whose increment fewer than `min_crossings` paths would cross) at the
+    exact marginal quantile `marginal(k, p)` (P(statistic_k ≥ it) = p), every other look at the
+    largest value that at most floor(increment · N) of the paths below every earlier boundary
+    reach."""
+    n, k_n = paths.shape
+    b = np.empty(k_n)
+    alive = np.ones(n, dtype=bool)
+    prev = 0.0
+    for k in range(k_n):
+        inc = float(cum[k]) - prev
+        prev = float(cum[k])
+        j = int(inc * n)
+        if k == 0 or j < min_crossings:
+            b[k] = marginal(k, inc)
+        else:
+            x = paths[alive, k]
+            b[k] = np.partition(x, x.size - j)[x.size - j] if j < x.size else -np.inf
+        alive &= paths[:, k] < b[k]
+    return b
 
 
 @lru_cache(maxsize=1024)
-def boundaries(looks: tuple[int, ...], level: float, spending: str) -> tuple[float, ...]:
-    """One-sided z boundaries b_1 .. b_K spending `level` at the fractions t = looks / cap:
-    b_1 from the normal tail, then each b_k solving P(Z_1 < b_1, .., Z_{k-1} < b_{k-1},
-    Z_k ≥ b_k) = α(t_k) - α(t_{k-1}) for the canonical joint normal (corr sqrt(t_i / t_j)).
-    The probability is integrated numerically on the score scale S_k = Z_k √t_k, whose
-    increments are independent N(0, t_k - t_{k-1}) (Armitage, McPherson & Rowe 1969; Simpson's
-    rule on a grid finer than a fortieth of each increment's sd: error below 1e-8, milliseconds);
-    the tests check the crossing probabilities against scipy's multivariate normal (`crossing`).
-    Cached."""
-    t = np.asarray(looks, dtype=float) / looks[-1]
-    cum = spent(spending, t, level)
-    b = [float(stats.norm.isf(cum[0]))]
-    step = float(np.sqrt(np.diff(np.r_[0.0, t])).min()) / 40
-    x, w = _simpson(-10.0, b[0] * math.sqrt(t[0]), step)
-    density = np.exp(-x ** 2 / (2 * t[0])) / math.sqrt(2 * math.pi * t[0])
-    for k in range(1, len(t)):
-        inc = float(cum[k] - cum[k - 1])
-        sd = math.sqrt(t[k] - t[k - 1])
-        mass = w * density  # the paths still below every earlier boundary, on the grid
-
-        def gap(z, k=k, sd=sd, mass=mass, inc=inc, x=x):
-            return float(mass @ special.ndtr((x - z * math.sqrt(t[k])) / sd)) - inc
-
-        # P(Z_k ≥ x) - α(t_{k-1}) <= the target probability <= P(Z_k ≥ x): a bracket of width < 1
-        lo, hi = float(stats.norm.isf(cum[k])) - 0.05, float(stats.norm.isf(inc)) + 0.05
-        b.append(float(optimize.brentq(gap, lo, hi, xtol=1e-9)))
-        x_new, w = _simpson(-10.0 * math.sqrt(t[k]) - 1.0, b[-1] * math.sqrt(t[k]), step)
-        kernel = np.exp(-((x_new[:, None] - x[None, :]) / sd) ** 2 / 2) / (sd * math.sqrt(2 * math.pi))
-        density, x = kernel @ mass, x_new
-    return tuple(b)
+def boundaries(looks: tuple[int, ...], level: float, spending: str, paired: bool) -> tuple[float, ...]:
+    """One-sided boundaries c_1 .. c_K on the t scale spending `level` at the fractions
+    t = looks / cap: c_1 the exact t quantile, the later ones from `null_paths` (see the module
+    docstring; Monte Carlo error of the spending: standard error ≤ sqrt(level / PATHS)). Cached."""
+    cum = spent(spending, np.asarray(looks, dtype=float) / looks[-1], level)
+    df = dfs(looks, paired)
+    b = sequential_bounds(null_paths(looks, paired), cum, lambda k, p: float(stats.t.isf(p, df[k])))
+    return tuple(float(x) for x in b)
 
 
 @dataclass(frozen=True)
@@ -202,10 +227,8 @@ class Design:
                              f"(a claim's test needs {MIN_N}), not {looks[0]}")
         for prev, n in zip(looks, looks[1:], strict=False):
             if n <= prev:
-                raise ValueError(f"looks {list(looks)}: seed counts must increase strictly ({prev} then {n})")
-            if n - prev < MIN_STAGE:
-                raise ValueError(f"looks {list(looks)}: each look adds at least {MIN_STAGE} new seeds "
-                                 f"(its own t-test needs them); {prev} -> {n} adds {n - prev}")
+                raise ValueError(f"looks {list(looks)}: seed counts must increase strictly, each look adding "
+                                 f"at least one new seed ({prev} then {n})")
         if not 0 < float(self.alpha) < 0.5:
             raise ValueError(f"alpha {self.alpha!r}: between 0 and 0.5")
         if self.spending not in SPENDING:
@@ -218,21 +241,12 @@ class Design:
         return self.looks[-1]
 
     @property
-    def stages(self) -> np.ndarray:
-        """New seeds per row at each look."""
-        return np.diff(np.r_[0, self.looks])
-
-    @property
     def fractions(self) -> np.ndarray:
         return np.asarray(self.looks, dtype=float) / self.cap
 
-    @property
-    def weights(self) -> np.ndarray:
-        return np.sqrt(self.stages.astype(float))
-
-    def bounds(self, level: float) -> np.ndarray:
-        """One-sided z boundaries at each look spending `level`."""
-        return np.asarray(boundaries(self.looks, float(level), self.spending))
+    def bounds(self, level: float, paired: bool) -> np.ndarray:
+        """One-sided t boundaries at each look spending `level` (paired or unpaired t)."""
+        return np.asarray(boundaries(self.looks, float(level), self.spending, bool(paired)))
 
     def to_json(self) -> dict:
         return {"looks": list(self.looks), "alpha": self.alpha, "spending": self.spending}
@@ -285,33 +299,26 @@ def _level_for(kind: str, level: float) -> float:
     return level / 2 if kind == "two-sided" else level
 
 
-def _z(t, df):
-    """Φ⁻¹(1 - p) of the one-sided t p-value p = P(T_df ≥ t), p kept in [EPS, 1 - EPS]."""
-    p = np.clip(special.stdtr(df, -t), EPS, 1 - EPS)
-    return -special.ndtri(p)
-
-
-def stage_tests(a: np.ndarray, b: np.ndarray, design: Design, paired: bool):
-    """Each stage's own test, on its seeds only: (Δ estimate, its se, df, spread) per stage,
-    arrays (N, K); a, b: (N, n) per-seed values in seed order, NaN past the seeds there are.
-    Paired: one-sample t on the stage's differences; unpaired: pooled-variance t. The spread
-    (std of the differences; unpaired, the smaller side's) is what `MIN_STD` is checked on."""
+def look_tests(a: np.ndarray, b: np.ndarray, design: Design, paired: bool):
+    """Each look's t-test on all its seeds: (Δ estimate, its se, df, spread) per look, arrays
+    (N, K); a, b: (N, n) per-seed values in seed order, NaN past the seeds there are (a look
+    without its seeds: NaN). Paired: one-sample t of the first n_k differences; unpaired: the
+    pooled-variance t of each side's first n_k seeds. The spread (std of the differences;
+    unpaired, the smaller side's) is what `MIN_STD` is checked on."""
     a = _pad(np.asarray(a, dtype=float), design.cap)
     b = _pad(np.asarray(b, dtype=float), design.cap)
-    edges = np.r_[0, design.looks]
     out = np.full((4, a.shape[0], len(design.looks)), np.nan)
-    for k, m in enumerate(design.stages):
-        part = slice(edges[k], edges[k + 1])
+    for k, n in enumerate(design.looks):
         if paired:
-            d = a[:, part] - b[:, part]
+            d = a[:, :n] - b[:, :n]
             var = d.var(axis=1, ddof=1)
-            out[0, :, k], out[1, :, k], out[2, :, k], out[3, :, k] = d.mean(axis=1), np.sqrt(var / m), m - 1, np.sqrt(var)
+            out[0, :, k], out[1, :, k], out[2, :, k], out[3, :, k] = d.mean(axis=1), np.sqrt(var / n), n - 1, np.sqrt(var)
         else:
-            xa, xb = a[:, part], b[:, part]
+            xa, xb = a[:, :n], b[:, :n]
             va, vb = xa.var(axis=1, ddof=1), xb.var(axis=1, ddof=1)
             out[0, :, k] = xa.mean(axis=1) - xb.mean(axis=1)
-            out[1, :, k] = np.sqrt((va + vb) / m)  # pooled variance (va + vb) / 2, times 2 / m
-            out[2, :, k] = 2 * m - 2
+            out[1, :, k] = np.sqrt((va + vb) / n)  # pooled variance (va + vb) / 2, times 2 / n
+            out[2, :, k] = 2 * n - 2
             out[3, :, k] = np.sqrt(np.minimum(va, vb))
     return out[0], out[1], out[2], out[3]
 
@@ -324,25 +331,23 @@ def _pad(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.full((x.shape[0], n - x.shape[1]), np.nan)], axis=1)
 
 
-def combined(est, se, df, weights, theta) -> np.ndarray:
-    """Z_k(θ) at each look: the inverse-normal combination of the stage-wise one-sided p-values
-    of the null Δ ≤ θ (est in the claim's direction)."""
-    with np.errstate(invalid="ignore", divide="ignore"):  # a stage without spread: NaN, untested
-        z = _z((est - theta) / se, df)
-    w = np.asarray(weights, dtype=float)
-    return np.cumsum(w * z, axis=-1) / np.sqrt(np.cumsum(w ** 2))
+def t_stat(est, se, theta) -> np.ndarray:
+    """t_k(θ) at each look: (est - θ) / se, est in the claim's direction (no spread: NaN/±inf,
+    and the look is untested)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.asarray(est, dtype=float) - theta) / se
 
 
-def _statistics(h: Hypothesis, est, se, df, weights) -> np.ndarray:
-    """(S, N, K): the statistics compared with +b for the claim to hold; TOST: the lower null
+def _statistics(h: Hypothesis, est, se) -> np.ndarray:
+    """(S, N, K): the t statistics compared with +c for the claim to hold; TOST: the lower null
     θ ≤ -m and the upper one θ ≥ m."""
     e = h.sign * est
     if h.kind == "two-sided":
-        return combined(e, se, df, weights, 0.0)[None]
-    low = combined(e, se, df, weights, -h.margin)
+        return t_stat(e, se, 0.0)[None]
+    low = t_stat(e, se, -h.margin)
     if h.kind != "equivalence":
         return low[None]
-    return np.stack([low, -combined(e, se, df, weights, h.margin)])
+    return np.stack([low, -t_stat(e, se, h.margin)])
 
 
 def _crossed(kind: str, z: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -365,8 +370,8 @@ class Batch:
     status[:, i] (OPEN, HOLDS, CONTRADICTED, CAPPED, UNTESTED), stop[:, i] (0-based look of
     the verdict; -1 while open), level[:, i] (the claim's Holm level when decided, or now);
     made: looks the family has made; level_at[:, i, k]: the claim's level at look k (NaN when
-    it was not looked at); stats[i]: (S, N, K) statistics; est/se/df[i]: stage tests (N, K),
-    est in the claim's direction."""
+    it was not looked at); stats[i]: (S, N, K) t statistics; est/se/df/spread[i]: each look's
+    t-test on all its seeds (N, K), est in the claim's direction."""
 
     design: Design
     hypotheses: list[Hypothesis]
@@ -396,8 +401,8 @@ class Batch:
         bnd = np.full((n, k_n), np.nan)
         for level in np.unique(self.level[:, i][np.isfinite(self.level[:, i])]):
             rows = self.level[:, i] == level
-            bnd[rows] = d.bounds(_level_for(h.kind, float(level)))
-        low, high = rci(self.est[i], self.se[i], self.df[i], d.weights, bnd)
+            bnd[rows] = d.bounds(_level_for(h.kind, float(level)), h.paired)
+        low, high = rci(self.est[i], self.se[i], bnd)
         seen = np.arange(k_n)[None, :] <= last[:, None]
         lo = np.where(seen, low, -np.inf).max(axis=1)
         hi = np.where(seen, high, np.inf).min(axis=1)
@@ -423,12 +428,12 @@ def decide_arrays(design: Design, hypotheses: Sequence[Hypothesis],
         raise ValueError(f"{m} claims but {len(values)} pairs of values")
     est, se, df, spread, zs = [], [], [], [], []
     for h, (a, b) in zip(hypotheses, values, strict=True):
-        e, s, f, sp = stage_tests(a, b, design, h.paired)
+        e, s, f, sp = look_tests(a, b, design, h.paired)
         est.append(h.sign * e)
         se.append(s)
         df.append(f)
         spread.append(sp)
-        zs.append(_statistics(h, e, s, f, design.weights))
+        zs.append(_statistics(h, e, s))
     n = zs[0].shape[1]
     if available is None:
         available = np.stack([(np.isfinite(e)).cumprod(axis=1).sum(axis=1) for e in est], axis=1)
@@ -438,7 +443,8 @@ def decide_arrays(design: Design, hypotheses: Sequence[Hypothesis],
     contra = np.zeros((m, m, n, k_n), dtype=bool)
     for i, h in enumerate(hypotheses):
         for r in range(1, m + 1):
-            held[i, r - 1], contra[i, r - 1] = _crossed(h.kind, zs[i], design.bounds(_level_for(h.kind, design.alpha / r)))
+            bnd = design.bounds(_level_for(h.kind, design.alpha / r), h.paired)
+            held[i, r - 1], contra[i, r - 1] = _crossed(h.kind, zs[i], bnd)
     status = np.full((n, m), OPEN, dtype=np.int8)
     stop = np.full((n, m), -1)
     level = np.full((n, m), design.alpha / m)
@@ -453,7 +459,7 @@ def decide_arrays(design: Design, hypotheses: Sequence[Hypothesis],
             break
         made[go] = k + 1
         looked = go[:, None] & is_open
-        # a stage without spread: the seeds did not vary the runs; the claim keeps its α share
+        # a look without spread: the seeds did not vary the runs; the claim keeps its α share
         flat = looked & np.stack([~(sp[:, k] > MIN_STD) for sp in spread], axis=1)
         status[flat], stop[flat] = UNTESTED, k
         for _ in range(m):
@@ -476,49 +482,12 @@ def decide_arrays(design: Design, hypotheses: Sequence[Hypothesis],
     return Batch(design, list(hypotheses), status, stop, level, made, level_at, zs, est, se, df, spread)
 
 
-def rci(est, se, df, weights, bnd) -> tuple[np.ndarray, np.ndarray]:
-    """Repeated confidence intervals at each look (N, K): {θ : -b_k < Z_k(θ) < b_k}, each end
-    by a bracketing root search; est in the claim's direction, bnd (N, K) boundaries (NaN: none)."""
-    est, se, df, bnd = (np.asarray(x, dtype=float) for x in (est, se, df, bnd))
-    w = np.asarray(weights, dtype=float)
-    k_n = est.shape[1]
-    mask = np.tri(k_n, dtype=bool)  # [look k, stage j]: j <= k
-    norm_w = np.sqrt(np.cumsum(w ** 2))
-    # each stage's z at b_k · |w| / Σw puts Z_k at b_k: the roots lie between those stages' θs
-    share = bnd * norm_w / np.cumsum(w)
-    tail = stats.norm.sf(share)
-    q = stats.t.isf(np.clip(tail, EPS, 0.5)[:, :, None], df[:, None, :])
-    e, s, f = est[:, None, :], se[:, None, :], df[:, None, :]
-
-    def z_at(theta):
-        z = _z((e - theta[:, :, None]) / s, f)
-        return np.where(mask, z * w, 0.0).sum(axis=-1) / norm_w
-
-    def solve(target, points):
-        """The θ with Z_k(θ) = target: Z_k falls in θ, f(lo) >= 0 >= f(hi); the Illinois
-        variant of regula falsi (a bracketing method: the root stays between lo and hi)."""
-        lo = np.where(mask, points, np.inf).min(axis=-1)
-        hi = np.where(mask, points, -np.inf).max(axis=-1)
-        f_lo, f_hi = z_at(lo) - target, z_at(hi) - target
-        last = np.zeros(lo.shape, dtype=np.int8)
-        for _ in range(_ROOT_STEPS):
-            span = f_lo - f_hi
-            x = np.where(span > 0, lo + f_lo / np.where(span > 0, span, 1.0) * (hi - lo), (lo + hi) / 2)
-            f = z_at(x) - target
-            up = f >= 0
-            f_hi = np.where(up & (last == 1), f_hi / 2, f_hi)
-            f_lo = np.where(~up & (last == -1), f_lo / 2, f_lo)
-            lo, f_lo = np.where(up, x, lo), np.where(up, f, f_lo)
-            hi, f_hi = np.where(up, hi, x), np.where(up, f_hi, f)
-            last = np.where(up, 1, -1).astype(np.int8)
-        return np.where(np.abs(f_lo) < np.abs(f_hi), lo, hi)
-
+def rci(est, se, bnd) -> tuple[np.ndarray, np.ndarray]:
+    """Repeated confidence intervals at each look (N, K): {θ : -c_k < t_k(θ) < c_k} =
+    est ± c_k · se; est in the claim's direction, bnd (N, K) boundaries (NaN: none)."""
+    est, se, bnd = (np.asarray(x, dtype=float) for x in (est, se, bnd))
     with np.errstate(invalid="ignore"):
-        low = solve(bnd, e - s * q)
-        high = solve(-bnd, e + s * q)
-    beyond = tail < EPS  # the boundary is out of the statistic's reach: no bound from this look
-    low = np.where(beyond, -np.inf, low)
-    high = np.where(beyond, np.inf, high)
+        low, high = est - bnd * se, est + bnd * se
     bad = ~np.isfinite(bnd) | ~np.isfinite(est) | ~(se > 0)
     return np.where(bad, np.nan, low), np.where(bad, np.nan, high)
 
@@ -528,21 +497,24 @@ def rci(est, se, df, weights, bnd) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class Look:
-    """One look at one claim: cumulative seeds per side, the claim's level then, the boundary
-    and statistic(s) (TOST: the lower and upper null's), this stage's own p-value(s) and the
-    verdict after the look."""
+    """One look at one claim: cumulative seeds per side, the claim's level then, the one-sided
+    boundary on the t scale, the t statistic(s) of all the seeds so far (TOST: the lower and
+    upper null's), their degrees of freedom and the verdict after the look. `rule`: the rule the
+    numbers are of (`RULE_T`; a look stored by the earlier stage-wise rule, whose statistic and
+    boundary were z values, loads with `RULE_STAGEWISE` and df NaN)."""
 
     look: int  # 1-based
     seeds: int
     level: float
     boundary: float
     statistic: tuple[float, ...]
-    stage_p: tuple[float, ...]
+    df: float
     verdict: str
+    rule: str = RULE_T
 
     def to_json(self) -> dict:
-        return {"look": self.look, "seeds": self.seeds, "level": self.level, "boundary": _num(self.boundary),
-                "statistic": [_num(x) for x in self.statistic], "stage_p": [_num(x) for x in self.stage_p],
+        return {"look": self.look, "seeds": self.seeds, "level": self.level, "rule": self.rule,
+                "t": [_num(x) for x in self.statistic], "t_boundary": _num(self.boundary), "df": _num(self.df),
                 "verdict": self.verdict}
 
     @classmethod
@@ -550,8 +522,11 @@ class Look:
         def num(x):
             return math.nan if x is None else x
 
-        return cls(d["look"], d["seeds"], d["level"], num(d["boundary"]), tuple(num(x) for x in d["statistic"]),
-                   tuple(num(x) for x in d["stage_p"]), d["verdict"])
+        if "t" not in d:  # stored by the stage-wise rule: z statistic and boundary, stage p-values
+            return cls(d["look"], d["seeds"], d["level"], num(d["boundary"]), tuple(num(x) for x in d["statistic"]),
+                       math.nan, d["verdict"], d.get("rule", RULE_STAGEWISE))
+        return cls(d["look"], d["seeds"], d["level"], num(d["t_boundary"]), tuple(num(x) for x in d["t"]),
+                   num(d["df"]), d["verdict"], d.get("rule", RULE_T))
 
 
 @dataclass(frozen=True)
@@ -636,25 +611,17 @@ def _result(batch: Batch, i: int, side: tuple[list[float], list[float]]) -> Sequ
     level = float(batch.level[0, i])
     last = stop if stop >= 0 else made - 1
     looks = []
-    for k in range(last if code == UNTESTED else last + 1):  # a stage without spread tests nothing
+    for k in range(last if code == UNTESTED else last + 1):  # a look without spread tests nothing
         lv = float(batch.level_at[0, i, k])
-        one = _level_for(h.kind, lv)
-        bound = float(d.bounds(one)[k])
-        z = tuple(float(x) for x in batch.stats[i][:, 0, k])
-        e, s, f = batch.est[i][0, k], batch.se[i][0, k], batch.df[i][0, k]
-        if h.kind == "two-sided":
-            p = (float(special.stdtr(f, -e / s)),)
-        elif h.kind == "equivalence":
-            p = (float(special.stdtr(f, -(e + h.margin) / s)), float(special.stdtr(f, (e - h.margin) / s)))
-        else:
-            p = (float(special.stdtr(f, -(e + h.margin) / s)),)
+        bound = float(d.bounds(_level_for(h.kind, lv), h.paired)[k])
+        t = tuple(float(x) for x in batch.stats[i][:, 0, k])
         now = _verdict(h, code) if k == stop else CONTINUE
-        looks.append(Look(k + 1, d.looks[k], lv, bound, z, p, now))
+        looks.append(Look(k + 1, d.looks[k], lv, bound, t, float(batch.df[i][0, k]), now))
     a, b = side
     seeds = d.looks[last] if last >= 0 else 0
     untested = ""
     if code == UNTESTED:
-        untested = (f"no spread in stage {stop + 1} ({'identical per-seed differences' if h.paired else 'identical values on one side'}): "
+        untested = (f"no spread at look {stop + 1} ({'identical per-seed differences' if h.paired else 'identical values on one side'}): "
                     "the seeds did not vary the runs")
     if seeds:
         estimate = float(np.mean(a[:seeds]) - np.mean(b[:seeds]))

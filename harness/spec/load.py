@@ -393,9 +393,9 @@ def _decide_problems(ld: LoadedSpec, name: str) -> list[Problem]:
     if d.claims is not None and len(set(d.claims)) != len(d.claims):
         problems.append(ld.source("tables", name, "decide", "claims").problem("a claim is listed twice"))
     steps = list(zip(d.looks, d.looks[1:], strict=False))
-    if any(b - a < 2 for a, b in steps):
+    if any(b <= a for a, b in steps):
         problems.append(ld.source("tables", name, "decide", "looks").problem(
-            f"{d.looks}: each look needs at least 2 more seeds than the one before (a stage's own test)"))
+            f"{d.looks}: the seed counts must increase strictly (each look adds at least one new seed)"))
     if d.looks[0] < len(ld.spec.seeds):
         problems.append(ld.source("tables", name, "decide", "looks", 0).problem(
             f"the first look ({d.looks[0]} seeds) comes before the spec's own {len(ld.spec.seeds)} seeds"))

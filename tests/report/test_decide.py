@@ -105,7 +105,8 @@ def test_decide_without_a_decide_section_is_one_line(tmp_path, run_cli):
 
 
 @pytest.mark.parametrize("decide, message", [
-    ("{looks: [3, 4, 8]}", "each look needs at least 2 more seeds"),
+    ("{looks: [3, 3, 8]}", "must increase strictly"),
+    ("{looks: [3, 5, 4]}", "must increase strictly"),
     ("{looks: [2, 5]}", "greater than or equal to 3"),
     ("{claims: [5], looks: [3, 5]}", "claim 5 does not exist"),
     ("{looks: [3, 5], spending: linear}", "spending"),
@@ -136,3 +137,32 @@ def test_the_report_shows_the_decision_path(spec, tmp_path, run_cli):
     code, out, _ = run_cli("report", spec, "--tracking-uri", uri)
     assert "### Sequential decision of T" in out and "look 2 at 5 seeds" in out
     assert "Seeds used: 13 cells over 3 rows, against 24 for every row at the cap (8 seeds)" in out
+
+
+def test_looks_recorded_by_the_stagewise_rule_resume_quietly(spec, tmp_path):
+    """A procedure begun by the earlier (stage-wise) rule: its look records have no `rule`. One
+    that reads the same now is no change; one that reads differently is named as the rule's
+    doing, not as a changed run; the records are not rewritten."""
+    from harness.report.decide import decide_tables, record_looks
+    from harness.track.runs import named_run, record, run_tags_of
+
+    ld = load_spec(spec)
+    cells = cells_to_decide(ld)
+    rng = np.random.default_rng(0)
+    values = {("FCOS", s): (0.8 + 0.002 * rng.standard_normal(), 0.4 + 0.01 * rng.standard_normal()) for s in range(3)}
+    values.update({(row, s): (0.8, 0.85 + 0.01 * rng.standard_normal()) for row in ("POTO", "POTO-B") for s in range(5)})
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    fill(uri, cells, values)
+    run = named_run(uri, "dec", "harness.decision", "dec", run_name="decide:dec")
+    same = {"seeds": 3, "claims": {"0": "holds", "1": "continue"}}
+    other = {"seeds": 5, "claims": {"1": "holds"}}
+    record(uri, run, tags={"harness.decide.t.look1": json.dumps(same), "harness.decide.t.look2": json.dumps(other)})
+    decisions = decide_tables(ld, cells, uri)
+    assert [lk.verdict for lk in decisions[0].results[1].looks] == ["continue", "continue"]
+    notes = record_looks(uri, ld, decisions)
+    assert len(notes) == 1 and "look 2 was recorded by the earlier rule" in notes[0], notes
+    assert "changed since" not in notes[0]
+    tags = run_tags_of(uri, run)
+    assert json.loads(tags["harness.decide.t.look2"]) == other

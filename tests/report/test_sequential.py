@@ -1,6 +1,6 @@
-"""Group-sequential decisions (`harness.report.sequential`): boundaries against published values
-and scipy's multivariate normal, verdicts on constructed stores, the design's validation, the
-plan, the JSON round trip, and small simulations of the type-I error and the interval's coverage
+"""Group-sequential decisions (`harness.report.sequential`): t boundaries checked by an
+independent simulation (and the boundary search against published z values), verdicts on
+constructed stores, the design's validation, the plan, the JSON round trip, and small simulations of the type-I error and the interval's coverage
 through the same code (`bench/decide_calibration.py` runs the large ones)."""
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import optimize
+from scipy import stats
 
 from harness.report import sequential as sq
 from harness.report.claims import decide as interval_verdict
@@ -28,8 +28,8 @@ def seeds(values, start=0):
 
 # ------------------------------------------------------------------ boundaries
 
-# Lan-DeMets O'Brien-Fleming-type boundaries, equally spaced looks, one-sided 0.025
-# (e.g. gsDesign's sfLDOF; Jennison & Turnbull 2000, ch. 7)
+# Lan-DeMets O'Brien-Fleming-type boundaries on the z scale, equally spaced looks, one-sided
+# 0.025 (e.g. gsDesign's sfLDOF; Jennison & Turnbull 2000, ch. 7)
 PUBLISHED_LD_OBF = {
     2: (2.9626, 1.9686),
     3: (3.7103, 2.5114, 1.9930),
@@ -38,41 +38,105 @@ PUBLISHED_LD_OBF = {
 
 
 @pytest.mark.parametrize("k", sorted(PUBLISHED_LD_OBF))
-def test_obrien_fleming_boundaries_are_the_published_ones(k):
-    looks = tuple(4 * (i + 1) for i in range(k))
-    assert sq.boundaries(looks, 0.025, "obrien_fleming") == pytest.approx(PUBLISHED_LD_OBF[k], abs=2e-4)
+def test_the_sequential_quantiles_give_the_published_z_boundaries(k):
+    """The boundary search `boundaries` runs on t paths, fed canonical normal paths (Brownian
+    motion at equally spaced looks) instead: the published z boundaries, within Monte Carlo
+    error (10^6 paths)."""
+    rng = np.random.default_rng(2025)
+    paths = np.cumsum(rng.standard_normal((1_000_000, k)), axis=1) / np.sqrt(np.arange(1, k + 1))
+    cum = sq.spent("obrien_fleming", np.arange(1, k + 1) / k, 0.025)
+    b = sq.sequential_bounds(paths, cum, lambda j, p: float(stats.norm.isf(p)))
+    assert b == pytest.approx(PUBLISHED_LD_OBF[k], abs=0.03)
+    assert b[0] == pytest.approx(PUBLISHED_LD_OBF[k][0], abs=2e-4)  # the first look: exact
+
+
+def _independent_crossings(looks, paired, spending, levels, sims=200_000, seed=4242):
+    """Per level: the per-look first-crossing rates of the one-sided t boundaries on whole
+    null procedures simulated from per-seed values (not the boundaries' own paths), and the
+    spent increments."""
+    design = sq.Design(looks, spending=spending)
+    a, b = sq.draw(np.random.default_rng(seed), sims, design.cap, 0.0, paired)
+    est, se, _, _ = sq.look_tests(a, b, design, paired)
+    t = est / se
+    out = []
+    for level in levels:
+        cross = t >= design.bounds(level, paired)
+        first = np.where(cross.any(axis=1), cross.argmax(axis=1), -1)
+        rates = np.array([np.mean(first == k) for k in range(len(looks))])
+        inc = np.diff(np.r_[0.0, sq.spent(spending, design.fractions, level)])
+        out.append((level, rates, inc))
+    return out
 
 
 @pytest.mark.parametrize("spending", sq.SPENDING)
-@pytest.mark.parametrize("looks", [(3, 5, 8, 12), (4, 8, 12), (3, 6, 10, 15, 21)])
-def test_each_look_spends_its_alpha_by_scipys_multivariate_normal(spending, looks):
-    """P(crossing by look k) = α(t_k) for every k, checked with scipy's multivariate normal
-    (the boundaries are solved by quadrature): the two computations are independent."""
-    design = sq.Design(looks, spending=spending)
-    for level in (0.05, 0.05 / 3):
-        bounds = design.bounds(level)
-        for k in range(1, len(looks) + 1):
-            t = design.fractions[:k]  # the joint law of Z_1 .. Z_k depends on the ratios t_i / t_j only
-            want = float(sq.spent(spending, design.fractions[k - 1], level))
-            assert sq.crossing(bounds[:k], t) == pytest.approx(want, rel=2e-4, abs=1e-7)
+@pytest.mark.parametrize("paired", [True, False])
+@pytest.mark.parametrize("looks", [(3, 5, 8, 12), (4, 8, 12), (3, 4, 6, 9)])
+def test_each_look_spends_its_alpha_by_an_independent_simulation(looks, paired, spending):
+    """200,000 null procedures from per-seed normal values through `look_tests` (another seed
+    than the boundaries' paths): each look's first-crossing rate is its spent increment, and the
+    total the level, within 4 standard errors of both simulations."""
+    sims = 200_000
+    for level, rates, inc in _independent_crossings(looks, paired, spending, (0.05, 0.05 / 3), sims):
+        se = np.sqrt(inc * (1 - inc) / sims + inc / sq.PATHS)
+        assert np.all(np.abs(rates - inc) <= 4 * se + 1e-6), (level, rates, inc)
+        total_se = math.sqrt(level * (1 - level) / sims + level / sq.PATHS)
+        assert abs(rates.sum() - level) <= 4 * total_se, (level, rates.sum())
 
 
-def test_the_crossing_probability_reproduces_classic_constant_boundaries():
-    """The classic O'Brien-Fleming (c·sqrt(K/k)) and Pocock (constant) boundaries at one-sided
-    0.025: K = 2 gives 2.797 / 1.977 and 2.178; K = 4: c = 2.024 and 2.361 (Jennison & Turnbull
-    2000, tables 2.1 and 2.3)."""
-    for k, obf, pocock in ((2, 1.977, 2.178), (4, 2.024, 2.361)):
-        t = np.arange(1, k + 1) / k
-        c = optimize.brentq(lambda c, t=t: sq.crossing(c * np.sqrt(1 / t), t) - 0.025, 1.5, 3.0)
-        assert c == pytest.approx(obf, abs=2e-3)
-        c = optimize.brentq(lambda c, t=t: sq.crossing(np.full(len(t), c), t) - 0.025, 1.5, 3.5)
-        assert c == pytest.approx(pocock, abs=2e-3)
+def test_the_check_can_fail():
+    """The same check rejects the z boundaries a normal approximation would use at these seeds
+    (the t's heavier tails cross them far too often)."""
+    design = sq.Design((3, 5, 8, 12), spending="pocock")
+    a, b = sq.draw(np.random.default_rng(4242), 100_000, design.cap, 0.0, True)
+    est, se, _, _ = sq.look_tests(a, b, design, True)
+    cum = sq.spent("pocock", design.fractions, 0.05)
+    paths = np.cumsum(np.random.default_rng(1).standard_normal((400_000, 12)), axis=1)[:, np.array(design.looks) - 1]
+    z = sq.sequential_bounds(paths / np.sqrt(design.looks), cum, lambda j, p: float(stats.norm.isf(p)))
+    assert np.mean(((est / se) >= z).any(axis=1)) > 0.08
+
+
+@pytest.mark.parametrize("paired", [True, False])
+@pytest.mark.parametrize("spending", sq.SPENDING)
+def test_the_first_look_is_the_exact_t_quantile(spending, paired):
+    for looks in ((3, 5, 8, 12), (4, 8, 12), (5, 6)):
+        for level in (0.05, 0.025, 0.05 / 6):
+            df = looks[0] - 1 if paired else 2 * looks[0] - 2
+            want = stats.t.isf(float(sq.spent(spending, looks[0] / looks[-1], level)), df)
+            assert sq.boundaries(looks, level, spending, paired)[0] == pytest.approx(want, rel=1e-12)
+
+
+def test_a_tiny_increment_falls_back_to_the_marginal_t_quantile():
+    """Where fewer than MIN_CROSSINGS of the paths would cross, the boundary is the marginal t
+    quantile of the increment (it spends at most that); elsewhere the joint quantile lies below
+    the marginal one (surviving the earlier looks makes crossing rarer)."""
+    looks, seen = (3, 5, 8, 12), set()
+    for level in (1e-4, 0.05 / 8, 0.05):
+        inc = np.diff(np.r_[0.0, sq.spent("obrien_fleming", np.array(looks) / 12, level)])
+        b = sq.boundaries(looks, level, "obrien_fleming", True)
+        for k in range(1, 4):
+            marginal = stats.t.isf(inc[k], looks[k] - 1)
+            if int(inc[k] * sq.PATHS) < sq.MIN_CROSSINGS:
+                assert b[k] == pytest.approx(marginal, rel=1e-12)
+                seen.add("marginal")
+            else:
+                assert b[k] < marginal
+                seen.add("joint")
+    assert seen == {"marginal", "joint"}
 
 
 def test_one_look_is_the_fixed_design():
-    assert sq.Design((5,)).bounds(0.05) == pytest.approx([1.6449], abs=1e-4)
+    assert sq.Design((5,)).bounds(0.05, True) == pytest.approx([stats.t.isf(0.05, 4)])
+    assert sq.Design((5,)).bounds(0.05, False) == pytest.approx([stats.t.isf(0.05, 8)])
     assert sq.spent("pocock", 1.0, 0.05) == pytest.approx(0.05)
     assert sq.spent("obrien_fleming", 1.0, 0.05) == pytest.approx(0.05)
+
+
+def test_the_null_paths_are_deterministic():
+    one = sq.null_paths((3, 5, 8, 12), True)
+    assert one.shape == (sq.PATHS, 4) and not one.flags.writeable
+    sq.null_paths.cache_clear()
+    sq.boundaries.cache_clear()
+    assert np.array_equal(sq.null_paths((3, 5, 8, 12), True)[:1000], one[:1000])
 
 
 # ------------------------------------------------------------------ the design
@@ -83,7 +147,7 @@ def test_one_look_is_the_fixed_design():
     ((2, 5, 8), "pocock", 0.05, "first look needs at least 3"),
     ((3, 5, 5, 8), "pocock", 0.05, "increase strictly"),
     ((3, 8, 6), "pocock", 0.05, "increase strictly"),
-    ((3, 4, 8), "pocock", 0.05, "at least 2 new seeds"),
+    ((3, 3), "pocock", 0.05, "at least one new seed"),
     ((3, 5.5), "pocock", 0.05, "whole numbers"),
     ("abc", "pocock", 0.05, "whole numbers"),
     (5, "pocock", 0.05, "non-empty"),
@@ -94,6 +158,16 @@ def test_one_look_is_the_fixed_design():
 def test_design_validation(looks, spending, alpha, message):
     with pytest.raises(ValueError, match=message):
         sq.Design(looks, alpha, spending)
+
+
+def test_a_look_may_add_a_single_seed():
+    """The t of all seeds so far needs no seeds of its own per look: one new seed is a look."""
+    design = sq.Design((3, 4, 5, 8))
+    assert design.looks == (3, 4, 5, 8) and len(design.bounds(0.05, True)) == 4
+    rng = np.random.default_rng(9)
+    h = sq.Hypothesis(1, "a", "b", "superiority", paired=True)
+    r = sq.decide(design, [h], [(seeds(rng.normal(0, 1, 4)), seeds(rng.normal(0, 1, 4)))])[0]
+    assert [lk.seeds for lk in r.looks] == [3, 4] and [lk.df for lk in r.looks] == [2, 3]
 
 
 def test_hypothesis_validation_and_claims_from_the_spec():
@@ -132,7 +206,8 @@ def test_a_huge_effect_is_decided_at_the_first_look(spending, paired):
     r = out[0]
     assert r.verdict == "holds" and r.seeds == 3 and len(r.looks) == 1
     first = r.looks[0]
-    assert first.statistic[0] >= first.boundary and first.stage_p[0] < 1e-3 and first.verdict == "holds"
+    assert first.statistic[0] >= first.boundary and first.df == (2 if paired else 4) and first.verdict == "holds"
+    assert first.boundary == pytest.approx(sq.Design(design.looks, first.level, spending).bounds(first.level, paired)[0])
     assert r.low > 0 and r.estimate == pytest.approx(40, abs=1)
     assert sq.plan(design, out).open == tuple(range(2, len(hyps) + 1))
 
@@ -262,6 +337,19 @@ def test_results_round_trip_through_json():
         back = sq.SequentialResult.from_json(json.loads(text))
         assert back == r
     assert sq.Design.from_json(json.loads(json.dumps(DESIGN.to_json()))) == DESIGN
+
+
+def test_looks_stored_by_the_stagewise_rule_still_load():
+    """A result stored by the earlier rule (z statistic and boundary, stage p-values) loads,
+    marked as of that rule; a new one names its t statistic, boundary and df."""
+    old = {"look": 1, "seeds": 3, "level": 0.025, "boundary": 3.75, "statistic": [1.2, None],
+           "stage_p": [0.1, None], "verdict": "continue"}
+    lk = sq.Look.from_json(old)
+    assert lk.rule == sq.RULE_STAGEWISE and lk.boundary == 3.75 and lk.statistic[0] == 1.2
+    assert math.isnan(lk.statistic[1]) and math.isnan(lk.df)
+    new = sq.Look(1, 3, 0.05, 75.1, (2.0,), 2.0, "continue")
+    assert set(new.to_json()) == {"look", "seeds", "level", "rule", "t", "t_boundary", "df", "verdict"}
+    assert sq.Look.from_json(json.loads(json.dumps(new.to_json()))) == new
 
 
 def test_decide_on_dicts_is_decide_arrays_on_their_values():
