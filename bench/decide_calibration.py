@@ -22,7 +22,12 @@ ratio, and for single claims the coverage of the final interval (the intersectio
 confidence intervals at the claim's level; nominal 1 - 2α, two-sided claims 1 - α) on the first
 `--coverage` procedures.
 
+The designs stop a claim for futility as shipped (`sequential.FUTILITY`: t < 0.35 at a look
+before the cap; `--futility none` or another threshold to compare), and for each effect of 1σ
+the power and mean seeds of the same draws without the stop are printed too (its cost).
+
     python bench/decide_calibration.py [--sims 10000] [--quick] [--seed 0] [--looks 3,5,8,12 ...]
+                                       [--futility 0.35|none]
 
 Settings under a null run 4 × sims procedures: the rule's type-I error is exactly α = 0.05 at
 most, and with about a hundred null settings at 10,000 each (standard error 0.0022) one would

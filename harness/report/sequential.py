@@ -1,10 +1,10 @@
 """Group-sequential decisions for a table's claims (issue 29): add seeds until each claim is decided.
 
 A **design** fixes in advance the cumulative seeds per row at which the claims are looked at
-(`looks`, e.g. (3, 5, 8, 12); the last is the cap), the family's α and a Lan-DeMets spending
-function (`obrien_fleming` or `pocock`). The claims are those of `claims.py` (superiority,
-non-inferiority, two-sided, equivalence by TOST; paired or unpaired; sign and margin as
-`claims.claim_decision` takes them).
+(`looks`, e.g. (3, 5, 8, 12); the last is the cap), the family's α, a Lan-DeMets spending
+function (`obrien_fleming` or `pocock`) and a futility threshold (`FUTILITY`, or None). The
+claims are those of `claims.py` (superiority, non-inferiority, two-sided, equivalence by TOST;
+paired or unpaired; sign and margin as `claims.claim_decision` takes them).
 
 **The rule: a group-sequential t-test on all the seeds so far.** At look k each side's first
 n_k seeds in seed order (paired: of the seeds both sides have) give the claim's t statistic for
@@ -47,7 +47,22 @@ inverse normal method, was exact too but lost information at stages of 2-4 seeds
 - equivalence: two one-sided nulls, θ ≤ -m and θ ≥ m, each a sequential test at ℓ; equivalent
   once both have crossed (at the same or different looks: an intersection-union test needs no
   correction); contradicted once either opposite boundary is crossed (Δ shown beyond ±m);
+- **stopped for futility** (non-binding): at a look before the cap, a claim still open after
+  the look's efficacy and contradiction checks whose futility statistic is below the design's
+  threshold f stops: t_k(θ0) < f (one-sided), |t_k(0)| < f (two-sided), min of the two TOST t's
+  < f (equivalence). Inconclusive, with its interval (which neither clears the bound nor lies
+  past it), not contradicted; it needs no more seeds. Never at the cap;
 - otherwise `continue`, and at the cap `inconclusive at cap`.
+
+**Futility is non-binding, so it can only lower the error.** The boundaries c_k are computed as
+if no claim ever stopped for futility (the spending above is of the paths with no futility
+stop); a futility stop only removes the chance to cross at a later look, so on the same data a
+claim that holds with it also holds without it, and P(some look crosses) ≤ α(1) whether or not
+the stop is obeyed (a caller may ignore it and go on: the boundaries stay valid). The default
+threshold 0.35 (`FUTILITY`) is the smallest of the thresholds measured (0, 0.25, 0.3, 0.35,
+0.4, 0.45, 0.5) that makes the mean seeds fall below the fixed design of equal power at every
+effect of 1σ or more for every design `bench/decide_calibration.py` offers on each of five
+simulation seeds; its cost is power at the cap (docs/statistics.md has both).
 
 **The family: Holm with the spending (Maurer & Bretz 2013).** Each of the m claims starts at
 level α/m; when a claim holds, the claims still open are re-tested at α/(m - r) (r claims
@@ -57,7 +72,9 @@ first true null is rejected only false nulls have been, so every true null's lev
 α/|I0| (I0: the true nulls); a true null rejected at level ≤ α/|I0| at some look would also be
 rejected by its own sequential test at α/|I0|, whose boundaries are higher; summing over I0
 gives ≤ α, for any dependence between the claims (claims sharing a row are dependent). A claim
-that stopped as contradicted keeps its verdict: not re-testing it only removes rejections.
+that stopped as contradicted or for futility keeps its verdict and is not re-tested when a later
+claim raises the Holm level: not re-testing only removes rejections. A claim stopped for futility
+is not rejected, so it does not count toward r (the others' levels do not rise for it).
 The family advances a look only when every open claim has its seeds for it, so the verdicts are
 a function of the data at the planned looks, whenever they are computed (resuming re-derives
 them; no look can go uncounted).
