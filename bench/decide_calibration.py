@@ -22,7 +22,12 @@ ratio, and for single claims the coverage of the final interval (the intersectio
 confidence intervals at the claim's level; nominal 1 - 2α, two-sided claims 1 - α) on the first
 `--coverage` procedures.
 
+The designs stop a claim for futility as shipped (`sequential.FUTILITY`: t < 0.35 at a look
+before the cap; `--futility none` or another threshold to compare), and for each effect of 1σ
+the power and mean seeds of the same draws without the stop are printed too (its cost).
+
     python bench/decide_calibration.py [--sims 10000] [--quick] [--seed 0] [--looks 3,5,8,12 ...]
+                                       [--futility 0.35|none]
 
 Settings under a null run 4 × sims procedures: the rule's type-I error is exactly α = 0.05 at
 most, and with about a hundred null settings at 10,000 each (standard error 0.0022) one would
@@ -41,11 +46,13 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from harness.report.sequential import (
     CONTRADICTED,
+    FUTILITY,
     HOLDS,
     SPENDING,
     Design,
@@ -77,9 +84,13 @@ def single_settings():
     return out
 
 
-def run_single(design, kind, paired, margin, delta, sims, coverage, rng, sd_b=1.0):
+def run_single(design, kind, paired, margin, delta, sims, coverage, rng, sd_b=1.0, without=False):
+    """P(holds), P(contradicted), mean seeds, coverage of the first `coverage` intervals; with
+    `without`, also P(holds) and mean seeds of the same design without futility stopping on the
+    same draws."""
     h = Hypothesis(1, "a", "b", kind, 1, margin, paired)
-    batch = decide_arrays(design, [h], [draw(rng, sims, design.cap, delta, paired, sd_b)])
+    values = [draw(rng, sims, design.cap, delta, paired, sd_b)]
+    batch = decide_arrays(design, [h], values)
     held = float(np.mean(batch.status[:, 0] == HOLDS))
     contra = float(np.mean(batch.status[:, 0] == CONTRADICTED))
     seeds = float(np.mean(batch.seeds(0)))
@@ -88,13 +99,14 @@ def run_single(design, kind, paired, margin, delta, sims, coverage, rng, sd_b=1.
         sub = _subset(batch, coverage)
         low, high = sub.interval(0)
         cover = float(np.mean((low < delta) & (delta < high)))
-    return held, contra, seeds, cover
+    if not without:
+        return held, contra, seeds, cover
+    plain = decide_arrays(replace(design, futility=None), [h], values)
+    return held, contra, seeds, cover, float(np.mean(plain.status[:, 0] == HOLDS)), float(np.mean(plain.seeds(0)))
 
 
 def _subset(batch, n):
     """The first n procedures of a batch (for the interval, which costs more)."""
-    from dataclasses import replace
-
     cut = slice(0, n)
     return replace(batch, status=batch.status[cut], stop=batch.stop[cut], level=batch.level[cut],
                    made=batch.made[cut], level_at=batch.level_at[cut], stats=[z[:, cut] for z in batch.stats],
@@ -161,7 +173,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--looks", nargs="+", default=[",".join(map(str, lk)) for lk in LOOKS],
                     help="look schedules, e.g. 3,5,8,12")
+    ap.add_argument("--futility", default=str(FUTILITY),
+                    help=f"the designs' futility threshold on the t scale, or 'none' (default: as shipped, {FUTILITY:g})")
     args = ap.parse_args()
+    futility = None if args.futility.lower() in ("none", "null") else float(args.futility)
     if args.quick:
         args.sims, args.coverage = 300, 300
     null_sims = 4 * args.sims
@@ -169,16 +184,18 @@ def main() -> int:
     schedules = [tuple(int(x) for x in s.split(",")) for s in args.looks]
     t0 = time.perf_counter()
     stream = np.random.SeedSequence(args.seed)
-    worst_type1, worst_cover_gap, seeds_misses, per_design = 0.0, 0.0, {}, {}
+    worst_type1, worst_cover_gap, seeds_misses, per_design, costs = 0.0, 0.0, {}, {}, {}
+    rule = ("no futility stopping" if futility is None else
+            f"futility stop at interim looks when t < {futility:g} (two-sided |t|; equivalence the smaller one-sided t)")
     print(f"{args.sims} simulated procedures per setting, {null_sims} under a null (intervals: the first "
-          f"{args.coverage}), α = {ALPHA}, σ = 1 (paired: of the differences); seeds are per side")
+          f"{args.coverage}), α = {ALPHA}, σ = 1 (paired: of the differences); seeds are per side; {rule}")
     head = (f"{'claim':<30} {'true Δ':>8} {'holds':>7} {'contra':>7} {'seeds':>6} {'fixed':>6} {'ratio':>6} "
             f"{'cover':>6}")
     for looks in schedules:
         for spending in SPENDING:
-            design = Design(looks, ALPHA, spending)
+            design = Design(looks, ALPHA, spending, futility)
             name = f"looks {','.join(map(str, looks))}, {spending}"
-            seeds_misses[name] = []
+            seeds_misses[name], costs[name] = [], []
             per_design[name] = [0.0, 0.0, 0.0]  # largest type-I error single, family-wise, coverage gap
             bp, bu = (", ".join(f"{x:.3f}" for x in design.bounds(ALPHA, paired)) for paired in (True, False))
             print(f"\n== {name} (one-sided t boundaries at α = {ALPHA}: paired {bp}; unpaired {bu})")
@@ -187,8 +204,12 @@ def main() -> int:
                 for label, delta, null, effect in cases:
                     rng = np.random.default_rng(stream.spawn(1)[0])
                     sims = null_sims if null else args.sims
-                    held, contra, seeds, cover = run_single(design, kind, paired, margin, delta, sims,
-                                                            args.coverage, rng)
+                    compare = futility is not None and effect == 1
+                    held, contra, seeds, cover, *plain = run_single(design, kind, paired, margin, delta, sims,
+                                                                    args.coverage, rng, without=compare)
+                    if compare:
+                        costs[name].append(f"{claim} {label}: power {held:.3f} / {plain[0]:.3f}, "
+                                           f"seeds {seeds:.2f} / {plain[1]:.2f}")
                     nominal = 1 - ALPHA if kind == "two-sided" else 1 - 2 * ALPHA
                     se = math.sqrt(nominal * (1 - nominal) / min(args.coverage, sims))
                     worst_cover_gap = max(worst_cover_gap, (nominal - cover) / se)
@@ -249,6 +270,13 @@ def main() -> int:
     for name, misses in seeds_misses.items():
         status = "HOLDS" if not misses else f"FAILS at {len(misses)} setting(s): {'; '.join(misses)}"
         print(f"  {name}: {status}")
+    if futility is not None:
+        print(f"the futility stop's cost at effects of 1σ (power and mean seeds with futility t < {futility:g} / "
+              "without, same draws), per design:")
+        for name, lines in costs.items():
+            print(f"  {name}:")
+            for line in lines:
+                print(f"    {line}")
     validity_ok = worst_type1 <= type1_target and worst_cover_gap <= 4
     print(f"\nlargest type-I error {worst_type1:.4f} (target <= {type1_target:.3f}); largest coverage shortfall "
           f"{max(worst_cover_gap, 0.0):.2f} standard errors below nominal (target <= 4); "

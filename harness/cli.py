@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="slurm: submit and return")
     p.add_argument("--until-decided", action="store_true",
                    help="then add seeds to the claims of every table with a decide section, look by look, "
-                        "until each is decided or at its cap (`harness decide` shows the plan)")
+                        "until each is decided, at its cap or stopped for futility (`harness decide` shows the plan)")
 
     p = _command(sub, "train", help="train one cell in this process",
                        description="Train the cell of SPEC picked by --row (and --dataset, "
@@ -413,7 +413,7 @@ def cmd_run(args) -> int:
 
 def _until_decided(loaded, cells, run, uri: str, args) -> int:
     """`harness run --until-decided`: run the cells, decide, run the next look's cells, until every
-    deciding claim is decided or at its cap. Every decision is a function of the planned seeds'
+    deciding claim is decided, at its cap or stopped for futility. Every decision is a function of the planned seeds'
     runs, so a rerun after a kill makes the same looks and trains no finished cell again."""
     import time
 
@@ -434,7 +434,7 @@ def _until_decided(loaded, cells, run, uri: str, args) -> int:
             print(line)
         wanted = sorted({(row, seed) for d in decisions for row, seeds in d.next_cells().items() for seed in seeds})
         if not wanted:
-            print("every claim is decided or at its cap")
+            print("every claim is decided, at its cap or stopped for futility")
             return 0
         if wanted == last and any(busy(args.workspace, deciding[k].run_key) for k in wanted):
             time.sleep(5)  # another process trains some (a killed run's orphaned workers): wait for them

@@ -1,8 +1,10 @@
 """`harness run --until-decided` on a small real spec: a huge effect (recall without NMS against
 an NMS at IoU 0.05 in crowded scenes: about 0.78 against 0.16) is decided at the first look,
-two rows that differ only in a setting with no effect on training never "hold" against each other,
-and a kill -9 of the procedure mid-look, then a rerun, trains no cell twice and ends with the
-same decisions as a run that was never killed."""
+two rows that differ only in a setting with no effect on training never "hold" against each other
+(their runs are identical, t = 0: the default design stops that claim for futility at the first
+look, and without futility stopping it runs to the cap), and a kill -9 of the procedure mid-look,
+then a rerun, trains no cell twice and ends with the same decisions as a run that was never
+killed."""
 
 import json
 import os
@@ -13,6 +15,7 @@ import time
 
 import pytest
 
+from harness.report.sequential import FUTILITY
 from tests.schedule.conftest import slurm  # noqa: F401 - the cluster fixture, for the Slurm case
 from tests.train.helpers import runs
 
@@ -64,6 +67,14 @@ def harness(*args):
     return [sys.executable, "-m", "harness", *map(str, args)]
 
 
+def plain(spec):
+    """The spec's design without futility stopping (`futility: null`): its null claim goes on to
+    the second look, which the kill needs."""
+    out = spec.with_name("ud_plain.yaml")
+    out.write_text(spec.read_text().replace("spending: pocock}", "spending: pocock, futility: null}"))
+    return out
+
+
 def decisions(spec, ws, out):
     subprocess.run(harness("decide", spec, "--workspace", ws, "--json", out), env=ENV, check=True,
                    capture_output=True, timeout=120)
@@ -83,18 +94,39 @@ def test_until_decided_decides_and_a_kill_changes_nothing(tmp_path, backend, req
     cmd = ["run", spec, "--until-decided", "--backend", backend, "--jobs", "2", "--workspace"]
     done = subprocess.run(harness(*cmd, clean), env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "every claim is decided or at its cap" in done.stdout
+    assert "every claim is decided, at its cap or stopped for futility" in done.stdout
+    table = decisions(spec, clean, tmp_path / "futile.json")
+    huge, null = table["claims"]
+    assert huge["verdict"] == "holds" and len(huge["looks"]) == 1 and huge["seeds"] == 3, huge
+    # the default design: the null claim stops at look 1 exactly when its t there is below the threshold
+    (first,) = null["looks"][:1]
+    assert first["t_futility"] == FUTILITY
+    weak = first["t"][0] < FUTILITY
+    assert (null["verdict"] == "stopped for futility") == weak and null["verdict"] != "holds", null
+    assert not null["holds"] and null["seeds"] == (3 if weak else 5) and len(null["looks"]) == (1 if weak else 2)
+    df = runs(clean, "ud")
+    trained = df[df["tags.harness.run_key"].notna()]
+    seeds = trained.groupby("tags.harness.row")["tags.harness.seed"].apply(lambda s: sorted(map(int, s))).to_dict()
+    assert seeds == {row: list(range(3 if weak else 5)) for row in ("POTO", "POTO-B")}  # a futile claim: no seeds
+    record = df[df["tags.harness.decision"] == "ud"].iloc[0]
+    assert json.loads(record["tags.harness.decide.t.look1"])["claims"] == {"0": "holds", "1": null["looks"][0]["verdict"]}
+
+    # without futility stopping the same procedure goes on from the same store to the cap
+    spec = plain(spec)
+    cmd[1] = spec
+    done = subprocess.run(harness(*cmd, clean), env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = decisions(spec, clean, tmp_path / "clean.json")
     huge, null = table["claims"]
     assert huge["verdict"] == "holds" and len(huge["looks"]) == 1 and huge["seeds"] == 3, huge
-    assert null["verdict"] != "holds" and not null["holds"] and null["seeds"] == 5, null
+    assert null["verdict"] not in ("holds", "stopped for futility") and null["seeds"] == 5, null
+    assert null["looks"][0]["t"] == first["t"]
     df = runs(clean, "ud")
     trained = df[df["tags.harness.run_key"].notna()]
     assert trained["tags.harness.run_key"].is_unique and set(trained["status"]) == {"FINISHED"}
     seeds = trained.groupby("tags.harness.row")["tags.harness.seed"].apply(lambda s: sorted(map(int, s))).to_dict()
     assert seeds == {"POTO": [0, 1, 2, 3, 4], "POTO-B": [0, 1, 2, 3, 4]}
     record = df[df["tags.harness.decision"] == "ud"].iloc[0]
-    assert json.loads(record["tags.harness.decide.t.look1"])["claims"] == {"0": "holds", "1": "continue"}
     assert json.loads(record["tags.harness.decide.t.look2"])["seeds"] == 5
 
     # the same procedure, its scheduler killed -9 once the second look's cells train

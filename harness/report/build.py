@@ -224,10 +224,24 @@ def decision_section(d, title: str) -> list[str]:
     cap = d.design.cap * len(d.have)
     out = [f"### Sequential decision of {title}", "", "```", *lines_of(d), "```", ""]
     out += [f"Seeds used: {used} cells over {len(d.have)} rows, against {cap} for every row at the cap "
-            f"({d.design.cap} seeds); {'every claim is decided' if d.decided else 'claims still open'}. "
+            f"({d.design.cap} seeds); {'every claim is decided' if d.decided else 'claims still open'}"
+            f"{_futile_note(d)}. "
             "The rule (the t statistic of all seeds so far against Lan-DeMets boundaries on the t scale, Holm over "
-            "the claims) and its calibration: docs/statistics.md.", ""]
+            f"the claims{'' if d.design.futility is None else ', a non-binding futility stop before the cap'}) and its "
+            "calibration: docs/statistics.md.", ""]
     return out
+
+
+def _futile_note(d) -> str:
+    """The claims stopped for futility: inconclusive (their interval still contains the bound),
+    not contradicted."""
+    from harness.report.sequential import FOR_FUTILITY
+
+    futile = [f"[{r.hypothesis.number}]" for r in d.results if r.verdict == FOR_FUTILITY]
+    if not futile:
+        return ""
+    return (f" ({', '.join(futile)} stopped for futility: too far from holding at an interim look to be worth more "
+            "seeds; inconclusive, with the interval shown, not contradicted)")
 
 
 def table_json(name: str, spec, df: pd.DataFrame, results) -> dict:

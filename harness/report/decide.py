@@ -18,6 +18,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from harness.report import sequential as sq
@@ -66,7 +67,7 @@ class TableDecision:
 
 def design_of(ld: LoadedSpec, name: str) -> sq.Design:
     d = ld.spec.tables[name].decide
-    return sq.Design(tuple(d.looks), alpha=d.alpha, spending=d.spending)
+    return sq.Design(tuple(d.looks), alpha=d.alpha, spending=d.spending, futility=d.futility)
 
 
 def deciding_tables(ld: LoadedSpec) -> list[str]:
@@ -137,17 +138,26 @@ def decide_tables(ld: LoadedSpec, cells: list[Cell], uri: str, listing=None) -> 
 def lines(d: TableDecision) -> list[str]:
     """What `harness decide` prints for one table."""
     design = d.design
+    stop = ("no futility stopping" if design.futility is None else
+            f"futility stop below t {design.futility:g} before the cap")
     out = [f"{d.table}: looks at {', '.join(map(str, design.looks))} seeds per row (cap {design.cap}), "
-           f"α = {design.alpha:g}, {design.spending.replace('_', '-')} spending"]
+           f"α = {design.alpha:g}, {design.spending.replace('_', '-')} spending, {stop}"]
     for c, r in zip(d.claims, d.results, strict=True):
         out.append(f"  claim {r.hypothesis.number}: {c.text or side(c.row, c.post) + ' vs ' + side(c.vs, c.vs_post)}")
         for lk in r.looks:
             stat = " / ".join(f"{t:+.2f}" for t in lk.statistic)  # TOST: the lower and the upper null's
+            weak = "" if lk.futility is None else f", futility {lk.futility:g}"
             out.append(f"    look {lk.look} at {lk.seeds} seeds: t {stat} (df {lk.df:g}), boundary "
-                       f"±{lk.boundary:.2f} (level {lk.level:.4g}): {lk.verdict}")
+                       f"±{lk.boundary:.2f}{weak} (level {lk.level:.4g}): {lk.verdict}")
         interval = "" if r.low is None else (f"; Δ {100 * r.estimate:+.2f} points, {100 * r.confidence:.0f}% "
                                              f"repeated interval [{100 * r.low:+.2f}, {100 * r.high:+.2f}]")
-        out.append(f"    verdict: {r.verdict}{' (' + r.untested + ')' if r.untested else ''}{interval}")
+        why = f" ({r.untested})" if r.untested else ""
+        if r.verdict == sq.FOR_FUTILITY and r.looks:
+            lk = r.looks[-1]
+            what = {"two-sided": "|t|", "equivalence": "the smaller t"}.get(r.hypothesis.kind, "t")
+            why = (f" at look {lk.look}: {what} {_weakest(r.hypothesis.kind, lk.statistic):+.2f} below {lk.futility:g}; "
+                   "inconclusive, not contradicted")
+        out.append(f"    verdict: {r.verdict}{why}{interval}")
     for row, why in sorted(d.blocked.items()):
         out.append(f"  {row}: {why}; the seeds after it do not count until it finishes")
     cells = d.next_cells()
@@ -155,18 +165,26 @@ def lines(d: TableDecision) -> list[str]:
         todo = "; ".join(f"{row}: seeds {', '.join(map(str, seeds))}" for row, seeds in cells.items())
         out.append(f"  next: look {d.plan.look} at {d.plan.seeds} seeds per row; run {todo}")
     elif d.decided:
-        out.append("  every claim is decided")
+        out.append("  every claim is decided, at its cap or stopped for futility")
     return out
+
+
+def _weakest(kind: str, t: tuple[float, ...]) -> float:
+    """The look's statistic the futility threshold was compared with (`sq.futility_statistic`)."""
+    return float(sq.futility_statistic(kind, np.asarray(t, dtype=float)[:, None])[0])
 
 
 def record_looks(uri: str, ld: LoadedSpec, decisions: list[TableDecision]) -> list[str]:
     """Write each look made to the spec's decision run in the store (`harness.decide.<table>.look<k>`:
-    its seeds, the rule and every claim's verdict after it), so that every look a procedure made
-    is on record; returns a line for each look recorded earlier that reads differently now (a
-    run of its seeds changed since: the store, not the design, moved). A look recorded by the
-    earlier stage-wise rule (no `rule` in its record) that reads the same now is no change; one
-    that reads differently is said to be the rule's doing, and the procedure goes on by the
-    current rule (its verdicts are re-derived from the planned seeds' values, as always)."""
+    its seeds, the rule, the futility threshold at the look and every claim's verdict after it),
+    so that every look a procedure made is on record; returns a line for each look recorded
+    earlier that reads differently now (a run of its seeds changed since: the store, not the
+    design, moved). A look recorded by an earlier rule (no `rule` in its record: the stage-wise
+    rule; no `futility`: the t rule before futility stopping) that reads the same now is no
+    change; one that reads differently (a claim open then is stopped for futility now, say) is
+    said to be the rule's doing, and the procedure goes on by the current rule (its verdicts
+    are re-derived from the planned seeds' values, as always). A look recorded with another
+    futility threshold than the design's now is named as a change of the design."""
     from harness.track.runs import end_run, named_run, record, run_tags_of
 
     run = named_run(uri, ld.spec.name, "harness.decision", ld.spec.name, run_name=f"decide:{ld.spec.name}")
@@ -175,8 +193,8 @@ def record_looks(uri: str, ld: LoadedSpec, decisions: list[TableDecision]) -> li
         looks: dict[int, dict] = {}
         for r in d.results:
             for lk in r.looks:
-                looks.setdefault(lk.look, {"seeds": lk.seeds, "rule": sq.RULE_T, "claims": {}})["claims"][
-                    str(r.hypothesis.number)] = lk.verdict
+                looks.setdefault(lk.look, {"seeds": lk.seeds, "rule": sq.RULE_T, "futility": lk.futility,
+                                           "claims": {}})["claims"][str(r.hypothesis.number)] = lk.verdict
         for k, look in sorted(looks.items()):
             key, text = f"harness.decide.{d.table}.look{k}", json.dumps(look, sort_keys=True)
             if key not in before:
@@ -188,11 +206,16 @@ def record_looks(uri: str, ld: LoadedSpec, decisions: list[TableDecision]) -> li
                 old = json.loads(before[key])
             except ValueError:
                 old = None
-            if isinstance(old, dict) and "rule" not in old:  # recorded by the stage-wise rule
-                if old == {x: v for x, v in look.items() if x != "rule"}:
+            if isinstance(old, dict) and ("rule" not in old or "futility" not in old):  # an earlier rule's
+                if old == {x: v for x, v in look.items() if x in old}:
                     continue
-                notes.append(f"{d.table}: look {k} was recorded by the earlier rule ({sq.RULE_STAGEWISE}) as "
-                             f"{before[key]}; the {sq.RULE_T} rule reads {text} and the procedure goes on by it")
+                earlier = sq.RULE_STAGEWISE if "rule" not in old else f"{sq.RULE_T} without futility stopping"
+                notes.append(f"{d.table}: look {k} was recorded by the earlier rule ({earlier}) as "
+                             f"{before[key]}; the current rule reads {text} and the procedure goes on by it")
+            elif isinstance(old, dict) and old.get("futility") != look["futility"]:
+                notes.append(f"{d.table}: look {k} was recorded with futility threshold {old.get('futility')} as "
+                             f"{before[key]}; the design now says {look['futility']} and reads {text}: the design "
+                             "changed during the procedure")
             else:
                 notes.append(f"{d.table}: look {k} was recorded as {before[key]} and now reads {text}: "
                              "a run of its seeds changed since")

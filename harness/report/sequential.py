@@ -1,10 +1,10 @@
 """Group-sequential decisions for a table's claims (issue 29): add seeds until each claim is decided.
 
 A **design** fixes in advance the cumulative seeds per row at which the claims are looked at
-(`looks`, e.g. (3, 5, 8, 12); the last is the cap), the family's α and a Lan-DeMets spending
-function (`obrien_fleming` or `pocock`). The claims are those of `claims.py` (superiority,
-non-inferiority, two-sided, equivalence by TOST; paired or unpaired; sign and margin as
-`claims.claim_decision` takes them).
+(`looks`, e.g. (3, 5, 8, 12); the last is the cap), the family's α, a Lan-DeMets spending
+function (`obrien_fleming` or `pocock`) and a futility threshold (`FUTILITY`, or None). The
+claims are those of `claims.py` (superiority, non-inferiority, two-sided, equivalence by TOST;
+paired or unpaired; sign and margin as `claims.claim_decision` takes them).
 
 **The rule: a group-sequential t-test on all the seeds so far.** At look k each side's first
 n_k seeds in seed order (paired: of the seeds both sides have) give the claim's t statistic for
@@ -47,7 +47,22 @@ inverse normal method, was exact too but lost information at stages of 2-4 seeds
 - equivalence: two one-sided nulls, θ ≤ -m and θ ≥ m, each a sequential test at ℓ; equivalent
   once both have crossed (at the same or different looks: an intersection-union test needs no
   correction); contradicted once either opposite boundary is crossed (Δ shown beyond ±m);
+- **stopped for futility** (non-binding): at a look before the cap, a claim still open after
+  the look's efficacy and contradiction checks whose futility statistic is below the design's
+  threshold f stops: t_k(θ0) < f (one-sided), |t_k(0)| < f (two-sided), min of the two TOST t's
+  < f (equivalence). Inconclusive, with its interval (which neither clears the bound nor lies
+  past it), not contradicted; it needs no more seeds. Never at the cap;
 - otherwise `continue`, and at the cap `inconclusive at cap`.
+
+**Futility is non-binding, so it can only lower the error.** The boundaries c_k are computed as
+if no claim ever stopped for futility (the spending above is of the paths with no futility
+stop); a futility stop only removes the chance to cross at a later look, so on the same data a
+claim that holds with it also holds without it, and P(some look crosses) ≤ α(1) whether or not
+the stop is obeyed (a caller may ignore it and go on: the boundaries stay valid). The default
+threshold 0.35 (`FUTILITY`) is the smallest of the thresholds measured (0, 0.25, 0.3, 0.35,
+0.4, 0.45, 0.5) that makes the mean seeds fall below the fixed design of equal power at every
+effect of 1σ or more for every design `bench/decide_calibration.py` offers on each of five
+simulation seeds; its cost is power at the cap (docs/statistics.md has both).
 
 **The family: Holm with the spending (Maurer & Bretz 2013).** Each of the m claims starts at
 level α/m; when a claim holds, the claims still open are re-tested at α/(m - r) (r claims
@@ -57,7 +72,9 @@ first true null is rejected only false nulls have been, so every true null's lev
 α/|I0| (I0: the true nulls); a true null rejected at level ≤ α/|I0| at some look would also be
 rejected by its own sequential test at α/|I0|, whose boundaries are higher; summing over I0
 gives ≤ α, for any dependence between the claims (claims sharing a row are dependent). A claim
-that stopped as contradicted keeps its verdict: not re-testing it only removes rejections.
+that stopped as contradicted or for futility keeps its verdict and is not re-tested when a later
+claim raises the Holm level: not re-testing only removes rejections. A claim stopped for futility
+is not rejected, so it does not count toward r (the others' levels do not rise for it).
 The family advances a look only when every open claim has its seeds for it, so the verdicts are
 a function of the data at the planned looks, whenever they are computed (resuming re-derives
 them; no look can go uncounted).
@@ -112,9 +129,13 @@ MIN_CROSSINGS = 100
 #: the simulation's seed: the boundaries are a deterministic function of the design
 PATH_SEED = 29
 #: verdict codes of `decide_arrays`, in order
-OPEN, HOLDS, CONTRADICTED, CAPPED, UNTESTED = range(5)
+OPEN, HOLDS, CONTRADICTED, CAPPED, UNTESTED, FUTILE = range(6)
 CONTINUE = "continue"
 AT_CAP = "inconclusive at cap"
+FOR_FUTILITY = "stopped for futility"
+#: the futility threshold a design has unless it says otherwise (spec `decide.futility`): an
+#: open claim whose t statistic at an interim look is below it stops (`decide_arrays`)
+FUTILITY = 0.35
 
 
 # ------------------------------------------------------------------ the design
@@ -207,6 +228,7 @@ class Design:
     looks: tuple[int, ...]
     alpha: float = ALPHA
     spending: str = "obrien_fleming"
+    futility: float | None = FUTILITY  # None: no futility stopping
 
     def __post_init__(self):
         try:
@@ -233,6 +255,15 @@ class Design:
             raise ValueError(f"alpha {self.alpha!r}: between 0 and 0.5")
         if self.spending not in SPENDING:
             raise ValueError(f"spending {self.spending!r}: one of {', '.join(SPENDING)}")
+        if self.futility is not None:
+            try:
+                ok = not isinstance(self.futility, bool) and math.isfinite(float(self.futility))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"futility {self.futility!r}: a t threshold (a finite number), or null for no "
+                                 "futility stopping")
+            object.__setattr__(self, "futility", float(self.futility))
         object.__setattr__(self, "looks", looks)
         object.__setattr__(self, "alpha", float(self.alpha))
 
@@ -248,12 +279,17 @@ class Design:
         """One-sided t boundaries at each look spending `level` (paired or unpaired t)."""
         return np.asarray(boundaries(self.looks, float(level), self.spending, bool(paired)))
 
+    def futility_at(self, k: int) -> float | None:
+        """The futility threshold at look k (0-based): None at the cap and when there is none."""
+        return self.futility if k < len(self.looks) - 1 else None
+
     def to_json(self) -> dict:
-        return {"looks": list(self.looks), "alpha": self.alpha, "spending": self.spending}
+        return {"looks": list(self.looks), "alpha": self.alpha, "spending": self.spending, "futility": self.futility}
 
     @classmethod
     def from_json(cls, d: Mapping) -> Design:
-        return cls(tuple(d["looks"]), d.get("alpha", ALPHA), d.get("spending", "obrien_fleming"))
+        """A design stored before futility stopping existed (no `futility`) had none."""
+        return cls(tuple(d["looks"]), d.get("alpha", ALPHA), d.get("spending", "obrien_fleming"), d.get("futility"))
 
 
 # ------------------------------------------------------------------ claims
@@ -350,6 +386,16 @@ def _statistics(h: Hypothesis, est, se) -> np.ndarray:
     return np.stack([low, -t_stat(e, se, h.margin)])
 
 
+def futility_statistic(kind: str, z: np.ndarray) -> np.ndarray:
+    """The statistic the futility threshold is compared with, from `_statistics`' (S, ...): the
+    claim's t (one-sided), |t| (two-sided), the smaller of the two one-sided t's (equivalence)."""
+    if kind == "two-sided":
+        return np.abs(z[0])
+    if kind == "equivalence":
+        return np.minimum(z[0], z[1])
+    return z[0]
+
+
 def _crossed(kind: str, z: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(holds by look k, contradicted by look k), (N, K) each, at the boundaries b (K,)."""
     up = np.logical_or.accumulate(z >= b, axis=-1)
@@ -367,7 +413,7 @@ def _crossed(kind: str, z: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.nd
 @dataclass
 class Batch:
     """The procedure run on N simulated or real stores at once (`decide_arrays`). Per claim i:
-    status[:, i] (OPEN, HOLDS, CONTRADICTED, CAPPED, UNTESTED), stop[:, i] (0-based look of
+    status[:, i] (OPEN, HOLDS, CONTRADICTED, CAPPED, UNTESTED, FUTILE), stop[:, i] (0-based look of
     the verdict; -1 while open), level[:, i] (the claim's Holm level when decided, or now);
     made: looks the family has made; level_at[:, i, k]: the claim's level at look k (NaN when
     it was not looked at); stats[i]: (S, N, K) t statistics; est/se/df/spread[i]: each look's
@@ -475,6 +521,13 @@ def decide_arrays(design: Design, hypotheses: Sequence[Hypothesis],
         level[still] = np.broadcast_to((design.alpha / r)[:, None], (n, m))[still]
         new = np.stack([contra[i, r - 1, rows, k] for i in range(m)], axis=1) & still
         status[new], stop[new] = CONTRADICTED, k
+        threshold = design.futility_at(k)
+        if threshold is not None:  # non-binding: the boundaries above ignore it
+            with np.errstate(invalid="ignore"):
+                weak = np.stack([futility_statistic(h.kind, zs[i][:, :, k]) < threshold
+                                 for i, h in enumerate(hypotheses)], axis=1)
+            new = weak & go[:, None] & (status == OPEN)
+            status[new], stop[new] = FUTILE, k
         if k == k_n - 1:
             capped = go[:, None] & (status == OPEN)
             status[capped], stop[capped] = CAPPED, k
@@ -501,7 +554,9 @@ class Look:
     boundary on the t scale, the t statistic(s) of all the seeds so far (TOST: the lower and
     upper null's), their degrees of freedom and the verdict after the look. `rule`: the rule the
     numbers are of (`RULE_T`; a look stored by the earlier stage-wise rule, whose statistic and
-    boundary were z values, loads with `RULE_STAGEWISE` and df NaN)."""
+    boundary were z values, loads with `RULE_STAGEWISE` and df NaN). `futility`: the futility
+    threshold at the look (`futility_statistic` below it stops the claim); None at the cap, in
+    a design without futility stopping and in looks stored before it existed."""
 
     look: int  # 1-based
     seeds: int
@@ -511,11 +566,12 @@ class Look:
     df: float
     verdict: str
     rule: str = RULE_T
+    futility: float | None = None
 
     def to_json(self) -> dict:
         return {"look": self.look, "seeds": self.seeds, "level": self.level, "rule": self.rule,
                 "t": [_num(x) for x in self.statistic], "t_boundary": _num(self.boundary), "df": _num(self.df),
-                "verdict": self.verdict}
+                "t_futility": self.futility, "verdict": self.verdict}
 
     @classmethod
     def from_json(cls, d: Mapping) -> Look:
@@ -526,16 +582,19 @@ class Look:
             return cls(d["look"], d["seeds"], d["level"], num(d["boundary"]), tuple(num(x) for x in d["statistic"]),
                        math.nan, d["verdict"], d.get("rule", RULE_STAGEWISE))
         return cls(d["look"], d["seeds"], d["level"], num(d["t_boundary"]), tuple(num(x) for x in d["t"]),
-                   num(d["df"]), d["verdict"], d.get("rule", RULE_T))
+                   num(d["df"]), d["verdict"], d.get("rule", RULE_T), d.get("t_futility"))
 
 
 @dataclass(frozen=True)
 class SequentialResult:
     """One claim's sequential decision so far. low/high: the interval on Δ = row - vs (values'
-    unit) with its nominal simultaneous `confidence`; estimate: the naive Δ at `seeds`."""
+    unit) with its nominal simultaneous `confidence`; estimate: the naive Δ at `seeds`;
+    stop_look: the look (1-based) of the verdict, None while open (a result stored before the
+    field existed loads with its last look when decided)."""
 
     hypothesis: Hypothesis
-    verdict: str  # holds / equivalent within ±m / contradicted / continue / inconclusive at cap / untested
+    verdict: str  # holds / equivalent within ±m / contradicted / continue / inconclusive at cap / stopped for
+    # futility / untested
     level: float  # the claim's Holm level (one-sided; two-sided claims spend half per side)
     seeds: int  # seeds per side the verdict rests on
     available: tuple[int, int]  # usable seeds per side now (paired: the seeds both sides have)
@@ -546,6 +605,7 @@ class SequentialResult:
     confidence: float
     looks: tuple[Look, ...] = ()
     untested: str = ""
+    stop_look: int | None = None
 
     @property
     def holds(self) -> bool:
@@ -560,13 +620,18 @@ class SequentialResult:
                 "level": self.level, "seeds": self.seeds, "available": list(self.available),
                 "next_seeds": self.next_seeds, "estimate": self.estimate, "interval": [self.low, self.high],
                 "confidence": self.confidence, "looks": [lk.to_json() for lk in self.looks],
-                "untested": self.untested}
+                "untested": self.untested, "stop_look": self.stop_look}
 
     @classmethod
     def from_json(cls, d: Mapping) -> SequentialResult:
+        looks = tuple(Look.from_json(lk) for lk in d["looks"])
+        stop = d.get("stop_look")
+        if "stop_look" not in d and d["verdict"] != CONTINUE:  # stored before the field: decided at its last
+            # look (untested: at the look after the last one listed, which tested nothing)
+            stop = len(looks) + 1 if d["verdict"] == "untested" else looks[-1].look if looks else None
         return cls(Hypothesis(**d["hypothesis"]), d["verdict"], d["level"], d["seeds"], tuple(d["available"]),
                    d["next_seeds"], d["estimate"], d["interval"][0], d["interval"][1], d["confidence"],
-                   tuple(Look.from_json(lk) for lk in d["looks"]), d["untested"])
+                   looks, d["untested"], stop)
 
 
 def _num(x) -> float | None:
@@ -587,7 +652,8 @@ def _aligned(h: Hypothesis, a: Mapping[int, float], b: Mapping[int, float]) -> t
 def _verdict(h: Hypothesis, code: int) -> str:
     if code == HOLDS:
         return f"equivalent within ±{h.margin_label or f'{h.margin:g}'}" if h.kind == "equivalence" else "holds"
-    return {OPEN: CONTINUE, CONTRADICTED: "contradicted", CAPPED: AT_CAP, UNTESTED: "untested"}[code]
+    return {OPEN: CONTINUE, CONTRADICTED: "contradicted", CAPPED: AT_CAP, UNTESTED: "untested",
+            FUTILE: FOR_FUTILITY}[code]
 
 
 def decide(design: Design, hypotheses: Sequence[Hypothesis],
@@ -616,7 +682,7 @@ def _result(batch: Batch, i: int, side: tuple[list[float], list[float]]) -> Sequ
         bound = float(d.bounds(_level_for(h.kind, lv), h.paired)[k])
         t = tuple(float(x) for x in batch.stats[i][:, 0, k])
         now = _verdict(h, code) if k == stop else CONTINUE
-        looks.append(Look(k + 1, d.looks[k], lv, bound, t, float(batch.df[i][0, k]), now))
+        looks.append(Look(k + 1, d.looks[k], lv, bound, t, float(batch.df[i][0, k]), now, RULE_T, d.futility_at(k)))
     a, b = side
     seeds = d.looks[last] if last >= 0 else 0
     untested = ""
@@ -634,7 +700,7 @@ def _result(batch: Batch, i: int, side: tuple[list[float], list[float]]) -> Sequ
     if code == OPEN:
         nxt = d.looks[made] if made < len(d.looks) else None
     return SequentialResult(h, _verdict(h, code), level, seeds, (len(a), len(b)), nxt, _num(estimate), _num(lo),
-                            _num(hi), conf, tuple(looks), untested)
+                            _num(hi), conf, tuple(looks), untested, stop + 1 if stop >= 0 else None)
 
 
 # ------------------------------------------------------------------ planning
@@ -660,7 +726,9 @@ class Plan:
 
 
 def plan(design: Design, results: Sequence[SequentialResult]) -> Plan:
-    """The next look's seeds for the claims still open (empty when all are decided)."""
+    """The next look's seeds for the claims still open (empty when all are decided): a claim
+    stopped (holds, contradicted, at its cap, for futility, untested) needs none, but a row it
+    shares with an open claim gets that claim's."""
     open_ = [r for r in results if r.is_open and r.next_seeds is not None]
     if not open_:
         return Plan((), None, None, {})
@@ -679,7 +747,8 @@ def plan(design: Design, results: Sequence[SequentialResult]) -> Plan:
 @dataclass(frozen=True)
 class Savings:
     """One claim's design at a true effect (σ units): power, how often contradicted, mean seeds
-    per side, and the seeds per side of the fixed design with the same power (`power.py`)."""
+    per side, the seeds per side of the fixed design with the same power (`power.py`), and how
+    often the claim stopped for futility."""
 
     effect: float
     power: float
@@ -687,6 +756,7 @@ class Savings:
     mean_seeds: float
     fixed_seeds: int | None
     ratio: float | None  # mean_seeds / fixed_seeds
+    futile: float = 0.0
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -722,4 +792,4 @@ def savings(design: Design, kind: str, *, paired: bool, effect: float, margin: f
     mean = float(np.mean(batch.seeds(0)))
     fixed = fixed_seeds(kind, paired=paired, effect=effect, margin=margin, alpha=design.alpha, power=power)
     return Savings(effect, power, float(np.mean(batch.status[:, 0] == CONTRADICTED)), mean, fixed,
-                   mean / fixed if fixed else None)
+                   mean / fixed if fixed else None, float(np.mean(batch.status[:, 0] == FUTILE)))

@@ -796,7 +796,10 @@ class Decide(Strict):
     looks: the seeds per row at which the claims are looked at, strictly increasing; the last is
     the cap. Seeds beyond the spec's own are new seed numbers after its largest, so the cells
     the spec already has keep their keys. spending: how the error α is spent over the looks
-    (Lan-DeMets: O'Brien-Fleming-like spends little early, Pocock evenly).
+    (Lan-DeMets: O'Brien-Fleming-like spends little early, Pocock evenly). futility: a claim
+    still open at a look before the cap whose t statistic (two-sided: |t|; equivalence: the
+    smaller of its two one-sided t's) is below this threshold stops, "stopped for futility"
+    (non-binding: the boundaries ignore it, so the error can only fall); null: never.
     """
 
     #: indices into the table's `claims` (0 = the first); absent: all of them
@@ -804,6 +807,9 @@ class Decide(Strict):
     looks: list[Annotated[int, Field(ge=3, le=1000)]] = Field(min_length=1)
     alpha: float = Field(default=0.05, gt=0.0, le=0.2)
     spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+    #: the t threshold below which an open claim stops at a look before the cap (the default is
+    #: `harness.report.sequential.FUTILITY`, chosen by bench/decide_calibration.py); null: never
+    futility: float | None = Field(default=0.35, ge=-10.0, le=10.0)
 
 
 class Table(Strict):

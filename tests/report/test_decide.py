@@ -37,6 +37,10 @@ tables:
     decide: {looks: [3, 5, 8], spending: pocock}
 seeds: [0, 1, 2]
 """
+#: the same design without futility stopping: the tests of the plan, the report's path and the
+#: look records need the no-effect claim open after look 1 (`test_a_claim_stopped_for_futility`
+#: has the default)
+PLAIN = SPEC.replace("spending: pocock}", "spending: pocock, futility: null}")
 
 
 def fill(uri, cells, values):
@@ -61,7 +65,7 @@ def fill(uri, cells, values):
 @pytest.fixture
 def spec(tmp_path):
     path = tmp_path / "dec.yaml"
-    path.write_text(SPEC)
+    path.write_text(PLAIN)
     return path
 
 
@@ -110,12 +114,15 @@ def test_decide_without_a_decide_section_is_one_line(tmp_path, run_cli):
     ("{looks: [2, 5]}", "greater than or equal to 3"),
     ("{claims: [5], looks: [3, 5]}", "claim 5 does not exist"),
     ("{looks: [3, 5], spending: linear}", "spending"),
+    ("{looks: [3, 5], futility: high}", "futility"),
+    ("{looks: [3, 5], futility: 20}", "futility"),
+    ("{looks: [3, 5], futility: .inf}", "futility"),
 ])
 def test_a_bad_decide_section_is_one_line(tmp_path, run_cli, decide, message):
     path = tmp_path / "dec.yaml"
     path.write_text(SPEC.replace("{looks: [3, 5, 8], spending: pocock}", decide))
     code, _, err = run_cli("decide", path, "--workspace", tmp_path)
-    assert code == 2 and message in err and "decide" in err, err
+    assert code == 2 and message in err and "decide" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_the_report_shows_the_decision_path(spec, tmp_path, run_cli):
@@ -166,3 +173,61 @@ def test_looks_recorded_by_the_stagewise_rule_resume_quietly(spec, tmp_path):
     assert "changed since" not in notes[0]
     tags = run_tags_of(uri, run)
     assert json.loads(tags["harness.decide.t.look2"]) == other
+
+
+def test_a_claim_stopped_for_futility(tmp_path, run_cli):
+    """The default design stops an open claim whose t at an interim look is below the futility
+    threshold: `harness decide` says so with the look's t and the interval (inconclusive, not
+    contradicted), plans no seeds for it, the JSON carries the look and the threshold, the
+    report's path names it, and the look records stay the same when the procedure resumes; a
+    look recorded before futility stopping existed that reads differently now is the rule's doing."""
+    from harness.report import sequential as sq
+    from harness.report.decide import decide_tables, record_looks
+    from harness.track.runs import named_run, record, run_tags_of
+
+    path = tmp_path / "dec.yaml"
+    path.write_text(SPEC)
+    ld = load_spec(path)
+    assert ld.spec.tables["t"].decide.futility == sq.FUTILITY
+    cells = cells_to_decide(ld)
+    values = {("FCOS", s): (0.8 + 0.002 * d, 0.4 + 0.01 * d) for s, d in enumerate([0.3, -1.1, 0.6])}
+    values.update({("POTO", s): (0.8, 0.85 + v) for s, v in enumerate([0.01, -0.01, 0.004])})
+    values.update({("POTO-B", s): (0.8, 0.85 + v) for s, v in enumerate([0.004, 0.002, -0.004])})
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    fill(uri, cells, values)
+    code, out, err = run_cli("decide", path, "--tracking-uri", uri, "--json", tmp_path / "d.json")
+    assert code == 0, err
+    (table,) = json.loads((tmp_path / "d.json").read_text())["tables"]
+    assert table["design"]["futility"] == sq.FUTILITY
+    huge, null = table["claims"]
+    (look,) = null["looks"]
+    assert look["t"][0] < sq.FUTILITY and look["t_futility"] == sq.FUTILITY  # POTO-B's mean is below POTO's
+    assert null["verdict"] == "stopped for futility" and null["stop_look"] == 1 and not null["holds"]
+    assert null["next_seeds"] is None and null["interval"][0] < 0 < null["interval"][1]
+    assert huge["verdict"] == "holds" and huge["stop_look"] == 1
+    assert table["decided"] and table["next"] == {"look": None, "seeds": None, "cells": {}}
+    assert f"futility stop below t {sq.FUTILITY:g} before the cap" in out
+    assert f"look 1 at 3 seeds: t {look['t'][0]:+.2f} (df 4), boundary" in out and "stopped for futility" in out
+    assert (f"verdict: stopped for futility at look 1: t {look['t'][0]:+.2f} below {sq.FUTILITY:g}; inconclusive, "
+            "not contradicted") in out
+    assert "every claim is decided, at its cap or stopped for futility" in out
+    code, out, _ = run_cli("report", path, "--tracking-uri", uri)
+    assert code == 0 and "[1] stopped for futility" in out and "not contradicted" in out
+
+    decisions = decide_tables(ld, cells, uri)
+    assert record_looks(uri, ld, decisions) == [] and record_looks(uri, ld, decide_tables(ld, cells, uri)) == []
+    run = named_run(uri, "dec", "harness.decision", "dec", run_name="decide:dec")
+    tags = run_tags_of(uri, run)
+    assert json.loads(tags["harness.decide.t.look1"]) == {"seeds": 3, "rule": sq.RULE_T, "futility": sq.FUTILITY,
+                                                          "claims": {"0": "holds", "1": "stopped for futility"}}
+    # a procedure begun before futility stopping: look 1 recorded with the claim open
+    before = {"seeds": 3, "rule": sq.RULE_T, "claims": {"0": "holds", "1": "continue"}}
+    record(uri, run, tags={"harness.decide.t.look1": json.dumps(before)})
+    (note,) = record_looks(uri, ld, decisions)
+    assert "recorded by the earlier rule (cumulative t without futility stopping)" in note and "changed since" not in note
+    # the spec's threshold changed during the procedure: named as the design's change
+    record(uri, run, tags={"harness.decide.t.look1": json.dumps({**before, "futility": 0.1})})
+    (note,) = record_looks(uri, ld, decisions)
+    assert "recorded with futility threshold 0.1" in note and "the design changed" in note

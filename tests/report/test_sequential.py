@@ -20,6 +20,8 @@ from harness.spec.schema import Claim
 
 ROOT = Path(__file__).resolve().parents[2]
 DESIGN = sq.Design((3, 5, 8, 12))
+#: the same design without futility stopping, for the tests of what happens at later looks
+PLAIN = sq.Design((3, 5, 8, 12), futility=None)
 
 
 def seeds(values, start=0):
@@ -166,8 +168,14 @@ def test_a_look_may_add_a_single_seed():
     assert design.looks == (3, 4, 5, 8) and len(design.bounds(0.05, True)) == 4
     rng = np.random.default_rng(9)
     h = sq.Hypothesis(1, "a", "b", "superiority", paired=True)
-    r = sq.decide(design, [h], [(seeds(rng.normal(0, 1, 4)), seeds(rng.normal(0, 1, 4)))])[0]
+    a, b = seeds(rng.normal(0, 1, 4)), seeds(rng.normal(0, 1, 4))
+    r = sq.decide(sq.Design((3, 4, 5, 8), futility=None), [h], [(a, b)])[0]
     assert [lk.seeds for lk in r.looks] == [3, 4] and [lk.df for lk in r.looks] == [2, 3]
+    # with the default futility stop the claim goes on to look 2 only if look 1's t reached it
+    stopped = sq.decide(design, [h], [(a, b)])[0]
+    first = r.looks[0].statistic[0]
+    assert (stopped.verdict == sq.FOR_FUTILITY) == (first < sq.FUTILITY)
+    assert len(stopped.looks) == (1 if first < sq.FUTILITY else 2)
 
 
 def test_hypothesis_validation_and_claims_from_the_spec():
@@ -209,7 +217,11 @@ def test_a_huge_effect_is_decided_at_the_first_look(spending, paired):
     assert first.statistic[0] >= first.boundary and first.df == (2 if paired else 4) and first.verdict == "holds"
     assert first.boundary == pytest.approx(sq.Design(design.looks, first.level, spending).bounds(first.level, paired)[0])
     assert r.low > 0 and r.estimate == pytest.approx(40, abs=1)
-    assert sq.plan(design, out).open == tuple(range(2, len(hyps) + 1))
+    # the others (no effect) go on to look 2 unless their first look's t is below the futility threshold
+    for other in out[1:]:
+        weak = sq.futility_statistic(other.hypothesis.kind, np.array(other.looks[0].statistic)) < sq.FUTILITY
+        assert other.verdict == (sq.FOR_FUTILITY if weak else "continue") and other.stop_look == (1 if weak else None)
+    assert sq.plan(design, out).open == tuple(o.hypothesis.number for o in out[1:] if o.verdict == "continue")
 
 
 def test_rows_with_identical_runs_never_hold():
@@ -217,12 +229,15 @@ def test_rows_with_identical_runs_never_hold():
     no look ever shows a difference; paired, no spread: untested, as in the fixed design."""
     rng = np.random.default_rng(0)
     values = seeds(rng.normal(0.4, 0.01, 12))
-    for spending in sq.SPENDING:
-        design = sq.Design((3, 5, 8, 12), spending=spending)
+    for spending, futility in [(s, f) for s in sq.SPENDING for f in (None, sq.FUTILITY)]:
+        design = sq.Design((3, 5, 8, 12), spending=spending, futility=futility)
         hyps = [sq.Hypothesis(1, "a", "b", "superiority"), sq.Hypothesis(2, "a", "b", "two-sided"),
                 sq.Hypothesis(3, "a", "b", "superiority", paired=True)]
         out = sq.decide(design, hyps, [(values, dict(values))] * 3)
-        assert [r.verdict for r in out] == ["inconclusive at cap", "inconclusive at cap", "untested"]
+        # t = 0 at every look: below the futility threshold at the first look, or on to the cap
+        weak = "inconclusive at cap" if futility is None else sq.FOR_FUTILITY
+        assert [r.verdict for r in out] == [weak, weak, "untested"]
+        assert [len(r.looks) for r in out[:2]] == [4 if futility is None else 1] * 2
         assert "did not vary" in out[2].untested and out[0].low < 0 < out[0].high
         assert all(lk.statistic[0] == pytest.approx(0.0) for lk in out[0].looks)
         assert sq.plan(design, out).open == ()
@@ -254,7 +269,8 @@ def test_the_verdict_is_read_from_the_interval():
         a, b = seeds(rng.normal(delta, 1, n)), seeds(rng.normal(0, 1, n))
         hyps = [sq.Hypothesis(i + 1, "a", "b", k, int(rng.choice([-1, 1])), m, bool(rng.integers(2)))
                 for i, (k, m) in enumerate(kinds)]
-        for r in sq.decide(DESIGN, hyps, [(a, b)] * 4):
+        # stopped for futility: inconclusive, its interval neither clears the bound nor lies past it
+        for r in sq.decide(DESIGN, hyps, [(a, b)] * 4) + sq.decide(PLAIN, hyps, [(a, b)] * 4):
             if r.seeds == 0:
                 continue
             h = r.hypothesis
@@ -291,14 +307,15 @@ def test_holm_passes_alpha_on_and_retests_earlier_looks():
 
 
 def test_the_family_waits_for_the_claim_behind_and_ignores_seeds_past_the_look():
+    """(Without futility stopping, which could stop either claim at look 1 on these seeds.)"""
     rng = np.random.default_rng(4)
     a, b, c = (rng.normal(0, 1, 12) for _ in range(3))
     hyps = [sq.Hypothesis(1, "a", "b", "superiority"), sq.Hypothesis(2, "c", "b", "superiority")]
-    out = sq.decide(DESIGN, hyps, [(seeds(a[:7]), seeds(b[:7])), (seeds(c[:4]), seeds(b[:7]))])
+    out = sq.decide(PLAIN, hyps, [(seeds(a[:7]), seeds(b[:7])), (seeds(c[:4]), seeds(b[:7]))])
     assert [len(r.looks) for r in out] == [1, 1]  # claim 2 has no seeds for look 2: both wait
-    again = sq.decide(DESIGN, hyps, [(seeds(a[:5]), seeds(b[:5])), (seeds(c[:3]), seeds(b[:5]))])
+    again = sq.decide(PLAIN, hyps, [(seeds(a[:5]), seeds(b[:5])), (seeds(c[:3]), seeds(b[:5]))])
     assert [r.to_json()["looks"] for r in out] == [r.to_json()["looks"] for r in again]
-    p = sq.plan(DESIGN, out)
+    p = sq.plan(PLAIN, out)
     assert (p.look, p.seeds, p.rows) == (2, 5, {"a": 0, "b": 0, "c": 1})
 
 
@@ -310,9 +327,9 @@ def test_a_shared_row_is_planned_once():
             sq.Hypothesis(4, "C", "base", "superiority")]
     a, b = seeds(rng.normal(0, 1, 3)), seeds(rng.normal(0, 1, 3))
     huge = seeds(100 + rng.normal(0, 1, 3))
-    out = sq.decide(DESIGN, hyps, [(a, base), (b, base), (a, b), (huge, base)])
+    out = sq.decide(PLAIN, hyps, [(a, base), (b, base), (a, b), (huge, base)])
     assert out[3].holds
-    p = sq.plan(DESIGN, out)
+    p = sq.plan(PLAIN, out)
     assert p.open == (1, 2, 3) and (p.look, p.seeds) == (2, 5)
     assert p.rows == {"A": 2, "base": 2, "B": 2}  # "base" is shared by two open claims: 2 seeds, once
     assert sq.Plan.from_json(json.loads(json.dumps(p.to_json()))) == p
@@ -348,7 +365,8 @@ def test_looks_stored_by_the_stagewise_rule_still_load():
     assert lk.rule == sq.RULE_STAGEWISE and lk.boundary == 3.75 and lk.statistic[0] == 1.2
     assert math.isnan(lk.statistic[1]) and math.isnan(lk.df)
     new = sq.Look(1, 3, 0.05, 75.1, (2.0,), 2.0, "continue")
-    assert set(new.to_json()) == {"look", "seeds", "level", "rule", "t", "t_boundary", "df", "verdict"}
+    assert set(new.to_json()) == {"look", "seeds", "level", "rule", "t", "t_boundary", "df", "t_futility", "verdict"}
+    assert new.futility is None and sq.Look.from_json({**new.to_json(), "t_futility": 0.35}).futility == 0.35
     assert sq.Look.from_json(json.loads(json.dumps(new.to_json()))) == new
 
 
@@ -410,8 +428,11 @@ def test_interval_coverage(kind, margin, nominal):
 
 
 def test_seeds_saved_against_the_fixed_design():
-    s = sq.savings(sq.Design((3, 5, 8, 12)), "superiority", paired=False, effect=2.0, sims=1500)
-    assert s.power > 0.97 and s.fixed_seeds >= 10 and s.ratio < 0.8
+    s = sq.savings(PLAIN, "superiority", paired=False, effect=2.0, sims=1500)
+    assert s.power > 0.97 and s.fixed_seeds >= 10 and s.ratio < 0.8 and s.futile == 0
+    # the futility stop costs a little power at 2σ (the fixed design of that power is shorter) and saves seeds
+    f = sq.savings(DESIGN, "superiority", paired=False, effect=2.0, sims=1500)
+    assert 0 < f.futile < 0.05 and f.power > 0.95 and f.mean_seeds < s.mean_seeds and f.ratio < 1
     assert sq.savings(DESIGN, "superiority", paired=True, effect=0.0, sims=300).fixed_seeds is None
     assert json.loads(json.dumps(s.to_json()))["mean_seeds"] == pytest.approx(s.mean_seeds)
 
@@ -423,3 +444,125 @@ def test_the_calibration_benchmark_runs_quick():
                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "largest type-I error" in out.stdout and "family" in out.stdout
+
+
+# ------------------------------------------------------------------ futility stopping
+
+
+@pytest.mark.parametrize("spending", sq.SPENDING)
+@pytest.mark.parametrize("kind, paired, margin", [("superiority", False, 0.0), ("non-inferiority", True, 0.5),
+                                                  ("two-sided", False, 0.0), ("equivalence", True, 1.0)])
+def test_futility_stops_an_open_claim_below_the_threshold_at_an_interim_look_only(spending, kind, paired, margin):
+    """Every procedure: stopped for futility exactly at the first interim look where the claim,
+    still open after that look's efficacy and contradiction checks, has its futility statistic
+    (t; two-sided |t|; equivalence the smaller t) below the threshold; never at the cap; and
+    every earlier interim look it passed had the statistic at or above it."""
+    design = sq.Design((3, 5, 8, 12), spending=spending)
+    h = sq.Hypothesis(1, "a", "b", kind, 1, margin, paired)
+    values = [sq.draw(np.random.default_rng(21), 2000, 12, 0.4, paired)]
+    batch = sq.decide_arrays(design, [h], values)
+    plain = sq.decide_arrays(sq.Design(design.looks, spending=spending, futility=None), [h], values)
+    weak = sq.futility_statistic(kind, batch.stats[0]) < sq.FUTILITY  # (N, K)
+    status, stop = batch.status[:, 0], batch.stop[:, 0]
+    futile = status == sq.FUTILE
+    assert futile.mean() > 0.05 and np.all(stop[futile] < 3)
+    assert np.all(weak[futile, stop[futile]])
+    for i in np.flatnonzero(futile):
+        assert not weak[i, :stop[i]].any()  # it passed every earlier interim look
+        assert plain.stop[i, 0] == -1 or plain.stop[i, 0] > stop[i]  # still open there without the stop
+    # where the claim was not stopped for futility, it reached the verdict the plain design reaches
+    kept = ~futile
+    assert np.array_equal(status[kept], plain.status[kept, 0]) and np.array_equal(stop[kept], plain.stop[kept, 0])
+    # a claim open at an interim look was never below the threshold there
+    for k in range(3):
+        passed = stop > k
+        assert not weak[passed, k].any()
+    # at the cap nothing stops for futility: a weak last look is inconclusive at cap
+    capped = status == sq.CAPPED
+    assert capped.any() and np.all(stop[capped] == 3)
+
+
+def test_futility_null_reproduces_the_verdicts_without_it():
+    """`futility: null`: no claim stops for futility, and a family's verdicts, looks and levels
+    are the procedure's without the stop; a threshold no interim t reaches below changes nothing."""
+    rng = np.random.default_rng(22)
+    a, b, c = rng.normal(0.6, 1, (3000, 12)), rng.normal(0.3, 1, (3000, 12)), rng.normal(0, 1, (3000, 12))
+    hyps = [sq.Hypothesis(1, "a", "c", "superiority"), sq.Hypothesis(2, "b", "c", "two-sided"),
+            sq.Hypothesis(3, "a", "b", "equivalence", margin=1.0)]
+    values = [(a, c), (b, c), (a, b)]
+    for spending in sq.SPENDING:
+        plain = sq.decide_arrays(sq.Design((3, 5, 8, 12), spending=spending, futility=None), hyps, values)
+        assert not np.any(plain.status == sq.FUTILE)
+        low = sq.decide_arrays(sq.Design((3, 5, 8, 12), spending=spending, futility=-10.0), hyps, values)
+        never = np.all([sq.futility_statistic(h.kind, z)[:, :3].min(axis=1) >= -10
+                        for h, z in zip(hyps, low.stats, strict=True)], axis=0)
+        assert never.mean() > 0.99
+        for x in ("status", "stop", "level", "made"):
+            assert np.array_equal(getattr(plain, x)[never], getattr(low, x)[never]), x
+
+
+@pytest.mark.parametrize("spending", sq.SPENDING)
+@pytest.mark.parametrize("kind, paired, delta, margin", [
+    ("superiority", True, 0.0, 0.0), ("superiority", False, 0.0, 0.0), ("non-inferiority", False, -1.0, 1.0),
+    ("two-sided", False, 0.0, 0.0), ("equivalence", True, 1.0, 1.0), ("equivalence", False, 1.0, 1.0),
+])
+def test_futility_only_lowers_the_type_one_error_and_saves_seeds_under_the_null(spending, kind, paired, delta,
+                                                                               margin):
+    """Non-binding: on the same draws every procedure that holds with the futility stop holds
+    without it (the boundaries are the same), so the type-I error can only fall; the mean seeds
+    under the null fall."""
+    sims = 4000
+    values = [sq.draw(np.random.default_rng(23), sims, 12, delta, paired)]
+    h = sq.Hypothesis(1, "a", "b", kind, 1, margin, paired)
+    with_ = sq.decide_arrays(sq.Design((3, 5, 8, 12), spending=spending), [h], values)
+    without = sq.decide_arrays(sq.Design((3, 5, 8, 12), spending=spending, futility=None), [h], values)
+    held, held_plain = with_.status[:, 0] == sq.HOLDS, without.status[:, 0] == sq.HOLDS
+    assert not np.any(held & ~held_plain)
+    assert held.mean() <= held_plain.mean() <= 0.05 + 4 * math.sqrt(0.05 * 0.95 / sims)
+    assert with_.seeds(0).mean() < without.seeds(0).mean() - 1  # at least one seed per side saved on average
+
+
+def test_a_futile_claim_gets_no_seeds_but_its_shared_row_does():
+    """Claim 1 (A against base, no difference: t = 0) stops for futility at look 1; claim 2 (B
+    against base) is open: the plan names B and base, not A."""
+    base = seeds([0.0, 0.1, -0.1])
+    a = seeds([0.0, 0.11, -0.11])
+    b = seeds([1.0, 1.5, 0.8])
+    hyps = [sq.Hypothesis(1, "A", "base", "superiority"), sq.Hypothesis(2, "B", "base", "superiority")]
+    out = sq.decide(DESIGN, hyps, [(a, base), (b, base)])
+    assert out[0].looks[0].statistic[0] == pytest.approx(0.0, abs=1e-9)
+    assert out[0].verdict == sq.FOR_FUTILITY and out[0].stop_look == 1 and out[0].next_seeds is None
+    assert not out[0].holds and not out[0].is_open and out[0].low < 0 < out[0].high  # inconclusive, with its interval
+    assert out[0].looks[0].futility == sq.FUTILITY and out[0].looks[0].verdict == sq.FOR_FUTILITY
+    assert out[1].verdict == "continue" and out[1].looks[0].statistic[0] >= sq.FUTILITY
+    assert sq.plan(DESIGN, out) == sq.Plan((2,), 2, 5, {"B": 2, "base": 2})
+    # once B holds, the futile claim is not re-tested at the higher Holm level: it keeps its verdict
+    more_b, more_base = seeds([1.0, 1.5, 0.8, 1.2, 1.1]), seeds([0.0, 0.1, -0.1, 0.05, -0.05])
+    later = sq.decide(DESIGN, hyps, [(a, more_base), (more_b, more_base)])
+    assert later[0].verdict == sq.FOR_FUTILITY and later[0].level == pytest.approx(0.025)
+
+
+def test_results_without_the_futility_fields_still_load():
+    """JSON stored before futility stopping: no `stop_look` (a decided result gets its last
+    look), no `t_futility` (None), a design without `futility` (none)."""
+    rng = np.random.default_rng(24)
+    a, b = seeds(rng.normal(3, 1, 12)), seeds(rng.normal(0, 1, 12))
+    r = sq.decide(PLAIN, [sq.Hypothesis(1, "a", "b", "superiority")], [(a, b)])[0]
+    assert r.verdict == "holds" and r.stop_look == len(r.looks)
+    old = r.to_json()
+    del old["stop_look"]
+    for lk in old["looks"]:
+        del lk["t_futility"]
+    back = sq.SequentialResult.from_json(json.loads(json.dumps(old)))
+    assert back == r and back.stop_look == len(r.looks)
+    design = DESIGN.to_json()
+    assert design["futility"] == sq.FUTILITY and sq.Design.from_json(design) == DESIGN
+    del design["futility"]
+    assert sq.Design.from_json(design).futility is None
+
+
+@pytest.mark.parametrize("futility, message", [(math.inf, "futility inf"), ("high", "futility 'high'"),
+                                               (True, "futility True")])
+def test_a_bad_futility_threshold_is_refused(futility, message):
+    with pytest.raises(ValueError, match=message):
+        sq.Design((3, 5), futility=futility)
