@@ -50,7 +50,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from harness.report.sequential import (
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))  # this checkout's harness
+
+from harness.report.sequential import (  # noqa: E402
     CONTRADICTED,
     FUTILITY,
     HOLDS,

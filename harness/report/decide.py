@@ -149,7 +149,7 @@ def lines(d: TableDecision) -> list[str]:
             weak = "" if lk.futility is None else f", futility {lk.futility:g}"
             out.append(f"    look {lk.look} at {lk.seeds} seeds: t {stat} (df {lk.df:g}), boundary "
                        f"±{lk.boundary:.2f}{weak} (level {lk.level:.4g}): {lk.verdict}")
-        interval = "" if r.low is None else (f"; Δ {100 * r.estimate:+.2f} points, {100 * r.confidence:.0f}% "
+        interval = "" if r.low is None else (f"; Δ {100 * r.estimate:+.2f} points, {100 * r.confidence:.4g}% "
                                              f"repeated interval [{100 * r.low:+.2f}, {100 * r.high:+.2f}]")
         why = f" ({r.untested})" if r.untested else ""
         if r.verdict == sq.FOR_FUTILITY and r.looks:
