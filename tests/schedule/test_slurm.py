@@ -79,6 +79,11 @@ def test_slurm_job_cancelled_or_requeued_resumes(slurm, tmp_path, how):
         assert again.returncode == 0, again.stdout + again.stderr
     else:
         subprocess.run(["scontrol", "requeue", job], env=env, check=True)
+        # a requeued job waits about two minutes before it may start again (Slurm's begin time);
+        # the test does not need to wait: make it eligible now once it is pending
+        wait_for(lambda: "PENDING" in subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=env,
+                                                     capture_output=True, text=True).stdout, timeout=60)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, capture_output=True)
         assert wait_for(lambda: runs(ws, "sched").iloc[0]["status"] == "FINISHED", timeout=900)
     df = runs(ws, "sched")
     assert len(df) == 1
