@@ -49,8 +49,10 @@ class TableDecision:
         """Row -> the seed numbers to run for the next look (a row shared by claims once)."""
         if self.plan.seeds is None:
             return {}
-        return {row: self.seeds[self.have.get(row, 0):self.plan.seeds] for row, need in self.plan.rows.items()
-                if need > 0}
+        # a paired claim counts the seeds both sides have, so a row may already hold its share
+        cells = {row: self.seeds[self.have.get(row, 0):self.plan.seeds] for row, need in self.plan.rows.items()
+                 if need > 0}
+        return {row: seeds for row, seeds in cells.items() if seeds}
 
     @property
     def decided(self) -> bool:
@@ -157,6 +159,11 @@ def lines(d: TableDecision) -> list[str]:
             what = {"two-sided": "|t|", "equivalence": "the smaller t"}.get(r.hypothesis.kind, "t")
             why = (f" at look {lk.look}: {what} {_weakest(r.hypothesis.kind, lk.statistic):+.2f} below {lk.futility:g}; "
                    "inconclusive, not contradicted")
+        if r.crossed_look is not None:
+            why += (f" (the Holm level rose to {r.level:.4g} at look {r.stop_look}: look {r.crossed_look}'s t "
+                    f"crossed that level's boundary ±{r.crossed_boundary:.2f})")
+        if r.disjoint and interval:
+            interval += " (the looks' intervals do not intersect: the last look's)"
         out.append(f"    verdict: {r.verdict}{why}{interval}")
     for row, why in sorted(d.blocked.items()):
         out.append(f"  {row}: {why}; the seeds after it do not count until it finishes")

@@ -85,9 +85,11 @@ the set of θ that the look's two-sided test at the claim's level does not rejec
 the t statistic's numerator and denominator). At the true θ the t_k(θ) have exactly the null law
 above, so all RCIs cover θ together with probability ≥ 1 - 2ℓ (two-sided claims: 1 - ℓ); the
 interval given is their intersection over the looks made, at the claim's final level, which
-covers at least as often and is what the verdict is read from: a claim holds exactly when that
+covers at least as often and is what the verdict is read from: a claim holds when that
 interval clears its bound, as in the fixed design (its Holm level is data-dependent, as the
-fixed design's is). In the rare case the intersection is empty, the last look's RCI is given.
+fixed design's is). In the rare case the intersection is empty, the last look's RCI is given
+(`disjoint`), which need not clear the bound; and a claim that holds because Holm raised its
+level may hold on an earlier look's t (`crossed_look`, `crossed_boundary`).
 The estimate printed beside it is the naive mean difference at the stopping look (biased away
 from 0 when stopping early).
 
@@ -460,6 +462,21 @@ class Batch:
         none = last < 0
         return np.where(none, np.nan, lo), np.where(none, np.nan, hi)
 
+    def disjoint(self, i: int) -> np.ndarray:
+        """(N,) True where claim i's repeated intervals over its looks do not intersect (its
+        `interval` is then the last look's)."""
+        h, d = self.hypotheses[i], self.design
+        n, k_n = self.status.shape[0], len(d.looks)
+        last = np.where(self.stop[:, i] >= 0, self.stop[:, i], self.made - 1)
+        out = np.zeros(n, dtype=bool)
+        for level in np.unique(self.level[:, i][np.isfinite(self.level[:, i])]):
+            rows = self.level[:, i] == level
+            low, high = rci(self.est[i][rows], self.se[i][rows], d.bounds(_level_for(h.kind, float(level)), h.paired))
+            seen = np.arange(k_n)[None, :] <= last[rows, None]
+            out[rows] = (np.where(seen, low, -np.inf).max(axis=1) > np.where(seen, high, np.inf).min(axis=1)) \
+                & (last[rows] >= 0)
+        return out
+
 
 def decide_arrays(design: Design, hypotheses: Sequence[Hypothesis],
                   values: Sequence[tuple[np.ndarray, np.ndarray]], available: np.ndarray | None = None) -> Batch:
@@ -606,6 +623,12 @@ class SequentialResult:
     looks: tuple[Look, ...] = ()
     untested: str = ""
     stop_look: int | None = None
+    #: a claim that holds because Holm raised its level at `stop_look`: the earlier look whose t
+    #: crossed the boundary of the raised level, and that boundary (None otherwise)
+    crossed_look: int | None = None
+    crossed_boundary: float | None = None
+    #: the looks' repeated intervals do not intersect: low/high are the last look's
+    disjoint: bool = False
 
     @property
     def holds(self) -> bool:
@@ -620,7 +643,8 @@ class SequentialResult:
                 "level": self.level, "seeds": self.seeds, "available": list(self.available),
                 "next_seeds": self.next_seeds, "estimate": self.estimate, "interval": [self.low, self.high],
                 "confidence": self.confidence, "looks": [lk.to_json() for lk in self.looks],
-                "untested": self.untested, "stop_look": self.stop_look}
+                "untested": self.untested, "stop_look": self.stop_look, "crossed_look": self.crossed_look,
+                "crossed_boundary": self.crossed_boundary, "disjoint": self.disjoint}
 
     @classmethod
     def from_json(cls, d: Mapping) -> SequentialResult:
@@ -631,7 +655,8 @@ class SequentialResult:
             stop = len(looks) + 1 if d["verdict"] == "untested" else looks[-1].look if looks else None
         return cls(Hypothesis(**d["hypothesis"]), d["verdict"], d["level"], d["seeds"], tuple(d["available"]),
                    d["next_seeds"], d["estimate"], d["interval"][0], d["interval"][1], d["confidence"],
-                   looks, d["untested"], stop)
+                   looks, d["untested"], stop, d.get("crossed_look"), d.get("crossed_boundary"),
+                   bool(d.get("disjoint", False)))
 
 
 def _num(x) -> float | None:
@@ -689,18 +714,31 @@ def _result(batch: Batch, i: int, side: tuple[list[float], list[float]]) -> Sequ
     if code == UNTESTED:
         untested = (f"no spread at look {stop + 1} ({'identical per-seed differences' if h.paired else 'identical values on one side'}): "
                     "the seeds did not vary the runs")
+    disjoint = False
     if seeds:
         estimate = float(np.mean(a[:seeds]) - np.mean(b[:seeds]))
         lo, hi = (float(x[0]) for x in batch.interval(i))
         lo, hi = (lo, hi) if h.sign > 0 else (-hi, -lo)
+        disjoint = bool(batch.disjoint(i)[0])
     else:
         estimate = lo = hi = math.nan
+    if code == UNTESTED:  # a look without spread tests nothing: no interval either
+        lo = hi = math.nan
+        disjoint = False
+    crossed = crossed_bound = None
+    if code == HOLDS:  # held at look `stop`, perhaps on an earlier look's t once Holm raised the level
+        bnd = d.bounds(_level_for(h.kind, level), h.paired)
+        up, _ = _crossed(h.kind, batch.stats[i][:, :1, :stop + 1], bnd[:stop + 1])
+        first = int(np.argmax(up[0])) if up[0].any() else stop
+        if first < stop:
+            crossed, crossed_bound = first + 1, float(bnd[first])
     conf = 1 - level if h.kind == "two-sided" else 1 - 2 * level
     nxt = None
     if code == OPEN:
         nxt = d.looks[made] if made < len(d.looks) else None
     return SequentialResult(h, _verdict(h, code), level, seeds, (len(a), len(b)), nxt, _num(estimate), _num(lo),
-                            _num(hi), conf, tuple(looks), untested, stop + 1 if stop >= 0 else None)
+                            _num(hi), conf, tuple(looks), untested, stop + 1 if stop >= 0 else None, crossed,
+                            crossed_bound, disjoint)
 
 
 # ------------------------------------------------------------------ planning

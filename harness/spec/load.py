@@ -399,4 +399,16 @@ def _decide_problems(ld: LoadedSpec, name: str) -> list[Problem]:
     if d.looks[0] < len(ld.spec.seeds):
         problems.append(ld.source("tables", name, "decide", "looks", 0).problem(
             f"the first look ({d.looks[0]} seeds) comes before the spec's own {len(ld.spec.seeds)} seeds"))
+    datasets = list(ld.spec.axes.get("dataset") or [])
+    if len(datasets) > 1:  # a look reads one value per row and seed: a row on several datasets has several
+        rows = {r.label: r for r in ld.spec.rows}
+        decided = [table.claims[i] for i in (d.claims if d.claims is not None else range(len(table.claims)))
+                   if i < len(table.claims)]
+        loose = list(dict.fromkeys(label for c in decided for label in (c.row, c.vs)
+                                   if label in rows and "dataset" not in rows[label].picks))
+        if loose:
+            problems.append(ld.source("tables", name, "decide").problem(
+                f"row{'s' if len(loose) > 1 else ''} {', '.join(loose)} of its claims run{'' if len(loose) > 1 else 's'} "
+                f"on {len(datasets)} datasets ({', '.join(datasets)}), and a look reads one value per row and seed; "
+                "pick one dataset in each (dataset: NAME)"))
     return problems

@@ -231,3 +231,17 @@ def test_a_claim_stopped_for_futility(tmp_path, run_cli):
     record(uri, run, tags={"harness.decide.t.look1": json.dumps({**before, "futility": 0.1})})
     (note,) = record_looks(uri, ld, decisions)
     assert "recorded with futility threshold 0.1" in note and "the design changed" in note
+
+
+def test_a_deciding_row_on_several_datasets_is_one_line(tmp_path, run_cli):
+    # a look reads one value per row and seed: a row that runs on two datasets must pick one
+    two = SPEC.replace("axes:\n", "axes:\n  dataset:\n    a: {data.synthetic.seed: 0}\n    b: {data.synthetic.seed: 1}\n")
+    path = tmp_path / "dec.yaml"
+    path.write_text(two)
+    code, _, err = run_cli("decide", path, "--workspace", tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "rows FCOS, POTO-B, POTO of its claims run on 2 datasets (a, b)" in err and "decide" in err
+    path.write_text(two.replace("method: fcos, baseline: true}", "method: fcos, dataset: a, baseline: true}")
+                    .replace("method: poto}", "method: poto, dataset: a}").replace("method: poto_b}", "method: poto_b, dataset: a}"))
+    code, out, err = run_cli("decide", path, "--workspace", tmp_path)
+    assert "datasets" not in err, err

@@ -566,3 +566,81 @@ def test_results_without_the_futility_fields_still_load():
 def test_a_bad_futility_threshold_is_refused(futility, message):
     with pytest.raises(ValueError, match=message):
         sq.Design((3, 5), futility=futility)
+
+
+def test_a_claim_held_through_a_raised_holm_level_names_the_look_that_crossed():
+    # claim 2 (t 5.10 at look 1) misses its look-1 boundary at α/2; claim 1 holds at look 2, claim 2
+    # is re-tested at α over looks 1-2 and holds on look 1's t: the result says so, the output too
+    from harness.report.decide import TableDecision, lines
+
+    d = sq.Design((3, 5, 8), 0.05, "pocock", None)
+    h1 = sq.Hypothesis(1, "a", "c", "superiority", 1, 0.0, True)
+    h2 = sq.Hypothesis(2, "b", "c", "superiority", 1, 0.0, True)
+    c = {i: 0.0 for i in range(5)}
+    a = {0: 1.0, 1: 1.2, 2: 0.3, 3: 1.1, 4: 1.0}
+    b = {0: 1.0, 1: 1.4, 2: 0.7, 3: -1.5, 4: -0.9}
+    r1, r2 = sq.decide(d, [h1, h2], [(a, c), (b, c)])
+    assert r1.verdict == "holds" and r1.crossed_look is None
+    look1 = r2.looks[0]
+    assert look1.verdict == "continue" and look1.statistic[0] < look1.boundary  # missed at α/2
+    assert r2.verdict == "holds" and r2.stop_look == 2 and r2.level == pytest.approx(0.05)
+    assert r2.crossed_look == 1 and look1.statistic[0] >= r2.crossed_boundary
+    assert r2.crossed_boundary == pytest.approx(float(d.bounds(0.05, True)[0]))
+    assert sq.SequentialResult.from_json(json.loads(json.dumps(r2.to_json()))) == r2
+    claims = [Claim(row="a", vs="c", metric="ap50", expect="better"), Claim(row="b", vs="c", metric="ap50", expect="better")]
+    out = "\n".join(lines(TableDecision("t", d, claims, [r1, r2], sq.plan(d, [r1, r2]), list(range(8)), {}, {})))
+    assert f"look 1's t crossed that level's boundary ±{r2.crossed_boundary:.2f}" in out
+
+
+def test_an_untested_claim_has_no_interval():
+    d = sq.Design((3, 5, 8))
+    for paired, a, b in ((False, {0: .5, 1: .5, 2: .5}, {0: .4, 1: .41, 2: .42}),
+                         (True, {0: .5, 1: .6, 2: .7}, {0: .4, 1: .5, 2: .6})):
+        (r,) = sq.decide(d, [sq.Hypothesis(1, "r", "v", "superiority", 1, 0.0, paired)], [(a, b)])
+        assert r.verdict == "untested" and r.low is None and r.high is None and not r.disjoint, r
+
+
+def test_disjoint_repeated_intervals_are_flagged():
+    # paired differences whose first 3 seeds nearly agree (a narrow look-1 interval) and whose
+    # later looks move away from it: the looks' intervals do not intersect (found by simulation)
+    from harness.report.decide import TableDecision, lines
+
+    d = sq.Design((3, 5, 8, 12), 0.05, "pocock")
+    h = sq.Hypothesis(1, "r", "v", "equivalence", 1, 1.0, True)
+    a = [-1.2338, -1.9366, -1.2498, 2.2418, 0.0958, -0.4722, -2.1654, 0.3596, 0.1866, 0.5621, 0.5304, 3.3583]
+    b = [-0.2447, -1.0073, -0.2966, 0.8776, -0.1013, -0.6055, -0.2392, -1.032, 0.1865, 0.9186, 1.0194, 1.815]
+    (r,) = sq.decide(d, [h], [(dict(enumerate(a)), dict(enumerate(b)))])
+    batch = sq.decide_arrays(d, [h], [(np.array([a]), np.array([b]))])
+    last = r.stop_look
+    lo, hi = sq.rci(batch.est[0], batch.se[0], d.bounds(r.level, True))
+    assert lo[0, :last].max() > hi[0, :last].min()  # the looks' intervals miss each other
+    assert r.disjoint and bool(batch.disjoint(0)[0])
+    assert (r.low, r.high) == pytest.approx((lo[0, last - 1], hi[0, last - 1]))  # the last look's
+    out = "\n".join(lines(TableDecision("t", d, [Claim(row="r", vs="v", metric="ap50", expect="equivalent", margin=1.0)],
+                                        [r], sq.plan(d, [r]), list(range(12)), {}, {})))
+    assert "the looks' intervals do not intersect: the last look's" in out
+    (plain,) = sq.decide(d, [h], [({i: 0.1 * i for i in range(12)}, {i: 0.1 * i + 0.05 * (i % 3) for i in range(12)})])
+    assert not plain.disjoint
+
+
+def test_a_row_that_holds_its_share_of_a_paired_look_gets_no_cells():
+    from harness.report.decide import TableDecision
+
+    d = sq.Design((3, 5, 8), 0.05, "obrien_fleming", None)
+    rng = np.random.default_rng(1)
+    a = {i: float(rng.normal()) for i in range(8)}
+    b = {i: float(rng.normal()) for i in range(5)}
+    res = sq.decide(d, [sq.Hypothesis(1, "a", "b", "superiority", 1, 0.0, True)], [(a, b)])
+    assert res[0].is_open
+    td = TableDecision("t", d, [None], res, sq.plan(d, res), list(range(8)), {"a": 8, "b": 5}, {})
+    assert td.next_cells() == {"b": [5, 6, 7]}
+
+
+def test_the_boundaries_quoted_in_the_docs_are_the_codes():
+    text = " ".join((Path(__file__).resolve().parents[2] / "docs" / "statistics.md").read_text().split())
+    for spending in sq.SPENDING:
+        for looks in ((3, 5, 8, 12), (4, 8, 12)):
+            d = sq.Design(looks, 0.05, spending)
+            for paired in (True, False):
+                quoted = ", ".join(f"{c:.2f}" for c in d.bounds(0.05, paired))
+                assert quoted in text, (spending, looks, paired, quoted)
