@@ -125,15 +125,20 @@ def test_a_bad_decide_section_is_one_line(tmp_path, run_cli, decide, message):
     assert code == 2 and message in err and "decide" in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_the_report_shows_the_decision_path(spec, tmp_path, run_cli):
-    cells = cells_to_decide(load_spec(spec))
-    rng = np.random.default_rng(1)
+def huge_and_null_store(tmp_path, cells, seed):
+    """A store with FCOS's huge NMS effect at 3 seeds and the no-effect POTO / POTO-B pair at 5."""
+    rng = np.random.default_rng(seed)
     values = {("FCOS", s): (0.8 + 0.002 * rng.standard_normal(), 0.4 + 0.01 * rng.standard_normal()) for s in range(3)}
     values.update({(row, s): (0.8, 0.85 + 0.01 * rng.standard_normal()) for row in ("POTO", "POTO-B") for s in range(5)})
     ws = tmp_path / "ws"
     ws.mkdir()
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     fill(uri, cells, values)
+    return uri
+
+
+def test_the_report_shows_the_decision_path(spec, tmp_path, run_cli):
+    uri = huge_and_null_store(tmp_path, cells_to_decide(load_spec(spec)), seed=1)
     code, _, err = run_cli("report", spec, "--tracking-uri", uri, "--json", tmp_path / "r.json")
     assert code == 0, err
     data = json.loads((tmp_path / "r.json").read_text())
@@ -155,13 +160,7 @@ def test_looks_recorded_by_the_stagewise_rule_resume_quietly(spec, tmp_path):
 
     ld = load_spec(spec)
     cells = cells_to_decide(ld)
-    rng = np.random.default_rng(0)
-    values = {("FCOS", s): (0.8 + 0.002 * rng.standard_normal(), 0.4 + 0.01 * rng.standard_normal()) for s in range(3)}
-    values.update({(row, s): (0.8, 0.85 + 0.01 * rng.standard_normal()) for row in ("POTO", "POTO-B") for s in range(5)})
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    uri = f"sqlite:///{ws / 'mlflow.db'}"
-    fill(uri, cells, values)
+    uri = huge_and_null_store(tmp_path, cells, seed=0)
     run = named_run(uri, "dec", "harness.decision", "dec", run_name="decide:dec")
     same = {"seeds": 3, "claims": {"0": "holds", "1": "continue"}}
     other = {"seeds": 5, "claims": {"1": "holds"}}
