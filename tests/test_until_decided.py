@@ -8,6 +8,7 @@ killed."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,29 +93,29 @@ def test_until_decided_decides_and_a_kill_changes_nothing(tmp_path, backend, req
                                      "  resources: {gpus: 0, max_attempts: 2, slurm: {cpus: 1, mem_gb: 1, time_min: 30}}\n"))
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     cmd = ["run", spec, "--until-decided", "--backend", backend, "--jobs", "2", "--workspace"]
-    first = None
-    if backend == "local":  # the futility stop does not depend on the backend: the local case shows it
-        done = subprocess.run(harness(*cmd, clean), env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert "every claim is decided, at its cap or stopped for futility" in done.stdout
-        table = decisions(spec, clean, tmp_path / "futile.json")
-        huge, null = table["claims"]
-        assert huge["verdict"] == "holds" and len(huge["looks"]) == 1 and huge["seeds"] == 3, huge
-        # the default design: the null claim stops at look 1 exactly when its t there is below the threshold
-        (first,) = null["looks"][:1]
-        assert first["t_futility"] == FUTILITY
-        weak = first["t"][0] < FUTILITY
-        assert (null["verdict"] == "stopped for futility") == weak and null["verdict"] != "holds", null
-        assert not null["holds"] and null["seeds"] == (3 if weak else 5) and len(null["looks"]) == (1 if weak else 2)
-        df = runs(clean, "ud")
-        trained = df[df["tags.harness.run_key"].notna()]
-        seeds = trained.groupby("tags.harness.row")["tags.harness.seed"].apply(lambda s: sorted(map(int, s))).to_dict()
-        assert seeds == {row: list(range(3 if weak else 5)) for row in ("POTO", "POTO-B")}  # a futile claim: no seeds
-        record = df[df["tags.harness.decision"] == "ud"].iloc[0]
-        assert json.loads(record["tags.harness.decide.t.look1"])["claims"] == {"0": "holds", "1": null["looks"][0]["verdict"]}
+    done = subprocess.run(harness(*cmd, clean), env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "every claim is decided, at its cap or stopped for futility" in done.stdout
+    table = decisions(spec, clean, tmp_path / "futile.json")
+    huge, null = table["claims"]
+    assert huge["verdict"] == "holds" and len(huge["looks"]) == 1 and huge["seeds"] == 3, huge
+    # the default design: the null claim stops at look 1 exactly when its t there is below the threshold
+    (first,) = null["looks"][:1]
+    assert first["t_futility"] == FUTILITY
+    weak = first["t"][0] < FUTILITY
+    assert (null["verdict"] == "stopped for futility") == weak and null["verdict"] != "holds", null
+    assert not null["holds"] and null["seeds"] == (3 if weak else 5) and len(null["looks"]) == (1 if weak else 2)
+    df = runs(clean, "ud")
+    trained = df[df["tags.harness.run_key"].notna()]
+    seeds = trained.groupby("tags.harness.row")["tags.harness.seed"].apply(lambda s: sorted(map(int, s))).to_dict()
+    assert seeds == {row: list(range(3 if weak else 5)) for row in ("POTO", "POTO-B")}  # a futile claim: no seeds
+    record = df[df["tags.harness.decision"] == "ud"].iloc[0]
+    assert json.loads(record["tags.harness.decide.t.look1"])["claims"] == {"0": "holds", "1": null["looks"][0]["verdict"]}
 
-    # without futility stopping the same procedure goes on from the same store to the cap (Slurm: from
-    # an empty one)
+    # the kill below starts from a copy of this look-1 store: it retrains nothing look 1 trained
+    shutil.copytree(clean, killed)
+
+    # without futility stopping the same procedure goes on from the same store to the cap
     spec = plain(spec)
     cmd[1] = spec
     done = subprocess.run(harness(*cmd, clean), env=env, capture_output=True, text=True, timeout=900)
@@ -123,7 +124,7 @@ def test_until_decided_decides_and_a_kill_changes_nothing(tmp_path, backend, req
     huge, null = table["claims"]
     assert huge["verdict"] == "holds" and len(huge["looks"]) == 1 and huge["seeds"] == 3, huge
     assert null["verdict"] not in ("holds", "stopped for futility") and null["seeds"] == 5, null
-    assert first is None or null["looks"][0]["t"] == first["t"]
+    assert null["looks"][0]["t"] == first["t"]
     df = runs(clean, "ud")
     trained = df[df["tags.harness.run_key"].notna()]
     assert trained["tags.harness.run_key"].is_unique and set(trained["status"]) == {"FINISHED"}
@@ -132,7 +133,7 @@ def test_until_decided_decides_and_a_kill_changes_nothing(tmp_path, backend, req
     record = df[df["tags.harness.decision"] == "ud"].iloc[0]
     assert json.loads(record["tags.harness.decide.t.look2"])["seeds"] == 5
 
-    # the same procedure, its scheduler killed -9 once the second look's cells train
+    # the same procedure from the look-1 copy, its scheduler killed -9 once the second look's cells train
     proc = subprocess.Popen(harness(*cmd, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline:
