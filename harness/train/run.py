@@ -79,27 +79,29 @@ def run_cell(cell: Cell, launch: Launch, workspace: str | Path = "runs") -> Cell
 
 def _run(s: Session, launch: Launch) -> CellResult:
     take_over(s, launch.resume)
-    tracker = _start_run(s, launch) if s.ranks.main else NullTracker()
-    if tracker is None:
-        return CellResult(Outcome.FINISHED, iteration=s.start_iter, run_id=s.run_id)
-    evaluation = None
-    try:
-        with SignalGuard() as guard, (Heartbeat(tracker) if s.ranks.main else contextlib.nullcontext()):
-            evaluation = _train(s, tracker, guard, launch.progress)
-            tracker.end("FINISHED")  # still under the guard: a late SIGTERM cannot cut this short
-        if s.ranks.main:  # the log ends with what the run gave and how it ended
-            print(evaluation_line(s.cell.id, evaluation.final, s.cfg.eval.headline,
-                                  evaluation.evaluator.headline_metric), flush=True)
-            print(f"{s.cell.id}: FINISHED at iteration {s.iteration} (run {s.run_id}, attempt {s.attempt}) "
-                  f"at {clock()}", flush=True)
-        if not getattr(tracker, "synced", True):
-            print(f"{s.cell.id}: trained, but the tracking store is unreachable: its writes stay in "
-                  f"{s.paths.spool} (marked unsynced); `harness sync SPEC` or the next `harness run` "
-                  "sends them", file=sys.stderr, flush=True)
-        return CellResult(Outcome.FINISHED, iteration=s.iteration, run_id=s.run_id, metrics=evaluation.final,
-                          attempt=s.attempt)
-    except BaseException as exc:
-        return _ended(s, tracker, exc)
+    with SignalGuard() as guard:  # from before the run opens: a signal ends it KILLED, never RUNNING
+        tracker = _start_run(s, launch) if s.ranks.main else NullTracker()
+        if tracker is None:
+            return CellResult(Outcome.FINISHED, iteration=s.start_iter, run_id=s.run_id)
+        evaluation = None
+        try:
+            guard.check(s.start_iter)  # a signal while the run was being opened
+            with Heartbeat(tracker) if s.ranks.main else contextlib.nullcontext():
+                evaluation = _train(s, tracker, guard, launch.progress)
+                tracker.end("FINISHED")  # still under the guard: a late SIGTERM cannot cut this short
+            if s.ranks.main:  # the log ends with what the run gave and how it ended
+                print(evaluation_line(s.cell.id, evaluation.final, s.cfg.eval.headline,
+                                      evaluation.evaluator.headline_metric), flush=True)
+                print(f"{s.cell.id}: FINISHED at iteration {s.iteration} (run {s.run_id}, attempt {s.attempt}) "
+                      f"at {clock()}", flush=True)
+            if not getattr(tracker, "synced", True):
+                print(f"{s.cell.id}: trained, but the tracking store is unreachable: its writes stay in "
+                      f"{s.paths.spool} (marked unsynced); `harness sync SPEC` or the next `harness run` "
+                      "sends them", file=sys.stderr, flush=True)
+            return CellResult(Outcome.FINISHED, iteration=s.iteration, run_id=s.run_id, metrics=evaluation.final,
+                              attempt=s.attempt)
+        except BaseException as exc:
+            return _ended(s, tracker, exc)
 
 
 def _ended(s: Session, tracker, exc: BaseException) -> CellResult:

@@ -147,3 +147,26 @@ def test_only_the_temporary_files_of_a_save_are_leftovers(tmp_path):
     (tmp_path / "checkpoint.pt.tmp123").write_bytes(b"")
     (tmp_path / "checkpoint.pt.old").write_bytes(b"")  # not a save's: kept
     assert ckpt.leftovers(path) == [tmp_path / "checkpoint.pt.tmp123"]
+
+
+def test_a_signal_while_the_run_opens_ends_it_killed(tmp_path, monkeypatch, run_cli):
+    # SIGTERM (the scheduler's stop) right after the MLflow run was created, before training: the
+    # guard is already in place, so the run ends KILLED instead of staying RUNNING with a dead worker
+    import signal
+
+    from harness.train import run as run_mod
+
+    opened = run_mod._start_run
+
+    def opening(s, launch):
+        tracker = opened(s, launch)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return tracker
+
+    monkeypatch.setattr(run_mod, "_start_run", opening)
+    over = tiny_overrides(tmp_path, iters=4, ckpt=2, size=64)
+    ws = tmp_path / "ws"
+    code, _, err = run_cli("train", QUICK, "--row", "POTO", "--workspace", ws, "--set-file", over)
+    assert code == 128 + signal.SIGTERM, err
+    df = runs(ws, "quickstart")
+    assert list(df["status"]) == ["KILLED"] and "SIGTERM" in df.iloc[0]["tags.harness.failure"], df
